@@ -1,0 +1,1 @@
+"""loyalty-stream: customer interactions in, explainable loyalty signals out."""

@@ -1,0 +1,375 @@
+"""Per-customer relationship state, kept in event time.
+
+Pure Python: no Faust, Kafka or ClickHouse imports and no clock reads. The stream worker and
+the offline replay both fold events into a :class:`RelationshipState` with :func:`apply_event`,
+so they agree by construction.
+
+Why the state looks the way it does: every part of it is an order-independent fold, so events
+that arrive out of order (within the allowed lateness) give exactly the same state as sorted ones.
+
+* Counts and sums live in per-day :class:`Tally` buckets plus a lifetime tally. Rolling 7/30/90/365
+  day windows are sums over buckets as of a time; buckets older than the longest window are
+  pruned, which cannot change any window that is still asked for.
+* Sentiment is summed in integer thousandths, because float addition depends on order.
+* "Last purchase" and "first/last seen" are maxima and minima, ties broken by event id.
+* Purchase rhythm (gaps between purchases) comes from the most recent purchase times kept as a
+  sorted list: the top *k* of a set does not depend on the order it was built in.
+* Event ids seen within the allowed lateness are remembered, so an upstream resend or a replay
+  after a crash is recognised and counted once. An event older than the customer's newest event
+  minus the allowed lateness can no longer be checked against that memory; it is refused as
+  too late (the worker dead-letters it) rather than risk counting it twice.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import math
+from dataclasses import dataclass, field, fields
+from typing import Iterable
+
+from loyalty_stream.records import CallEvent, Event, PurchaseEvent, VisitEvent
+
+DAY_MS = 86_400_000
+WINDOWS_DAYS = (7, 30, 90, 365)
+LONGEST_WINDOW_DAYS = max(WINDOWS_DAYS)
+RECENT_PURCHASES_KEPT = 64
+MAX_CATEGORIES = 200
+LAST_PURCHASE_ITEMS_KEPT = 10
+
+
+class Outcome(enum.Enum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    TOO_LATE = "too_late"
+
+
+@dataclass(slots=True)
+class Tally:
+    """Additive counters for one day, or for a customer's whole history."""
+
+    purchases: int = 0
+    spend_minor: int = 0
+    discounted_purchases: int = 0
+    discounted_spend_minor: int = 0
+    discount_minor: int = 0
+    returns: int = 0
+    refund_minor: int = 0
+    calls: int = 0
+    complaints: int = 0
+    cancel_requests: int = 0
+    unresolved_calls: int = 0
+    wait_seconds: int = 0
+    sentiment_milli_sum: int = 0
+    sentiment_n: int = 0
+    effort_sum: int = 0
+    effort_n: int = 0
+    nps_sum: int = 0
+    nps_n: int = 0
+    visits: int = 0
+    recognized_visits: int = 0
+
+    def add(self, other: Tally) -> None:
+        for name in TALLY_FIELDS:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+TALLY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Tally))
+
+
+@dataclass(slots=True)
+class ChannelSeen:
+    first_at: int
+    last_at: int
+    purchases: int = 0
+    visits: int = 0
+    calls: int = 0
+
+
+@dataclass(slots=True)
+class LastPurchase:
+    occurred_at: int
+    event_id: str
+    order_id: str
+    channel: str
+    location_id: str | None
+    amount_minor: int
+    currency: str
+    categories: list[str]
+    skus: list[str]
+
+
+@dataclass(slots=True)
+class RelationshipState:
+    customer_id: str
+    events_applied: int = 0
+    first_seen_at: int | None = None
+    last_seen_at: int | None = None
+    first_purchase_at: int | None = None
+    lifetime: Tally = field(default_factory=Tally)
+    days: dict[int, Tally] = field(default_factory=dict)
+    channels: dict[str, ChannelSeen] = field(default_factory=dict)
+    categories_bought: dict[str, int] = field(default_factory=dict)
+    categories_viewed: dict[str, int] = field(default_factory=dict)
+    recent_purchase_at: list[int] = field(default_factory=list)
+    last_purchase: LastPurchase | None = None
+    seen_events: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        """Grows with every applied event: the row version ClickHouse keeps the latest of."""
+        return self.events_applied
+
+
+def apply_event(state: RelationshipState, event: Event, allowed_lateness_ms: int) -> Outcome:
+    """Fold one event into the customer's state, in place.
+
+    Returns whether it was applied, recognised as a duplicate, or refused as too late to be
+    deduplicated safely. Validation (bounds, formats) happens before this; see
+    :mod:`loyalty_stream.validation`.
+    """
+    if event.customer_id != state.customer_id:
+        raise ValueError(f"event {event.event_id} is for {event.customer_id}, not {state.customer_id}")
+    if event.event_id in state.seen_events:
+        return Outcome.DUPLICATE
+    at = event.occurred_at
+    if state.last_seen_at is not None and at < state.last_seen_at - allowed_lateness_ms:
+        return Outcome.TOO_LATE
+
+    state.events_applied += 1
+    state.first_seen_at = at if state.first_seen_at is None else min(state.first_seen_at, at)
+    state.last_seen_at = at if state.last_seen_at is None else max(state.last_seen_at, at)
+    state.seen_events[event.event_id] = at
+    _forget_events_before(state, state.last_seen_at - allowed_lateness_ms)
+
+    delta = _tally_of(event)
+    state.lifetime.add(delta)
+    day = at // DAY_MS
+    newest_day = state.last_seen_at // DAY_MS
+    if day > newest_day - LONGEST_WINDOW_DAYS:
+        state.days.setdefault(day, Tally()).add(delta)
+    _prune_days(state, newest_day)
+    _touch_channel(state, event)
+
+    if isinstance(event, PurchaseEvent):
+        _apply_purchase(state, event)
+    elif isinstance(event, VisitEvent):
+        for category in event.categories_viewed:
+            _count(state.categories_viewed, category, 1)
+    return Outcome.APPLIED
+
+
+def apply_events(
+    state: RelationshipState, events: Iterable[Event], allowed_lateness_ms: int
+) -> dict[Outcome, int]:
+    """Apply several events; return how many ended in each outcome."""
+    outcomes = {outcome: 0 for outcome in Outcome}
+    for event in events:
+        outcomes[apply_event(state, event, allowed_lateness_ms)] += 1
+    return outcomes
+
+
+def _tally_of(event: Event) -> Tally:
+    tally = Tally()
+    if isinstance(event, PurchaseEvent):
+        if event.is_return:
+            tally.returns = 1
+            tally.refund_minor = event.amount_minor
+        else:
+            tally.purchases = 1
+            tally.spend_minor = event.amount_minor
+            tally.discount_minor = event.discount_minor
+            if event.discounted:
+                tally.discounted_purchases = 1
+                tally.discounted_spend_minor = event.amount_minor
+    elif isinstance(event, CallEvent):
+        tally.calls = 1
+        tally.complaints = int(event.reason == "complaint")
+        tally.cancel_requests = int(event.reason == "cancel_request")
+        tally.unresolved_calls = int(not event.resolved)
+        tally.wait_seconds = event.wait_seconds
+        if event.sentiment is not None:
+            tally.sentiment_milli_sum = round(event.sentiment * 1000)
+            tally.sentiment_n = 1
+        if event.effort_score is not None:
+            tally.effort_sum = event.effort_score
+            tally.effort_n = 1
+        if event.nps is not None:
+            tally.nps_sum = event.nps
+            tally.nps_n = 1
+    else:
+        tally.visits = 1
+        tally.recognized_visits = int(event.recognized)
+    return tally
+
+
+def _touch_channel(state: RelationshipState, event: Event) -> None:
+    channel = "phone" if isinstance(event, CallEvent) else event.channel
+    seen = state.channels.get(channel)
+    if seen is None:
+        seen = state.channels[channel] = ChannelSeen(first_at=event.occurred_at, last_at=event.occurred_at)
+    else:
+        seen.first_at = min(seen.first_at, event.occurred_at)
+        seen.last_at = max(seen.last_at, event.occurred_at)
+    if isinstance(event, PurchaseEvent):
+        seen.purchases += 0 if event.is_return else 1
+    elif isinstance(event, CallEvent):
+        seen.calls += 1
+    else:
+        seen.visits += 1
+
+
+def _apply_purchase(state: RelationshipState, event: PurchaseEvent) -> None:
+    if event.is_return:
+        return
+    at = event.occurred_at
+    state.first_purchase_at = at if state.first_purchase_at is None else min(state.first_purchase_at, at)
+    for item in event.items:
+        _count(state.categories_bought, item.category, item.quantity)
+    recent = state.recent_purchase_at
+    bisect.insort(recent, at)
+    if len(recent) > RECENT_PURCHASES_KEPT:
+        del recent[: len(recent) - RECENT_PURCHASES_KEPT]
+    last = state.last_purchase
+    if last is None or (at, event.event_id) > (last.occurred_at, last.event_id):
+        state.last_purchase = LastPurchase(
+            occurred_at=at,
+            event_id=event.event_id,
+            order_id=event.order_id,
+            channel=event.channel,
+            location_id=event.location_id,
+            amount_minor=event.amount_minor,
+            currency=event.currency,
+            categories=sorted({item.category for item in event.items}),
+            skus=[item.sku for item in event.items[:LAST_PURCHASE_ITEMS_KEPT]],
+        )
+
+
+def _count(counter: dict[str, int], key: str, n: int) -> None:
+    if key in counter or len(counter) < MAX_CATEGORIES:
+        counter[key] = counter.get(key, 0) + n
+
+
+def _forget_events_before(state: RelationshipState, horizon: int) -> None:
+    seen = state.seen_events
+    # Cheap most of the time: only scan when the oldest remembered id may have expired.
+    if seen and min(seen.values()) < horizon:
+        for event_id in [eid for eid, at in seen.items() if at < horizon]:
+            del seen[event_id]
+
+
+def _prune_days(state: RelationshipState, newest_day: int) -> None:
+    oldest_kept = newest_day - LONGEST_WINDOW_DAYS + 1
+    if state.days and min(state.days) < oldest_kept:
+        for day in [d for d in state.days if d < oldest_kept]:
+            del state.days[day]
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading the state: windows and derived facts.
+
+
+def window(state: RelationshipState, days: int, as_of: int) -> Tally:
+    """Sum of the day buckets in the ``days`` days up to and including ``as_of``'s day."""
+    if days > LONGEST_WINDOW_DAYS:
+        raise ValueError(f"windows are kept for at most {LONGEST_WINDOW_DAYS} days, not {days}")
+    last_day = as_of // DAY_MS
+    first_day = last_day - days + 1
+    total = Tally()
+    for day, tally in state.days.items():
+        if first_day <= day <= last_day:
+            total.add(tally)
+    return total
+
+
+@dataclass(frozen=True, slots=True)
+class Rhythm:
+    """The customer's own purchase rhythm, from the most recent purchases."""
+
+    purchases_seen: int
+    mean_gap_days: float | None
+    gap_stddev_days: float | None
+
+
+def purchase_rhythm(state: RelationshipState) -> Rhythm:
+    times = state.recent_purchase_at
+    gaps = [(b - a) / DAY_MS for a, b in zip(times, times[1:])]
+    if not gaps:
+        return Rhythm(len(times), None, None)
+    mean = sum(gaps) / len(gaps)
+    variance = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+    return Rhythm(len(times), round(mean, 6), round(math.sqrt(variance), 6))
+
+
+def favourite(counter: dict[str, int]) -> str | None:
+    """The key with the highest count; ties go to the alphabetically first key."""
+    if not counter:
+        return None
+    return min(counter.items(), key=lambda kv: (-kv[1], kv[0]))[0]
+
+
+def preferred_channel(state: RelationshipState) -> str | None:
+    """Channel with the most purchases, then the most visits; ties alphabetical."""
+    if not state.channels:
+        return None
+    return min(
+        state.channels.items(), key=lambda kv: (-kv[1].purchases, -kv[1].visits, -kv[1].calls, kv[0])
+    )[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Plain-dict form, the datum of ``schemas/relationship_state.avsc``.
+
+
+def state_to_dict(state: RelationshipState) -> dict:
+    """The Avro datum of a state (lists sorted, so equal states give equal bytes)."""
+    return {
+        "customer_id": state.customer_id,
+        "events_applied": state.events_applied,
+        "first_seen_at": state.first_seen_at,
+        "last_seen_at": state.last_seen_at,
+        "first_purchase_at": state.first_purchase_at,
+        "lifetime": _tally_dict(state.lifetime),
+        "days": [{"day": day, "tally": _tally_dict(state.days[day])} for day in sorted(state.days)],
+        "channels": [
+            {"channel": name, "first_at": c.first_at, "last_at": c.last_at,
+             "purchases": c.purchases, "visits": c.visits, "calls": c.calls}
+            for name, c in sorted(state.channels.items())
+        ],
+        "categories_bought": dict(sorted(state.categories_bought.items())),
+        "categories_viewed": dict(sorted(state.categories_viewed.items())),
+        "recent_purchase_at": list(state.recent_purchase_at),
+        "last_purchase": None if state.last_purchase is None else {
+            f.name: getattr(state.last_purchase, f.name) for f in fields(LastPurchase)
+        },
+        "seen_events": [
+            {"event_id": eid, "occurred_at": at}
+            for eid, at in sorted(state.seen_events.items(), key=lambda kv: (kv[1], kv[0]))
+        ],
+    }
+
+
+def state_from_dict(data: dict) -> RelationshipState:
+    last = data.get("last_purchase")
+    return RelationshipState(
+        customer_id=data["customer_id"],
+        events_applied=data["events_applied"],
+        first_seen_at=data.get("first_seen_at"),
+        last_seen_at=data.get("last_seen_at"),
+        first_purchase_at=data.get("first_purchase_at"),
+        lifetime=Tally(**data["lifetime"]),
+        days={d["day"]: Tally(**d["tally"]) for d in data.get("days", ())},
+        channels={
+            c["channel"]: ChannelSeen(c["first_at"], c["last_at"], c["purchases"], c["visits"], c["calls"])
+            for c in data.get("channels", ())
+        },
+        categories_bought=dict(data.get("categories_bought") or {}),
+        categories_viewed=dict(data.get("categories_viewed") or {}),
+        recent_purchase_at=list(data.get("recent_purchase_at") or ()),
+        last_purchase=None if last is None else LastPurchase(**{**last, "categories": list(last["categories"]), "skus": list(last["skus"])}),
+        seen_events={s["event_id"]: s["occurred_at"] for s in data.get("seen_events", ())},
+    )
+
+
+def _tally_dict(tally: Tally) -> dict[str, int]:
+    return {name: getattr(tally, name) for name in TALLY_FIELDS}

@@ -1,0 +1,141 @@
+"""All configuration, in one typed object: the only reader of the environment.
+
+Every setting is an environment variable named ``LOYALTY_`` + the field name in upper case, e.g.
+``LOYALTY_KAFKA_BOOTSTRAP``. ``loyalty config`` prints the effective values (secrets masked), and
+README's configuration table lists them with their defaults.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOYALTY_", frozen=True, extra="ignore")
+
+    # -- Kafka --------------------------------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None,
+        description="Kafka bootstrap servers (host:port[,host:port]). Unset: the project's own "
+        "local broker is used and started when needed.",
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Security protocol for every Kafka connection."
+    )
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = Field(
+        "SCRAM-SHA-512", description="SASL mechanism when the protocol is SASL_*."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates.")
+    local_kafka_port: int = Field(19092, description="Port of the local broker's client listener (its controller uses the next port).")
+    kafka_version: str = Field("4.1.1", description="Apache Kafka release the local broker runs (org.apache.kafka:kafka_2.13 from Maven Central).")
+    kafka_cache_dir: Path = Field(
+        Path.home() / ".cache" / "loyalty-stream" / "kafka",
+        description="Where the local broker's jars are cached (outside the repository).",
+    )
+    topic_prefix: str = Field("loyalty.", description="Prefix of every topic name.")
+    partitions: int = Field(4, ge=1, description="Partitions of every topic the project creates.")
+    max_message_bytes: int = Field(
+        1_048_576, ge=1024, description="Largest Kafka message accepted; producers, consumers and topic configs agree on it."
+    )
+
+    # -- worker -------------------------------------------------------------------------------
+    app_id: str = Field("loyalty-stream", description="Faust application id: consumer group and changelog topic prefix.")
+    data_dir: Path = Field(Path("var"), description="Root of local data: broker data, table state, embedded ClickHouse.")
+    web_host: str = Field("127.0.0.1", description="Address the worker's HTTP API listens on.")
+    web_port: int = Field(6066, description="Port of the worker's HTTP API.")
+    batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
+    batch_max_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch, seconds.")
+    allowed_lateness_days: float = Field(
+        7.0, gt=0, description="How far behind a customer's newest event an event may be and still count (also the event-id dedup horizon)."
+    )
+    currency: str = Field("EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
+    max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
+    future_skew_seconds: int = Field(300, ge=0, description="How far in the future (by the worker's clock) an event time may be.")
+    sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between ClickHouse write retries.")
+    log_level: str = Field("INFO", description="Log level of the worker and commands.")
+
+    # -- ClickHouse ---------------------------------------------------------------------------
+    clickhouse_dsn: str | None = Field(
+        None,
+        description="chdb:///path for the embedded engine, or http(s)://user:password@host:8123/ for a server. "
+        "Unset: chdb:///<data_dir>/clickhouse.",
+    )
+    clickhouse_database: str = Field("loyalty", description="ClickHouse database of every table and view.")
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _topic_prefix_chars(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may only contain letters, digits, '.', '_' and '-'")
+        return value
+
+    @cached_property
+    def bootstrap(self) -> str:
+        """Bootstrap servers to use: the configured ones, or the local broker's."""
+        return self.kafka_bootstrap or f"127.0.0.1:{self.local_kafka_port}"
+
+    @property
+    def uses_local_kafka(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def clickhouse_url(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+
+    @property
+    def embedded_clickhouse(self) -> bool:
+        return self.clickhouse_url.startswith("chdb:")
+
+    @property
+    def state_dir(self) -> Path:
+        return self.data_dir / "state"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.data_dir / "kafka"
+
+    @property
+    def allowed_lateness_ms(self) -> int:
+        return int(self.allowed_lateness_days * 86_400_000)
+
+    @property
+    def web_url(self) -> str:
+        return f"http://{self.web_host}:{self.web_port}"
+
+    def kafka_python_config(self) -> dict[str, object]:
+        """Connection settings in kafka-python's (and aiokafka's) names."""
+        config: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap.split(","),
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            config["sasl_mechanism"] = self.kafka_sasl_mechanism
+            config["sasl_plain_username"] = self.kafka_sasl_username
+            config["sasl_plain_password"] = (
+                self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else None
+            )
+        if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile:
+            config["ssl_cafile"] = str(self.kafka_ssl_cafile)
+        return config
+
+    def described(self) -> list[tuple[str, str, str]]:
+        """(variable, effective value, description) rows, secrets masked."""
+        rows = []
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            shown = "***" if isinstance(value, SecretStr) else ("" if value is None else str(value))
+            rows.append((f"LOYALTY_{name.upper()}", shown, info.description or ""))
+        return rows
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, with explicit overrides (tests use these)."""
+    return Settings(**overrides)  # type: ignore[arg-type]
