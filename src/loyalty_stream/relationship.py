@@ -373,3 +373,64 @@ def state_from_dict(data: dict) -> RelationshipState:
 
 def _tally_dict(tally: Tally) -> dict[str, int]:
     return {name: getattr(tally, name) for name in TALLY_FIELDS}
+
+
+# ---------------------------------------------------------------------------------------------
+# Flat facts: one row of the relationships table in ClickHouse.
+
+
+def _ratio(num: int, den: int) -> float | None:
+    return None if den == 0 else round(num / den, 6)
+
+
+def facts(state: RelationshipState, as_of: int | None = None) -> dict[str, object]:
+    """The state as flat, named facts as of ``as_of`` (default: the customer's newest event)."""
+    as_of = state.last_seen_at if as_of is None else as_of
+    row: dict[str, object] = {
+        "customer_id": state.customer_id,
+        "version": state.version,
+        "events": state.events_applied,
+        "first_seen_at": state.first_seen_at,
+        "last_seen_at": state.last_seen_at,
+        "first_purchase_at": state.first_purchase_at,
+    }
+    life = state.lifetime
+    row.update({
+        "purchases_lifetime": life.purchases,
+        "spend_lifetime_minor": life.spend_minor,
+        "discounted_purchases_lifetime": life.discounted_purchases,
+        "discounted_spend_lifetime_minor": life.discounted_spend_minor,
+        "returns_lifetime": life.returns,
+        "refund_lifetime_minor": life.refund_minor,
+        "calls_lifetime": life.calls,
+        "complaints_lifetime": life.complaints,
+        "unresolved_calls_lifetime": life.unresolved_calls,
+        "visits_lifetime": life.visits,
+        "recognized_visits_lifetime": life.recognized_visits,
+    })
+    for days in WINDOWS_DAYS:
+        w = window(state, days, as_of) if as_of is not None else Tally()
+        row[f"purchases_{days}d"] = w.purchases
+        row[f"spend_{days}d_minor"] = w.spend_minor
+        row[f"discounted_spend_{days}d_minor"] = w.discounted_spend_minor
+        if days in (30, 90):
+            row[f"calls_{days}d"] = w.calls
+            row[f"complaints_{days}d"] = w.complaints
+            row[f"unresolved_calls_{days}d"] = w.unresolved_calls
+            row[f"avg_sentiment_{days}d"] = None if w.sentiment_n == 0 else round(w.sentiment_milli_sum / w.sentiment_n / 1000, 6)
+            row[f"avg_effort_{days}d"] = _ratio(w.effort_sum, w.effort_n)
+            row[f"visits_{days}d"] = w.visits
+            row[f"recognized_share_{days}d"] = _ratio(w.recognized_visits, w.visits)
+    rhythm = purchase_rhythm(state)
+    row["mean_gap_days"] = rhythm.mean_gap_days
+    row["gap_stddev_days"] = rhythm.gap_stddev_days
+    last = state.last_purchase
+    row["last_purchase_at"] = None if last is None else last.occurred_at
+    row["last_purchase_channel"] = None if last is None else last.channel
+    row["last_purchase_location_id"] = None if last is None else last.location_id
+    row["last_purchase_amount_minor"] = None if last is None else last.amount_minor
+    row["last_purchase_categories"] = [] if last is None else list(last.categories)
+    row["preferred_channel"] = preferred_channel(state)
+    row["favourite_category"] = favourite(state.categories_bought)
+    row["channels"] = sorted(state.channels)
+    return row

@@ -1,0 +1,242 @@
+"""The ``loyalty`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+from pathlib import Path
+from typing import Any, Sequence
+
+from loyalty_stream import broker
+from loyalty_stream.settings import Settings, load_settings
+
+logger = logging.getLogger("loyalty_stream")
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for n, row in enumerate(cells):
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+# -- ClickHouse reads, wherever the engine lives -------------------------------------------
+
+
+def worker_running(settings: Settings) -> bool:
+    from loyalty_stream.admin import worker_get
+
+    try:
+        worker_get(settings, "/health", timeout=2.0)
+        return True
+    except (urllib.error.URLError, OSError, RuntimeError):
+        return False
+
+
+def clickhouse_query(settings: Settings, sql: str) -> tuple[list[str], list[Sequence[Any]]]:
+    """Run a read query: through the worker when it owns the embedded engine, else directly."""
+    if settings.embedded_clickhouse and worker_running(settings):
+        from loyalty_stream.admin import worker_query
+
+        columns, rows = worker_query(settings, sql)
+        return columns, rows
+    from loyalty_stream.sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        columns, tuples = sink.query(sql)
+        return columns, list(tuples)
+    finally:
+        sink.close()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "start":
+        st = broker.start(settings)
+        print(f"Kafka {'is running' if st.running else 'is NOT running'} at {st.bootstrap}: {st.detail}")
+        return 0 if st.running else 1
+    if args.action == "stop":
+        stopped = broker.stop(settings)
+        print("Kafka stopped" if stopped else "Kafka was not running (or is not managed here)")
+        return 0
+    st = broker.status(settings)
+    print(f"Kafka at {st.bootstrap}: {st.detail}")
+    return 0 if st.running else 3
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.admin import create_topics
+    from loyalty_stream.sinks.clickhouse import ClickHouseSink
+
+    if settings.uses_local_kafka:
+        broker.start(settings)
+    created = create_topics(settings)
+    print(f"Topics: created {', '.join(created) if created else 'none (all exist)'}")
+    if settings.embedded_clickhouse and worker_running(settings):
+        print("ClickHouse: the running worker owns the embedded engine and migrates it at start")
+        return 0
+    sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        applied = sink.migrate()
+    finally:
+        sink.close()
+    print(f"ClickHouse ({settings.clickhouse_database}): applied {', '.join(applied) if applied else 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from loyalty_stream.streams.app import Pipeline
+
+    if settings.uses_local_kafka and not broker.status(settings).running:
+        broker.start(settings)
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(settings)
+    worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
+                          override_logging=False, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.simulate import simulate_main
+
+    report = simulate_main(settings, customers=args.customers, days=args.days, seed=args.seed, rate=args.rate,
+                           ledger_path=Path(args.ledger), history_days=args.history_days,
+                           duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate)
+    print(report)
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.admin import consumer_lag, worker_get
+
+    st = broker.status(settings)
+    print(f"Kafka at {st.bootstrap}: {st.detail}")
+    if st.running:
+        for topic, figures in consumer_lag(settings).items():
+            print(f"  {topic}: end {figures['end']}, committed {figures['committed']}, lag {figures['lag']}")
+    if worker_running(settings):
+        info = worker_get(settings, "/status")
+        print(f"Worker at {settings.web_url}: up; sink retries {info['sink_retries']}")
+        for kind, totals in info["processed"].items():
+            print(f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    else:
+        print(f"Worker at {settings.web_url}: not running")
+    try:
+        columns, rows = clickhouse_query(settings, _COUNTS_SQL.format(db=settings.clickhouse_database))
+        print("ClickHouse rows (deduplicated):")
+        _print_table(columns, rows)
+    except Exception as exc:  # noqa: BLE001 - status reports what it cannot reach
+        print(f"ClickHouse: not readable ({type(exc).__name__}: {exc})")
+    return 0
+
+
+_COUNTS_SQL = """
+SELECT 'purchases' AS table, count() AS rows FROM {db}.purchases FINAL
+UNION ALL SELECT 'calls', count() FROM {db}.calls FINAL
+UNION ALL SELECT 'visits', count() FROM {db}.visits FINAL
+UNION ALL SELECT 'relationships', count() FROM {db}.relationships FINAL
+UNION ALL SELECT 'dead_letters', count() FROM {db}.dead_letters FINAL
+"""
+
+
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    columns, rows = clickhouse_query(settings, args.sql)
+    _print_table(columns, rows)
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    _print_table(["variable", "value", "meaning"], settings.described())
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.demo import run_demo
+
+    return run_demo(settings, customers=args.customers, days=args.days, seed=args.seed, once=args.once)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loyalty", description="loyalty-stream: customer interactions in, loyalty signals out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("kafka", help="start, stop or check the local Kafka broker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser("init", help="create topics and the ClickHouse schema (idempotent)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("worker", help="run the stream worker")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("simulate", help="publish a synthetic customer base's interactions")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
+    p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    p.add_argument("--ledger", default="var/ledger.jsonl", help="where to write what was sent")
+    p.add_argument("--duplicate-rate", type=float, default=0.0)
+    p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("status", help="consumer lag, events processed, rows in ClickHouse")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("query", help="run a read-only SQL query against ClickHouse")
+    p.add_argument("sql")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="the main job: broker, worker, a simulated day, a summary")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--once", action="store_true", help="exit after the summary instead of running until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        print(f"loyalty: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    try:
+        return int(args.func(settings, args) or 0)
+    except broker.BrokerError as exc:
+        print(f"loyalty: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

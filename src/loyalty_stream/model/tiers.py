@@ -1,0 +1,107 @@
+"""Tier rules: which kind of customer this is, and why. Pure.
+
+The rules are tried in this order; the first that holds decides (:func:`assign_tier`):
+
+1. ``prospect``: never bought (only visits, calls or returns).
+2. ``lapsed``: no purchase for at least ``max(90 days, 3 x their usual gap)``.
+3. ``new``: first purchase less than 60 days ago (too early to judge loyalty).
+4. ``at_risk``: overdue (no purchase for ``max(30 days, 1.5 x their usual gap)``), or BG/NBD
+   P(alive) below 0.5, or a cancel request in the last 90 days, or a complaint together with
+   an unresolved call in the last 90 days.
+5. ``fiercely_loyal``: loyalty score >= 75 AND at least 3 purchases AND price independence >= 70
+   AND relationship quality >= 50 (no bad service record) AND at least two of: breadth >= 50,
+   recognition >= 70, relationship quality >= 70. Volume alone cannot get here: a neutral
+   (no visits, no calls) recognition or quality does not count as evidence.
+6. ``loyal``: loyalty score >= 55 AND price independence >= 40.
+7. ``transactional``: everyone else who buys: mostly on discount, or with little relationship.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TIERS = ("prospect", "lapsed", "new", "at_risk", "fiercely_loyal", "loyal", "transactional")
+"""Every tier, in the order the rules are tried."""
+
+LAPSED_MIN_DAYS = 90.0
+LAPSED_GAPS = 3.0
+NEW_DAYS = 60.0
+AT_RISK_MIN_DAYS = 30.0
+AT_RISK_GAPS = 1.5
+AT_RISK_P_ALIVE = 0.5
+FIERCE_SCORE = 75.0
+FIERCE_MIN_PURCHASES = 3
+FIERCE_PRICE_INDEPENDENCE = 70.0
+FIERCE_MIN_QUALITY = 50.0
+FIERCE_BREADTH = 50.0
+FIERCE_RECOGNITION = 70.0
+FIERCE_QUALITY = 70.0
+FIERCE_EVIDENCE_NEEDED = 2
+LOYAL_SCORE = 55.0
+LOYAL_PRICE_INDEPENDENCE = 40.0
+
+
+@dataclass(frozen=True, slots=True)
+class TierInputs:
+    """The facts the rules look at."""
+
+    purchases: int  # lifetime, returns excluded
+    days_since_first_purchase: float | None
+    days_since_last_purchase: float | None
+    gap_days: float  # the usual gap the customer is measured against
+    p_alive: float | None
+    cancel_requests_90d: int
+    complaints_90d: int
+    unresolved_calls_90d: int
+    score: float
+    components: dict[str, float]
+
+
+def assign_tier(f: TierInputs) -> tuple[str, str]:
+    """The tier and a one-line reason a BI user can read."""
+    if f.purchases == 0 or f.days_since_last_purchase is None or f.days_since_first_purchase is None:
+        return "prospect", "no purchase yet"
+    since = f.days_since_last_purchase
+    lapsed_after = max(LAPSED_MIN_DAYS, LAPSED_GAPS * f.gap_days)
+    if since >= lapsed_after:
+        return "lapsed", f"no purchase for {since:.0f} days (lapsed after {lapsed_after:.0f})"
+    if f.days_since_first_purchase < NEW_DAYS:
+        return "new", f"first purchase {f.days_since_first_purchase:.0f} days ago"
+    risk = _risk_reason(f)
+    if risk:
+        return "at_risk", risk
+    c = f.components
+    fierce_evidence = [
+        name for name, ok in (
+            ("breadth", c["breadth"] >= FIERCE_BREADTH),
+            ("recognition", c["recognition"] >= FIERCE_RECOGNITION),
+            ("relationship_quality", c["relationship_quality"] >= FIERCE_QUALITY),
+        ) if ok
+    ]
+    if (
+        f.score >= FIERCE_SCORE
+        and f.purchases >= FIERCE_MIN_PURCHASES
+        and c["price_independence"] >= FIERCE_PRICE_INDEPENDENCE
+        and c["relationship_quality"] >= FIERCE_MIN_QUALITY
+        and len(fierce_evidence) >= FIERCE_EVIDENCE_NEEDED
+    ):
+        return "fiercely_loyal", f"score {f.score:.0f}, buys at full price, strong {' and '.join(fierce_evidence)}"
+    if f.score >= LOYAL_SCORE and c["price_independence"] >= LOYAL_PRICE_INDEPENDENCE:
+        return "loyal", f"score {f.score:.0f}, mostly buys at full price"
+    if c["price_independence"] < LOYAL_PRICE_INDEPENDENCE:
+        return "transactional", f"mostly buys on discount (price independence {c['price_independence']:.0f})"
+    return "transactional", f"buys, but little relationship (score {f.score:.0f})"
+
+
+def _risk_reason(f: TierInputs) -> str:
+    assert f.days_since_last_purchase is not None
+    overdue_after = max(AT_RISK_MIN_DAYS, AT_RISK_GAPS * f.gap_days)
+    if f.days_since_last_purchase >= overdue_after:
+        return f"overdue: no purchase for {f.days_since_last_purchase:.0f} days (usual gap {f.gap_days:.0f})"
+    if f.p_alive is not None and f.p_alive < AT_RISK_P_ALIVE:
+        return f"P(alive) {f.p_alive:.2f} below {AT_RISK_P_ALIVE}"
+    if f.cancel_requests_90d > 0:
+        return "asked to cancel in the last 90 days"
+    if f.complaints_90d > 0 and f.unresolved_calls_90d > 0:
+        return "complained and has an unresolved call in the last 90 days"
+    return ""

@@ -1,0 +1,213 @@
+"""ClickHouse sink, on clickhouse-connect's public Client API only.
+
+One DSN selects the engine: ``chdb:///path`` runs ClickHouse in-process through chDB (the
+default), ``http(s)://user:password@host:8123/`` speaks to a server. The schema is created by
+versioned migration files (``migrations/NNNN_name.sql``), each applied once and recorded.
+
+Delivery guarantee: at-least-once. Every insert carries a deterministic
+``insert_deduplication_token`` built from the batch's source offsets, so retrying the same batch
+inserts nothing new (the tables set ``non_replicated_deduplication_window``); rows replayed after
+a crash in different batch boundaries are removed by the ReplacingMergeTree keys, and BI reads
+use FINAL or argMax.
+
+The client is synchronous (chDB certainly is), so the worker calls :meth:`ClickHouseSink.write`
+through :class:`AsyncSinkRunner`, which runs it on one dedicated thread and retries errors that
+can succeed later with bounded exponential back-off, holding the batch (and so its offsets)
+until ClickHouse has acknowledged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Callable, Sequence
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+@dataclass
+class TableRows:
+    """Column-oriented rows for one table."""
+
+    columns: Sequence[str]
+    data: list[list[Any]] = field(default_factory=list)  # one list per column
+
+    def __post_init__(self) -> None:
+        if not self.data:
+            self.data = [[] for _ in self.columns]
+
+    def append(self, row: dict[str, Any]) -> None:
+        for values, name in zip(self.data, self.columns):
+            values.append(row[name])
+
+    def __len__(self) -> int:
+        return len(self.data[0]) if self.data else 0
+
+
+@dataclass
+class SinkBatch:
+    """Everything one processed batch writes, and the source offsets it covers."""
+
+    tables: dict[str, TableRows] = field(default_factory=dict)
+    # (topic, partition) -> (first offset, last offset)
+    offsets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def rows(self, table: str, columns: Sequence[str]) -> TableRows:
+        rows = self.tables.get(table)
+        if rows is None:
+            rows = self.tables[table] = TableRows(columns)
+        return rows
+
+    def cover(self, topic: str, partition: int, offset: int) -> None:
+        lo, hi = self.offsets.get((topic, partition), (offset, offset))
+        self.offsets[(topic, partition)] = (min(lo, offset), max(hi, offset))
+
+    def dedup_token(self, table: str) -> str:
+        """Same batch, same token: ClickHouse then ignores a retried insert."""
+        spans = ",".join(f"{t}/{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(self.offsets.items()))
+        return f"{table}|{spans}"
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.tables.values())
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration file, in order."""
+    found = []
+    for entry in resources.files("loyalty_stream.sinks").joinpath("migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+def split_statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
+
+
+def retryable(exc: BaseException) -> bool:
+    """Errors that may succeed later: the server is away, busy or timed out."""
+    if isinstance(exc, (OperationalError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, ClickHouseError):
+        text = str(exc)
+        return any(code in text for code in ("TOO_MANY_PARTS", "TIMEOUT", "NETWORK_ERROR", "MEMORY_LIMIT_EXCEEDED"))
+    return False
+
+
+class ClickHouseSink:
+    """Creates the schema and writes batches. Synchronous; see :class:`AsyncSinkRunner`."""
+
+    def __init__(self, dsn: str, database: str) -> None:
+        self.dsn = dsn
+        self.database = database
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = clickhouse_connect.get_client(dsn=self.dsn)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied; return their names."""
+        db = self.database
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self.client.command(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        done = {row[0] for row in self.client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows}
+        applied = []
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            for statement in split_statements(sql.replace("{db}", db)):
+                self.client.command(statement)
+            self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
+            applied.append(f"{version:04d}_{name}")
+            logger.info("applied ClickHouse migration %04d_%s", version, name)
+        return applied
+
+    def write(self, batch: SinkBatch) -> int:
+        """Insert every table of the batch; return the rows written."""
+        written = 0
+        for table, rows in batch.tables.items():
+            if not len(rows):
+                continue
+            self.client.insert(
+                f"{self.database}.{table}", rows.data, column_names=list(rows.columns),
+                column_oriented=True, settings={"insert_deduplication_token": batch.dedup_token(table)},
+            )
+            written += len(rows)
+        return written
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        result = self.client.query(sql, parameters=parameters)
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+
+class AsyncSinkRunner:
+    """Runs a :class:`ClickHouseSink` off the event loop, on one thread, with retries."""
+
+    def __init__(self, sink: ClickHouseSink, max_backoff: float = 30.0,
+                 on_retry: Callable[[BaseException, float], None] | None = None) -> None:
+        self.sink = sink
+        self.max_backoff = max_backoff
+        self.on_retry = on_retry
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self.retries = 0
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def write(self, batch: SinkBatch) -> int:
+        """Write the batch, retrying until ClickHouse acknowledges it.
+
+        Errors that cannot succeed later (bad SQL, bad data) are raised: they are bugs, and
+        retrying would stall the partition for nothing.
+        """
+        delay = 0.2
+        while True:
+            try:
+                return int(await self.call(self.sink.write, batch))
+            except Exception as exc:  # noqa: BLE001 - classified just below
+                if not retryable(exc):
+                    raise
+                self.retries += 1
+                wait = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
+                logger.warning("ClickHouse write failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, wait)
+                if self.on_retry:
+                    self.on_retry(exc, wait)
+                await asyncio.sleep(wait)
+                delay *= 2
+
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        return await self.call(self.sink.query, sql, parameters)  # type: ignore[no-any-return]
+
+    def shutdown(self) -> None:
+        self._executor.submit(self.sink.close).result(timeout=30)
+        self._executor.shutdown(wait=True)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,211 @@
+"""The Faust application: topics, the relationships table, thin agents and the HTTP API.
+
+Agents take raw bytes in batches (``Stream.take_events``), hand them to
+:class:`~loyalty_stream.streams.processing.BatchProcessor`, and return; Faust acks the batch
+after the loop body has run, so offsets never pass what ClickHouse acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import weakref
+from typing import Any, AsyncIterator, Iterator
+
+import faust
+import faust.streams
+import faust.web
+from faust.types import EventT
+
+from loyalty_stream.records import EventKind
+from loyalty_stream.schemas import codec
+from loyalty_stream.settings import Settings
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
+from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message
+from loyalty_stream.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+READ_ONLY_PREFIXES = ("select", "with", "show", "describe", "desc", "exists")
+
+
+@contextlib.contextmanager
+def acting_for(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event while the body runs.
+
+    Faust picks the table partition (RocksDB shard and changelog partition) from the current
+    event. In a batch taken with ``take_events`` that is whatever came last, possibly another
+    partition's event, so each state write names the event it is done for.
+    """
+    token = faust.streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        faust.streams._current_event.reset(token)
+
+
+class TableStore:
+    """:class:`StateStore` over a Faust table."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+
+    def get(self, key: bytes, message: Message) -> bytes | None:
+        with acting_for(message.handle):
+            value = self.table.get(key)
+        return value if value is None else bytes(value)
+
+    def put(self, key: bytes, value: bytes, message: Message) -> None:
+        with acting_for(message.handle):
+            self.table[key] = value
+
+
+def broker_credentials(settings: Settings) -> Any:
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return None
+    context = None
+    if settings.kafka_security_protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    if settings.kafka_security_protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value() if settings.kafka_sasl_password else None
+        return faust.SASLCredentials(username=settings.kafka_sasl_username, password=password,
+                                     ssl_context=context, mechanism=settings.kafka_sasl_mechanism)
+    return faust.SSLCredentials(context)
+
+
+class Pipeline:
+    """The worker's parts, built from settings."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.app = faust.App(
+            settings.app_id,
+            broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
+            broker_credentials=broker_credentials(settings),
+            store="rocksdb://",
+            datadir=str(settings.state_dir.resolve()),
+            web_enabled=True,
+            web_bind=settings.web_host,
+            web_port=settings.web_port,
+            web_host=settings.web_host,
+            topic_partitions=settings.partitions,
+            topic_replication_factor=1,
+            topic_allow_declare=True,
+            key_serializer="raw",
+            value_serializer="raw",
+            producer_max_request_size=settings.max_message_bytes,
+            consumer_max_fetch_size=settings.max_message_bytes,
+            broker_commit_interval=1.0,
+            stream_wait_empty=False,
+            table_standby_replicas=0,
+            logging_config=None,
+        )
+        self.sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+        self.runner = AsyncSinkRunner(self.sink, max_backoff=settings.sink_retry_max_seconds)
+        self.relationships = self.app.Table(
+            "relationships", default=None, partitions=settings.partitions,
+            key_type=bytes, value_type=bytes,
+            help="Per-customer relationship state (Avro RelationshipState), changelog-backed.",
+        )
+        self.dead_letter_topic = self.app.topic(
+            self.topics.dead_letters, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+            key_serializer="raw", value_serializer="raw",
+        )
+        self.dead_letter_codec = codec("dead_letter")
+        self.processors: dict[EventKind, BatchProcessor] = {}
+        store = TableStore(self.relationships)
+        for kind in ("purchase", "call", "visit"):
+            self.processors[kind] = BatchProcessor(settings, kind, store, self.runner, self.publish_dead_letter)
+            self._add_agent(kind)
+        self._add_pages()
+        self.app.service(self._startup_service())
+
+    async def publish_dead_letter(self, letter: DeadLetter) -> None:
+        value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
+        await self.dead_letter_topic.send(key=letter.message.key, value=value)
+
+    def _add_agent(self, kind: EventKind) -> None:
+        topic = self.app.topic(self.topics.for_kind(kind), key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw", partitions=self.settings.partitions)
+        processor = self.processors[kind]
+        settings = self.settings
+
+        async def agent(stream: faust.StreamT) -> AsyncIterator[None]:
+            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
+                messages = [
+                    Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                            e.message.value, e)
+                    for e in events
+                ]
+                report = await processor.process(messages)
+                logger.debug("%s batch: %d messages, %s", kind, report.messages, dict(report.outcomes))
+                yield None
+
+        name = {"purchase": "track_purchases", "call": "track_calls", "visit": "track_visits"}[kind]
+        agent.__name__ = agent.__qualname__ = name
+        self.app.agent(topic, name=name)(agent)
+
+    def _startup_service(self) -> Any:
+        pipeline = self
+
+        class SinkSetup(faust.Service):
+            """Applies ClickHouse migrations before the agents start, closes the client at the end."""
+
+            async def on_start(self) -> None:
+                applied = await pipeline.runner.call(pipeline.sink.migrate)
+                if applied:
+                    logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
+
+            async def on_stop(self) -> None:
+                await asyncio.get_running_loop().run_in_executor(None, pipeline.runner.shutdown)
+
+        return SinkSetup()
+
+    def totals(self) -> dict[str, dict[str, int]]:
+        return {kind: dict(p.totals) for kind, p in self.processors.items()}
+
+    def _add_pages(self) -> None:
+        app = self.app
+        pipeline = self
+
+        @app.page("/health")
+        async def health(web: Any, request: Any) -> Any:
+            return web.json({"status": "ok", "app_id": pipeline.settings.app_id})
+
+        @app.page("/status")
+        async def status(web: Any, request: Any) -> Any:
+            return web.json({
+                "app_id": pipeline.settings.app_id,
+                "processed": pipeline.totals(),
+                "sink_retries": pipeline.runner.retries,
+                "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+                if app.consumer else [],
+            })
+
+        @app.page("/clickhouse/query")
+        class ClickHouseQuery(faust.web.View):
+            """Read queries for other processes: the worker owns the embedded engine's directory."""
+
+            async def post(self, request: Any) -> Any:
+                body = await request.json()
+                sql = str(body.get("sql", "")).strip().rstrip(";")
+                if not sql.lower().startswith(READ_ONLY_PREFIXES):
+                    return self.json({"error": "only read queries (SELECT, WITH, SHOW, DESCRIBE, EXISTS)"}, status=400)
+                try:
+                    columns, rows = await pipeline.runner.query(sql)
+                except Exception as exc:  # noqa: BLE001 - reported to the caller, who sent the SQL
+                    return self.json({"error": f"{type(exc).__name__}: {exc}"}, status=400)
+                return self.json({"columns": columns, "rows": [list(map(_jsonable, r)) for r in rows]})
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)

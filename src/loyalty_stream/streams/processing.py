@@ -1,0 +1,236 @@
+"""What an agent does with one batch of raw messages, with Faust kept at arm's length.
+
+decode -> validate -> group by customer -> fold into state (pure) -> store state -> write
+ClickHouse (awaited, retried) -> dead-letter what failed. The agent acks the batch only after
+:meth:`BatchProcessor.process` returns, so Kafka offsets are committed only for messages whose
+rows ClickHouse has acknowledged (Faust flushes the changelog producer before it commits).
+
+Errors are routed, not swallowed: a message that cannot be decoded or breaks a limit becomes a
+dead letter with its topic, partition, offset and reason, and the rest of the batch goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Protocol, Sequence
+
+from loyalty_stream.records import CallEvent, Event, EventKind, PurchaseEvent, VisitEvent, event_from_dict
+from loyalty_stream.relationship import Outcome, RelationshipState, apply_event, facts, state_from_dict, state_to_dict
+from loyalty_stream.schemas import DecodeError, UnknownSchemaError, codec
+from loyalty_stream.settings import Settings
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
+from loyalty_stream.validation import Limits, ValidationError, validate
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Message:
+    """One raw Kafka record, plus the framework's handle for it (a Faust event)."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    handle: Any = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+class StateStore(Protocol):
+    """Customer state by key, written on behalf of a message (which fixes the partition)."""
+
+    def get(self, key: bytes, message: Message) -> bytes | None: ...
+
+    def put(self, key: bytes, value: bytes, message: Message) -> None: ...
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    stage: str
+    message: Message
+    error_type: str
+    reason: str
+    failed_at: int
+
+    def envelope(self, payload_cap: int) -> dict[str, Any]:
+        payload = self.message.value
+        reason = self.reason
+        if len(payload) > payload_cap:
+            reason = f"{reason} (payload cut to {payload_cap} of {len(payload)} bytes)"
+            payload = payload[:payload_cap]
+        return {
+            "stage": self.stage,
+            "source_topic": self.message.topic,
+            "partition": self.message.partition,
+            "offset": self.message.offset,
+            "error_type": self.error_type,
+            "reason": reason,
+            "key": self.message.key,
+            "payload": payload,
+            "failed_at": self.failed_at,
+        }
+
+
+@dataclass
+class BatchReport:
+    messages: int = 0
+    outcomes: Counter[str] = field(default_factory=Counter)
+    customers: int = 0
+    rows_written: int = 0
+
+
+DeadLetterPublisher = Callable[[DeadLetter], Awaitable[None]]
+
+PURCHASE_COLUMNS = (
+    "event_id", "customer_id", "occurred_at", "channel", "order_id", "amount_minor", "currency",
+    "discount_minor", "promo_code", "item_skus", "item_categories", "item_quantities",
+    "item_unit_prices_minor", "is_return", "location_id",
+)
+CALL_COLUMNS = (
+    "event_id", "customer_id", "occurred_at", "direction", "reason", "wait_seconds", "duration_seconds",
+    "resolved", "sentiment", "effort_score", "nps", "agent_id",
+)
+VISIT_COLUMNS = (
+    "event_id", "customer_id", "occurred_at", "channel", "location_id", "duration_seconds", "recognized",
+    "categories_viewed",
+)
+SOURCE_COLUMNS = ("source_topic", "source_partition", "source_offset", "ingested_at")
+DEAD_LETTER_COLUMNS = (
+    "stage", "source_topic", "partition", "offset", "error_type", "reason", "payload_bytes", "failed_at",
+)
+RAW_TABLE = {"purchase": "purchases", "call": "calls", "visit": "visits"}
+RAW_COLUMNS = {"purchase": PURCHASE_COLUMNS, "call": CALL_COLUMNS, "visit": VISIT_COLUMNS}
+
+
+def raw_row(event: Event) -> dict[str, Any]:
+    """The raw-interaction table row of an event (without the source columns)."""
+    if isinstance(event, PurchaseEvent):
+        return {
+            "event_id": event.event_id, "customer_id": event.customer_id, "occurred_at": event.occurred_at,
+            "channel": event.channel, "order_id": event.order_id, "amount_minor": event.amount_minor,
+            "currency": event.currency, "discount_minor": event.discount_minor, "promo_code": event.promo_code,
+            "item_skus": [i.sku for i in event.items], "item_categories": [i.category for i in event.items],
+            "item_quantities": [i.quantity for i in event.items],
+            "item_unit_prices_minor": [i.unit_price_minor for i in event.items],
+            "is_return": event.is_return, "location_id": event.location_id,
+        }
+    if isinstance(event, CallEvent):
+        return {name: getattr(event, name) for name in CALL_COLUMNS}
+    if isinstance(event, VisitEvent):
+        row = {name: getattr(event, name) for name in VISIT_COLUMNS}
+        row["categories_viewed"] = list(event.categories_viewed)
+        return row
+    raise TypeError(f"not an event: {type(event).__name__}")
+
+
+class BatchProcessor:
+    """Processes batches of one input kind. One instance per agent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        kind: EventKind,
+        store: StateStore,
+        sink: AsyncSinkRunner,
+        publish_dead_letter: DeadLetterPublisher,
+        clock: Callable[[], int] = now_ms,
+        relationship_columns: Sequence[str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kind = kind
+        self.store = store
+        self.sink = sink
+        self.publish_dead_letter = publish_dead_letter
+        self.clock = clock
+        self.codec = codec(kind)
+        self.state_codec = codec("relationship_state")
+        self.limits = Limits(currency=settings.currency, future_skew_ms=settings.future_skew_seconds * 1000)
+        self.relationship_columns = relationship_columns
+        self.totals: Counter[str] = Counter()
+
+    def _decode(self, message: Message, now: int) -> Event | DeadLetter:
+        if len(message.value) > self.settings.max_event_bytes:
+            return DeadLetter("decode", message, "TooLarge",
+                              f"{len(message.value)} bytes is over the {self.settings.max_event_bytes}-byte cap", now)
+        try:
+            event = event_from_dict(self.kind, self.codec.decode(message.value))
+        except UnknownSchemaError as exc:
+            return DeadLetter("decode", message, "UnknownSchema", str(exc), now)
+        except DecodeError as exc:
+            return DeadLetter("decode", message, "DecodeError", str(exc), now)
+        except (TypeError, ValueError) as exc:
+            return DeadLetter("decode", message, "DecodeError", f"{self.kind}: {exc}", now)
+        if message.key is not None and message.key != event.customer_id.encode():
+            return DeadLetter("validate", message, "KeyMismatch",
+                              "message key is not the event's customer_id (it would break per-customer partitioning)", now)
+        try:
+            validate(event, self.limits, now)
+        except ValidationError as exc:
+            return DeadLetter("validate", message, "ValidationError", str(exc), now)
+        return event
+
+    async def process(self, messages: Sequence[Message]) -> BatchReport:
+        now = self.clock()
+        report = BatchReport(messages=len(messages))
+        batch = SinkBatch()
+        dead: list[DeadLetter] = []
+        by_customer: dict[str, list[tuple[Message, Event]]] = {}
+        for message in messages:
+            batch.cover(message.topic, message.partition, message.offset)
+            decoded = self._decode(message, now)
+            if isinstance(decoded, DeadLetter):
+                dead.append(decoded)
+                continue
+            by_customer.setdefault(decoded.customer_id, []).append((message, decoded))
+
+        raw = batch.rows(RAW_TABLE[self.kind], RAW_COLUMNS[self.kind] + SOURCE_COLUMNS)
+        lateness = self.settings.allowed_lateness_ms
+        for customer_id, items in by_customer.items():
+            key = customer_id.encode()
+            first_message = items[0][0]
+            stored = self.store.get(key, first_message)
+            state = (state_from_dict(self.state_codec.decode(stored)) if stored is not None
+                     else RelationshipState(customer_id))
+            for message, event in items:
+                outcome = apply_event(state, event, lateness)
+                report.outcomes[outcome.value] += 1
+                if outcome is Outcome.TOO_LATE:
+                    dead.append(DeadLetter("apply", message, "TooLate",
+                                           f"more than {self.settings.allowed_lateness_days:g} days older than the "
+                                           "customer's newest event (see LOYALTY_ALLOWED_LATENESS_DAYS)", now))
+                    continue
+                # Duplicates are written again on purpose: after a crash the state may already
+                # hold an event whose row never reached ClickHouse. The table's key drops repeats.
+                row = raw_row(event)
+                row.update(source_topic=message.topic, source_partition=message.partition,
+                           source_offset=message.offset, ingested_at=now)
+                raw.append(row)
+            self.store.put(key, self.state_codec.encode(state_to_dict(state)), items[-1][0])
+            row = facts(state)
+            row["updated_at"] = now
+            batch.rows("relationships", self.relationship_columns or tuple(row)).append(row)
+        report.customers = len(by_customer)
+
+        if dead:
+            rows = batch.rows("dead_letters", DEAD_LETTER_COLUMNS)
+            for letter in dead:
+                logger.warning("dead-lettering %s: %s: %s", letter.message.where, letter.error_type, letter.reason)
+                rows.append({
+                    "stage": letter.stage, "source_topic": letter.message.topic,
+                    "partition": letter.message.partition, "offset": letter.message.offset,
+                    "error_type": letter.error_type, "reason": letter.reason,
+                    "payload_bytes": len(letter.message.value), "failed_at": letter.failed_at,
+                })
+        report.outcomes["dead_lettered"] = len(dead)
+        report.rows_written = await self.sink.write(batch)
+        for letter in dead:
+            await self.publish_dead_letter(letter)
+        self.totals.update(report.outcomes)
+        self.totals["messages"] += report.messages
+        return report
