@@ -111,6 +111,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         broker.start(settings)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(settings)
+    pipeline.prepare()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False, redirect_stdouts=False)
     worker.execute_from_commandline()

@@ -5,7 +5,7 @@ the offline replay both fold events into a :class:`RelationshipState` with :func
 so they agree by construction.
 
 Why the state looks the way it does: every part of it is an order-independent fold, so events
-that arrive out of order (within the allowed lateness) give exactly the same state as sorted ones.
+that arrive out of order, however late, give exactly the same state as sorted ones.
 
 * Counts and sums live in per-day :class:`Tally` buckets plus a lifetime tally. Rolling 7/30/90/365
   day windows are sums over buckets as of a time; buckets older than the longest window are
@@ -14,10 +14,14 @@ that arrive out of order (within the allowed lateness) give exactly the same sta
 * "Last purchase" and "first/last seen" are maxima and minima, ties broken by event id.
 * Purchase rhythm (gaps between purchases) comes from the most recent purchase times kept as a
   sorted list: the top *k* of a set does not depend on the order it was built in.
-* Event ids seen within the allowed lateness are remembered, so an upstream resend or a replay
-  after a crash is recognised and counted once. An event older than the customer's newest event
-  minus the allowed lateness can no longer be checked against that memory; it is refused as
-  too late (the worker dead-letters it) rather than risk counting it twice.
+* Event ids are remembered for a horizon of *arrival* time (the Kafka record timestamp), so an
+  upstream resend or a replay after a crash is recognised and counted once. Arrival time, not
+  event time, bounds that memory because resends and replays are close to the original in
+  arrival, however old the event itself is.
+
+Lateness needs no bound for correctness: an event of any age folds into the same state.
+An event older than the longest window (365 days) before the customer's newest event counts in
+the lifetime figures only, exactly as it would had it arrived in order and aged out since.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ LAST_PURCHASE_ITEMS_KEPT = 10
 class Outcome(enum.Enum):
     APPLIED = "applied"
     DUPLICATE = "duplicate"
-    TOO_LATE = "too_late"
 
 
 @dataclass(slots=True)
@@ -113,6 +116,8 @@ class RelationshipState:
     categories_viewed: dict[str, int] = field(default_factory=dict)
     recent_purchase_at: list[int] = field(default_factory=list)
     last_purchase: LastPurchase | None = None
+    last_received_at: int | None = None
+    # event id -> arrival time, oldest arrival first (the order records arrive in)
     seen_events: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -121,26 +126,28 @@ class RelationshipState:
         return self.events_applied
 
 
-def apply_event(state: RelationshipState, event: Event, allowed_lateness_ms: int) -> Outcome:
+def apply_event(
+    state: RelationshipState, event: Event, dedup_horizon_ms: int, received_at: int | None = None
+) -> Outcome:
     """Fold one event into the customer's state, in place.
 
-    Returns whether it was applied, recognised as a duplicate, or refused as too late to be
-    deduplicated safely. Validation (bounds, formats) happens before this; see
-    :mod:`loyalty_stream.validation`.
+    ``received_at`` is when the event arrived (the Kafka record timestamp; offline replay passes
+    nothing and the event time stands in). Ids are remembered for ``dedup_horizon_ms`` of arrival
+    time. Validation (bounds, formats) happens before this; see :mod:`loyalty_stream.validation`.
     """
     if event.customer_id != state.customer_id:
         raise ValueError(f"event {event.event_id} is for {event.customer_id}, not {state.customer_id}")
     if event.event_id in state.seen_events:
         return Outcome.DUPLICATE
-    at = event.occurred_at
-    if state.last_seen_at is not None and at < state.last_seen_at - allowed_lateness_ms:
-        return Outcome.TOO_LATE
+    arrival = event.occurred_at if received_at is None else received_at
+    state.last_received_at = arrival if state.last_received_at is None else max(state.last_received_at, arrival)
+    state.seen_events[event.event_id] = arrival
+    _forget_events_before(state, state.last_received_at - dedup_horizon_ms)
 
+    at = event.occurred_at
     state.events_applied += 1
     state.first_seen_at = at if state.first_seen_at is None else min(state.first_seen_at, at)
     state.last_seen_at = at if state.last_seen_at is None else max(state.last_seen_at, at)
-    state.seen_events[event.event_id] = at
-    _forget_events_before(state, state.last_seen_at - allowed_lateness_ms)
 
     delta = _tally_of(event)
     state.lifetime.add(delta)
@@ -160,12 +167,12 @@ def apply_event(state: RelationshipState, event: Event, allowed_lateness_ms: int
 
 
 def apply_events(
-    state: RelationshipState, events: Iterable[Event], allowed_lateness_ms: int
+    state: RelationshipState, events: Iterable[Event], dedup_horizon_ms: int
 ) -> dict[Outcome, int]:
-    """Apply several events; return how many ended in each outcome."""
+    """Apply several events (arrival time = event time); return how many ended in each outcome."""
     outcomes = {outcome: 0 for outcome in Outcome}
     for event in events:
-        outcomes[apply_event(state, event, allowed_lateness_ms)] += 1
+        outcomes[apply_event(state, event, dedup_horizon_ms)] += 1
     return outcomes
 
 
@@ -251,11 +258,15 @@ def _count(counter: dict[str, int], key: str, n: int) -> None:
 
 
 def _forget_events_before(state: RelationshipState, horizon: int) -> None:
+    # Ids sit in arrival order, so expired ones are at the front: this stops at the first live
+    # one and costs O(1) per event. An id that arrived out of timestamp order is forgotten a
+    # little later, once the ids before it have gone.
     seen = state.seen_events
-    # Cheap most of the time: only scan when the oldest remembered id may have expired.
-    if seen and min(seen.values()) < horizon:
-        for event_id in [eid for eid, at in seen.items() if at < horizon]:
-            del seen[event_id]
+    while seen:
+        event_id, arrived = next(iter(seen.items()))
+        if arrived >= horizon:
+            break
+        del seen[event_id]
 
 
 def _prune_days(state: RelationshipState, newest_day: int) -> None:
@@ -342,10 +353,8 @@ def state_to_dict(state: RelationshipState) -> dict:
         "last_purchase": None if state.last_purchase is None else {
             f.name: getattr(state.last_purchase, f.name) for f in fields(LastPurchase)
         },
-        "seen_events": [
-            {"event_id": eid, "occurred_at": at}
-            for eid, at in sorted(state.seen_events.items(), key=lambda kv: (kv[1], kv[0]))
-        ],
+        "last_received_at": state.last_received_at,
+        "seen_events": [{"event_id": eid, "received_at": at} for eid, at in state.seen_events.items()],
     }
 
 
@@ -367,7 +376,8 @@ def state_from_dict(data: dict) -> RelationshipState:
         categories_viewed=dict(data.get("categories_viewed") or {}),
         recent_purchase_at=list(data.get("recent_purchase_at") or ()),
         last_purchase=None if last is None else LastPurchase(**{**last, "categories": list(last["categories"]), "skus": list(last["skus"])}),
-        seen_events={s["event_id"]: s["occurred_at"] for s in data.get("seen_events", ())},
+        last_received_at=data.get("last_received_at"),
+        seen_events={s["event_id"]: s["received_at"] for s in data.get("seen_events", ())},
     )
 
 

@@ -52,8 +52,8 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
     batch_max_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch, seconds.")
-    allowed_lateness_days: float = Field(
-        7.0, gt=0, description="How far behind a customer's newest event an event may be and still count (also the event-id dedup horizon)."
+    dedup_horizon_days: float = Field(
+        7.0, gt=0, description="How long (in arrival time) a customer's event ids are remembered, so a resend or replay counts once."
     )
     currency: str = Field("EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
     max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
@@ -103,8 +103,8 @@ class Settings(BaseSettings):
         return self.data_dir / "kafka"
 
     @property
-    def allowed_lateness_ms(self) -> int:
-        return int(self.allowed_lateness_days * 86_400_000)
+    def dedup_horizon_ms(self) -> int:
+        return int(self.dedup_horizon_days * 86_400_000)
 
     @property
     def web_url(self) -> str:

@@ -29,10 +29,10 @@ import random
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal, Protocol, TextIO
 
 from loyalty_stream.records import (
@@ -598,7 +598,7 @@ MalformedNote = Literal["truncated_avro", "random_bytes", "json_text", "wrong_sc
 MALFORMED_NOTES: tuple[MalformedNote, ...] = ("truncated_avro", "random_bytes", "json_text", "wrong_schema")
 DUPLICATE_MAX_DELAY = 100
 """A resend follows its original within this many messages: late enough to interleave with other
-events, early enough to stay inside any customer's allowed lateness, so it is recognised as a
+events, early enough to stay inside the dedup horizon of arrival time, so it is recognised as a
 duplicate rather than refused as too late."""
 
 

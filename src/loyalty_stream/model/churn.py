@@ -31,8 +31,8 @@ Poisson-Gamma part is used with the clock started at their first contact: churn 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Callable, Iterable
 
 import numpy as np
 

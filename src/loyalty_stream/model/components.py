@@ -11,6 +11,7 @@ values, rounded to 2 decimals: a BI user can redo the sum from what is shown.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from loyalty_stream.relationship import DAY_MS, RelationshipState, Tally, purchase_rhythm, window
@@ -36,10 +37,12 @@ RECENCY_ZERO_AT_GAPS = 3.0
 """Recency is 100 up to one usual gap since the last purchase, then falls linearly to 0 at three."""
 MIN_GAP_DAYS = 7.0
 """Floor on a rhythm: two purchases on one day do not make a customer overdue the day after."""
-FREQUENCY_FULL_AT = 12
-"""Purchases in 365 days that earn full frequency (one a month)."""
-MONETARY_FULL_AT_MINOR = 100_000
-"""Net spend in 365 days, in minor units, that earns full monetary value (1,000.00)."""
+FREQUENCY_FULL_AT = 52
+"""Purchases in 365 days that earn full frequency (one a week). The scale is logarithmic,
+ln(1 + n) / ln(1 + 52), because the tenth purchase a year says less than the second."""
+MONETARY_FULL_AT_MINOR = 500_000
+"""Net spend in 365 days, in minor units, that earns full monetary value (5,000.00). The scale is
+the square root of the share, so 1,250.00 earns 50: diminishing returns, like frequency."""
 BREADTH_FULL_CHANNELS = 3
 BREADTH_FULL_CATEGORIES = 4
 QUALITY_PARTS: dict[str, float] = {"resolved": 0.35, "sentiment": 0.25, "effort": 0.20, "no_complaints": 0.20}
@@ -80,12 +83,12 @@ def recency(days_since_last: float | None, gap_days: float) -> float:
 
 
 def frequency(purchases: int) -> float:
-    return 100.0 * _clamp(purchases / FREQUENCY_FULL_AT)
+    return 100.0 * _clamp(math.log1p(purchases) / math.log1p(FREQUENCY_FULL_AT))
 
 
 def monetary(spend_minor: int, refund_minor: int) -> float:
     """Net of refunds, so a buy-and-return habit does not count as value."""
-    return 100.0 * _clamp((spend_minor - refund_minor) / MONETARY_FULL_AT_MINOR)
+    return 100.0 * math.sqrt(_clamp((spend_minor - refund_minor) / MONETARY_FULL_AT_MINOR))
 
 
 def breadth(channels: int, categories: int) -> float:

@@ -11,7 +11,12 @@ from dataclasses import dataclass, field
 
 from loyalty_stream.model import churn
 from loyalty_stream.model.churn import BgNbdParams
-from loyalty_stream.model.components import compute_components, days_since_last_purchase, loyalty_score, rhythm_gap
+from loyalty_stream.model.components import (
+    compute_components,
+    days_since_last_purchase,
+    loyalty_score,
+    rhythm_gap,
+)
 from loyalty_stream.model.knowme import know_me
 from loyalty_stream.model.tiers import TierInputs, assign_tier
 from loyalty_stream.relationship import DAY_MS, RelationshipState, window

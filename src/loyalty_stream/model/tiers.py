@@ -5,13 +5,13 @@ The rules are tried in this order; the first that holds decides (:func:`assign_t
 1. ``prospect``: never bought (only visits, calls or returns).
 2. ``lapsed``: no purchase for at least ``max(90 days, 3 x their usual gap)``.
 3. ``new``: first purchase less than 60 days ago (too early to judge loyalty).
-4. ``at_risk``: overdue (no purchase for ``max(30 days, 1.5 x their usual gap)``), or BG/NBD
+4. ``at_risk``: overdue (no purchase for ``max(14 days, 2 x their usual gap)``), or BG/NBD
    P(alive) below 0.5, or a cancel request in the last 90 days, or a complaint together with
    an unresolved call in the last 90 days.
-5. ``fiercely_loyal``: loyalty score >= 75 AND at least 3 purchases AND price independence >= 70
-   AND relationship quality >= 50 (no bad service record) AND at least two of: breadth >= 50,
-   recognition >= 70, relationship quality >= 70. Volume alone cannot get here: a neutral
-   (no visits, no calls) recognition or quality does not count as evidence.
+5. ``fiercely_loyal``: loyalty score >= 75 AND at least 3 purchases AND price independence >= 90
+   (almost never needs a discount) AND relationship quality >= 50 (no bad service record) AND
+   at least two of: breadth >= 50, recognition >= 80, relationship quality >= 85. Volume alone
+   cannot get here: a neutral (no visits, no calls) recognition or quality is no evidence.
 6. ``loyal``: loyalty score >= 55 AND price independence >= 40.
 7. ``transactional``: everyone else who buys: mostly on discount, or with little relationship.
 """
@@ -26,16 +26,16 @@ TIERS = ("prospect", "lapsed", "new", "at_risk", "fiercely_loyal", "loyal", "tra
 LAPSED_MIN_DAYS = 90.0
 LAPSED_GAPS = 3.0
 NEW_DAYS = 60.0
-AT_RISK_MIN_DAYS = 30.0
-AT_RISK_GAPS = 1.5
+AT_RISK_MIN_DAYS = 14.0
+AT_RISK_GAPS = 2.0
 AT_RISK_P_ALIVE = 0.5
 FIERCE_SCORE = 75.0
 FIERCE_MIN_PURCHASES = 3
-FIERCE_PRICE_INDEPENDENCE = 70.0
+FIERCE_PRICE_INDEPENDENCE = 90.0
 FIERCE_MIN_QUALITY = 50.0
 FIERCE_BREADTH = 50.0
-FIERCE_RECOGNITION = 70.0
-FIERCE_QUALITY = 70.0
+FIERCE_RECOGNITION = 80.0
+FIERCE_QUALITY = 85.0
 FIERCE_EVIDENCE_NEEDED = 2
 LOYAL_SCORE = 55.0
 LOYAL_PRICE_INDEPENDENCE = 40.0

@@ -137,7 +137,7 @@ class Pipeline:
             async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
                 messages = [
                     Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                            e.message.value, e)
+                            e.message.value, round(e.message.timestamp * 1000), e)
                     for e in events
                 ]
                 report = await processor.process(messages)
@@ -152,17 +152,18 @@ class Pipeline:
         pipeline = self
 
         class SinkSetup(faust.Service):
-            """Applies ClickHouse migrations before the agents start, closes the client at the end."""
-
-            async def on_start(self) -> None:
-                applied = await pipeline.runner.call(pipeline.sink.migrate)
-                if applied:
-                    logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
+            """Closes the ClickHouse client when the worker stops."""
 
             async def on_stop(self) -> None:
                 await asyncio.get_running_loop().run_in_executor(None, pipeline.runner.shutdown)
 
         return SinkSetup()
+
+    def prepare(self) -> None:
+        """Apply ClickHouse migrations; called before the worker starts, so agents find their tables."""
+        applied = self.sink.migrate()
+        if applied:
+            logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
 
     def totals(self) -> dict[str, dict[str, int]]:
         return {kind: dict(p.totals) for kind, p in self.processors.items()}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
 from loyalty_stream.records import CallEvent, Event, EventKind, PurchaseEvent, VisitEvent, event_from_dict
-from loyalty_stream.relationship import Outcome, RelationshipState, apply_event, facts, state_from_dict, state_to_dict
+from loyalty_stream.relationship import RelationshipState, apply_event, facts, state_from_dict, state_to_dict
 from loyalty_stream.schemas import DecodeError, UnknownSchemaError, codec
 from loyalty_stream.settings import Settings
 from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
@@ -35,6 +35,7 @@ class Message:
     offset: int
     key: bytes | None
     value: bytes
+    timestamp_ms: int
     handle: Any = None
 
     @property
@@ -190,7 +191,7 @@ class BatchProcessor:
             by_customer.setdefault(decoded.customer_id, []).append((message, decoded))
 
         raw = batch.rows(RAW_TABLE[self.kind], RAW_COLUMNS[self.kind] + SOURCE_COLUMNS)
-        lateness = self.settings.allowed_lateness_ms
+        horizon = self.settings.dedup_horizon_ms
         for customer_id, items in by_customer.items():
             key = customer_id.encode()
             first_message = items[0][0]
@@ -198,13 +199,8 @@ class BatchProcessor:
             state = (state_from_dict(self.state_codec.decode(stored)) if stored is not None
                      else RelationshipState(customer_id))
             for message, event in items:
-                outcome = apply_event(state, event, lateness)
+                outcome = apply_event(state, event, horizon, message.timestamp_ms)
                 report.outcomes[outcome.value] += 1
-                if outcome is Outcome.TOO_LATE:
-                    dead.append(DeadLetter("apply", message, "TooLate",
-                                           f"more than {self.settings.allowed_lateness_days:g} days older than the "
-                                           "customer's newest event (see LOYALTY_ALLOWED_LATENESS_DAYS)", now))
-                    continue
                 # Duplicates are written again on purpose: after a crash the state may already
                 # hold an event whose row never reached ClickHouse. The table's key drops repeats.
                 row = raw_row(event)

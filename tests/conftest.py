@@ -1,0 +1,56 @@
+"""Shared fixtures: the real local Kafka broker (session) and per-test isolated settings."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from loyalty_stream import broker
+from loyalty_stream.settings import Settings
+
+from tests.harness import REPO, WorkerProcess, delete_topics, drop_database, isolated_settings
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap servers of a real broker: the configured one, or the project's local one."""
+    configured = os.environ.get("LOYALTY_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    settings = Settings(
+        data_dir=REPO / "var" / "test-broker",
+        local_kafka_port=int(os.environ.get("LOYALTY_TEST_KAFKA_PORT", "19192")),
+    )
+    was_running = broker.status(settings).running
+    try:
+        broker.start(settings)
+    except broker.BrokerError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"the local Kafka broker could not be started in CI: {exc}")
+        pytest.skip(f"no Kafka broker: {exc}")
+    yield settings.bootstrap
+    if not was_running:
+        broker.stop(settings)
+
+
+@pytest.fixture
+def settings(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Settings]:
+    s = isolated_settings(tmp_path, kafka_bootstrap)
+    yield s
+    delete_topics(s)
+    drop_database(s)
+
+
+@pytest.fixture
+def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
+    """A worker process for this test's settings (started by the test, stopped here)."""
+    from loyalty_stream.admin import create_topics
+
+    create_topics(settings)
+    process = WorkerProcess(settings, tmp_path / "worker.log")
+    yield process
+    process.stop()
