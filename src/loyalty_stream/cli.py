@@ -175,7 +175,8 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from loyalty_stream.demo import run_demo
 
-    return run_demo(settings, customers=args.customers, days=args.days, seed=args.seed, once=args.once)
+    return run_demo(settings, customers=args.customers, days=args.days, seed=args.seed, once=args.once,
+                    history_days=args.history_days)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the main job: broker, worker, a simulated day, a summary")
     p.add_argument("--customers", type=int, default=2000)
-    p.add_argument("--days", type=float, default=1.0)
+    p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
+    p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--once", action="store_true", help="exit after the summary instead of running until Ctrl-C")
     p.set_defaults(func=cmd_demo)
