@@ -25,6 +25,11 @@ def kafka_bootstrap() -> Iterator[str]:
         data_dir=REPO / "var" / "test-broker",
         local_kafka_port=int(os.environ.get("LOYALTY_TEST_KAFKA_PORT", "19192")),
     )
+    elsewhere = Settings(kafka_bootstrap=settings.bootstrap)
+    if broker.port_open("127.0.0.1", settings.local_kafka_port) and broker.broker_answers(elsewhere):
+        # A broker another checkout started: usable as it is, since every test has its own topics.
+        yield settings.bootstrap
+        return
     was_running = broker.status(settings).running
     try:
         broker.start(settings)

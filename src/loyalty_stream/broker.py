@@ -63,7 +63,7 @@ def _paths(settings: Settings) -> dict[str, Path]:
 # -- prerequisites ---------------------------------------------------------------------------
 
 
-def check_java() -> str:
+def check_java(kafka_version: str = "4.x") -> str:
     """Path of a Java 17+ runtime, or a BrokerError that says what to install."""
     java = shutil.which("java")
     if java is None:
@@ -77,7 +77,7 @@ def check_java() -> str:
     major = int(match.group(1)) if match else 0
     if major < 17:
         raise BrokerError(
-            f"Kafka {os.environ.get('LOYALTY_KAFKA_VERSION', '4.x')} needs Java 17 or newer; {java} is "
+            f"Kafka {kafka_version} needs Java 17 or newer; {java} is "
             f"version {match.group(1) if match else 'unknown'}. Install openjdk-17-jre-headless."
         )
     return java
@@ -241,7 +241,7 @@ def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerS
             f"port {settings.local_kafka_port} is taken by another process; stop it or set "
             "LOYALTY_LOCAL_KAFKA_PORT (or LOYALTY_KAFKA_BOOTSTRAP to use that broker)"
         )
-    java = check_java()
+    java = check_java(settings.kafka_version)
     jars = ensure_jars(settings)
     for key in ("data", "logs"):
         paths[key].mkdir(parents=True, exist_ok=True)

@@ -78,14 +78,14 @@ def broker_credentials(settings: Settings) -> Any:
 class Pipeline:
     """The worker's parts, built from settings."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, store: str = "rocksdb://") -> None:
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.app = faust.App(
             settings.app_id,
             broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
             broker_credentials=broker_credentials(settings),
-            store="rocksdb://",
+            store=store,
             datadir=str(settings.state_dir.resolve()),
             web_enabled=True,
             web_bind=settings.web_host,

@@ -1,0 +1,63 @@
+"""The Faust agents through ``agent.test_context()``: memory table store, real chDB sink."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from loyalty_stream.relationship import state_from_dict
+from loyalty_stream.schemas import codec
+from loyalty_stream.settings import Settings
+from loyalty_stream.simulate import encode_event, expected_by_customer, generate
+from loyalty_stream.streams.app import Pipeline
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path) -> Pipeline:
+    settings = Settings(data_dir=tmp_path, clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
+                        batch_max_seconds=0.01, kafka_bootstrap="127.0.0.1:1")
+    pipeline = Pipeline(settings, store="memory://")
+    pipeline.prepare()
+    yield pipeline
+    pipeline.runner.shutdown()
+
+
+def _events(kind: str):
+    events = generate(customers=30, days=2, seed=5, end_ms=int(time.time() * 1000) - 60_000)
+    return [e for e in events if e.kind == kind]
+
+
+@pytest.mark.parametrize("kind, agent_name, table", [
+    ("purchase", "track_purchases", "purchases"),
+    ("call", "track_calls", "calls"),
+    ("visit", "track_visits", "visits"),
+])
+def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent_name, table):
+    events = _events(kind)
+    assert len(events) >= 5
+    expected = expected_by_customer(events)
+
+    async def run() -> None:
+        async with pipeline.app.agents[agent_name].test_context() as agent:
+            for event in events:
+                await agent.put(key=event.customer_id.encode(), value=encode_event(event))
+            # a resend of the first event: counted once
+            await agent.put(key=events[0].customer_id.encode(), value=encode_event(events[0]))
+
+    asyncio.run(run())
+    totals = pipeline.processors[kind].totals
+    assert (totals["applied"], totals["duplicate"], totals["dead_lettered"]) == (len(events), 1, 0)
+
+    state_codec = codec("relationship_state")
+    states = {k.decode(): state_from_dict(state_codec.decode(v)) for k, v in pipeline.relationships.items()}
+    assert {cid: (s.events_applied, s.lifetime.purchases, s.lifetime.spend_minor, s.lifetime.calls,
+                  s.lifetime.visits) for cid, s in states.items()} == {
+        cid: (x.events, x.purchases, x.spend_minor, x.calls, x.visits) for cid, x in expected.items()}
+
+    _, rows = pipeline.sink.query(f"SELECT count(), uniqExact(event_id) FROM loyalty.{table} FINAL")
+    assert rows == [(len(events), len(events))]
+    _, rows = pipeline.sink.query("SELECT customer_id, events FROM loyalty.relationships FINAL ORDER BY customer_id")
+    assert rows == sorted((cid, x.events) for cid, x in expected.items())
