@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
 from loyalty_stream import broker
 from loyalty_stream.settings import Settings
-
 from tests.harness import REPO, WorkerProcess, delete_topics, drop_database, isolated_settings
 
 

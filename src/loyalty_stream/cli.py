@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import signal
-import subprocess
 import sys
 import time
 import urllib.error
+from collections.abc import Sequence
+from datetime import UTC
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from loyalty_stream import broker
 from loyalty_stream.settings import Settings, load_settings
@@ -118,13 +117,64 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
-    from loyalty_stream.simulate import simulate_main
+def _parse_time(text: str) -> int:
+    """ISO-8601 (UTC when no offset is given) or epoch milliseconds, as epoch milliseconds."""
+    from datetime import datetime
 
+    if text.isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.simulate import generate, simulate_main, write_replay_file
+
+    if args.events_out or args.dry_run:
+        end_ms = int(time.time() * 1000) if args.end is None else _parse_time(args.end)
+        events = generate(args.customers, args.days, args.seed, end_ms, args.history_days, currency=settings.currency)
+        if args.events_out:
+            n = write_replay_file(args.events_out, events)
+            print(f"Wrote {n:,} events of {args.customers:,} customers to {args.events_out}")
+        if args.dry_run:
+            return 0
     report = simulate_main(settings, customers=args.customers, days=args.days, seed=args.seed, rate=args.rate,
                            ledger_path=Path(args.ledger), history_days=args.history_days,
                            duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate)
     print(report)
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.model import DEFAULT_PARAMS
+    from loyalty_stream.model.replay import run_replay
+
+    as_of = None if args.as_of == "latest" else _parse_time(args.as_of)
+    params = DEFAULT_PARAMS if args.params == "default" else None
+    started = time.monotonic()
+    summary = run_replay(args.events, as_of, args.out, horizon_days=args.horizon_days or settings.churn_horizon_days,
+                         currency=settings.currency, params=params)
+    print(summary.format())
+    print(f"replayed in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.model.backtest import run_backtest
+
+    report = run_backtest(args.events, _parse_time(args.cutoff), args.horizon_days or settings.churn_horizon_days,
+                          currency=settings.currency)
+    print(report.format())
+    if args.personas:
+        import json as _json
+
+        from loyalty_stream.model.backtest import persona_confusion
+
+        personas = _json.loads(Path(args.personas).read_text())
+        print()
+        print(persona_confusion(personas, report.tiers).format())
     return 0
 
 
@@ -202,7 +252,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ledger", default="var/ledger.jsonl", help="where to write what was sent")
     p.add_argument("--duplicate-rate", type=float, default=0.0)
     p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.add_argument("--events-out", help="also write the events as JSON lines for replay/backtest")
+    p.add_argument("--dry-run", action="store_true", help="generate (and write --events-out) without publishing")
+    p.add_argument("--end", help="end of the simulated window (ISO-8601; default now)")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("replay", help="run the loyalty model over a history file, without Kafka")
+    p.add_argument("--events", required=True, help="JSON lines: {type, event_id, customer_id, occurred_at, ...}")
+    p.add_argument("--as-of", required=True, help="ISO-8601 time, or 'latest' (each customer as of their newest event)")
+    p.add_argument("--out", required=True, help="where to write one JSON signal per customer")
+    p.add_argument("--horizon-days", type=int, default=None, help="churn horizon (default LOYALTY_CHURN_HORIZON_DAYS)")
+    p.add_argument("--params", choices=["fit", "default"], default="fit",
+                   help="fit BG/NBD on the file (default) or use the published default parameters")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("backtest", help="score as of a cut-off and compare with the following horizon")
+    p.add_argument("--events", required=True)
+    p.add_argument("--cutoff", required=True, help="ISO-8601 time")
+    p.add_argument("--horizon-days", type=int, default=None)
+    p.add_argument("--personas", help="JSON {customer_id: persona} for a persona x tier confusion matrix")
+    p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("status", help="consumer lag, events processed, rows in ClickHouse")
     p.set_defaults(func=cmd_status)

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from loyalty_stream import broker
 from loyalty_stream.admin import create_topics, worker_get, worker_query

@@ -29,8 +29,8 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
-from typing import Iterable
 
 from loyalty_stream.records import CallEvent, Event, PurchaseEvent, VisitEvent
 

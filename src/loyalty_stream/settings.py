@@ -59,6 +59,10 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
     future_skew_seconds: int = Field(300, ge=0, description="How far in the future (by the worker's clock) an event time may be.")
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between ClickHouse write retries.")
+    churn_horizon_days: int = Field(90, ge=1, le=730, description="Horizon of churn_risk: probability of no purchase within this many days.")
+    model_refit_minutes: float = Field(
+        60.0, gt=0, description="How often the worker refits the BG/NBD population parameters from ClickHouse."
+    )
     log_level: str = Field("INFO", description="Log level of the worker and commands.")
 
     # -- ClickHouse ---------------------------------------------------------------------------

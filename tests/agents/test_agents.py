@@ -39,6 +39,12 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
     events = _events(kind)
     assert len(events) >= 5
     expected = expected_by_customer(events)
+    emitted: list[tuple[bytes, dict]] = []
+
+    async def collect(key: bytes, signal: dict) -> None:  # stands in for the signals topic
+        emitted.append((key, signal))
+
+    pipeline.processors[kind].publish_signal = collect
 
     async def run() -> None:
         async with pipeline.app.agents[agent_name].test_context() as agent:
@@ -61,3 +67,14 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
     assert rows == [(len(events), len(events))]
     _, rows = pipeline.sink.query("SELECT customer_id, events FROM loyalty.relationships FINAL ORDER BY customer_id")
     assert rows == sorted((cid, x.events) for cid, x in expected.items())
+
+    # One signal per touched customer and batch; the newest per customer is in signals_current.
+    assert len(emitted) == len(events) + 1
+    latest = {key.decode(): signal for key, signal in emitted}
+    _, rows = pipeline.sink.query(
+        "SELECT customer_id, version, tier, loyalty_score, churn_risk FROM loyalty.signals_current FINAL ORDER BY customer_id")
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
+        (cid, latest[cid]["tier"], latest[cid]["loyalty_score"], latest[cid]["churn_risk"]) for cid in sorted(latest)]
+    assert [r[1] for r in rows] == [expected[cid].events for cid in sorted(latest)]
+    _, rows = pipeline.sink.query("SELECT count() FROM loyalty.signals_history FINAL")
+    assert rows == [(len(events),)]  # the resend re-emits an existing version, which collapses

@@ -8,7 +8,6 @@ import pytest
 
 from loyalty_stream.schemas import codec
 from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
-
 from tests.harness import changelog_states, direct_query, read_topic, wait_until
 
 pytestmark = pytest.mark.kafka

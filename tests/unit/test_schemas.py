@@ -91,7 +91,7 @@ def test_history_is_compatible_and_an_incompatible_change_is_caught(tmp_path, mo
     for name in ("purchase", "call", "visit", "relationship_state", "dead_letter"):
         assert check_compatibility(name) == [], name
     # A new required field without a default cannot read old data: the checker must say so.
-    import loyalty_stream.schemas as schemas
+    from loyalty_stream import schemas
 
     broken = load_schema("purchase")
     broken = {**broken, "fields": broken["fields"] + [{"name": "loyalty_card", "type": "string", "doc": "x"}]}

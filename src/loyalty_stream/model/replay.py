@@ -94,7 +94,7 @@ class ReplaySummary:
     duplicates: int
     after_as_of: int
     customers: int
-    as_of: int
+    as_of: int | None
     horizon_days: int
     params: BgNbdParams
     tier_counts: dict[str, int]
@@ -363,26 +363,41 @@ def fold_events(events: Iterable[Event], as_of: int) -> FoldResult:
 
 
 def score_states(
-    states: dict[str, RelationshipState], as_of: int, horizon_days: int = DEFAULT_HORIZON_DAYS
+    states: dict[str, RelationshipState], as_of: int | None, horizon_days: int = DEFAULT_HORIZON_DAYS,
+    params: BgNbdParams | None = None,
 ) -> tuple[BgNbdParams, list[LoyaltySignal]]:
-    """Fit BG/NBD on the population, then score every customer (sorted by customer id)."""
-    params = fit_bgnbd(states.values(), as_of)
-    signals = [score_customer(states[cid], as_of, params, horizon_days) for cid in sorted(states)]
+    """Score every customer (sorted by customer id), fitting BG/NBD on the population unless
+    ``params`` are given.
+
+    ``as_of=None`` scores each customer as of their own newest event, as the stream worker does.
+    """
+    if params is None:
+        fit_at = as_of if as_of is not None else max((s.last_seen_at or 0) for s in states.values()) if states else 0
+        params = fit_bgnbd(states.values(), fit_at)
+    signals = [
+        score_customer(states[cid], as_of if as_of is not None else states[cid].last_seen_at or 0, params, horizon_days)
+        for cid in sorted(states)
+    ]
     return params, signals
 
 
 def run_replay(
     events_path: str | Path,
-    as_of_ms: int,
+    as_of_ms: int | None,
     out_path: str | Path,
     *,
     horizon_days: int = DEFAULT_HORIZON_DAYS,
     currency: str = DEFAULT_CURRENCY,
+    params: BgNbdParams | None = None,
 ) -> ReplaySummary:
-    """Replay a JSON-lines event file as of ``as_of_ms`` and write one signal per line to ``out_path``."""
+    """Replay a JSON-lines event file as of ``as_of_ms`` and write one signal per line to ``out_path``.
+
+    ``as_of_ms=None`` ("latest") scores each customer as of their own newest event, like the
+    stream; ``params`` pins the BG/NBD parameters instead of fitting them on the file.
+    """
     parsed = read_events_file(events_path, currency)
-    folded = fold_events(parsed.events, as_of_ms)
-    params, signals = score_states(folded.states, as_of_ms, horizon_days)
+    folded = fold_events(parsed.events, as_of_ms if as_of_ms is not None else 2**62)
+    params, signals = score_states(folded.states, as_of_ms, horizon_days, params)
     with open(out_path, "w", encoding="utf-8") as out:
         out.writelines(json.dumps(signal_to_dict(signal), separators=(",", ":")) + "\n" for signal in signals)
     return ReplaySummary(

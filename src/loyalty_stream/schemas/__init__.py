@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import json
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ def schema_path(name: str) -> Path:
     return SCHEMA_DIR / f"{name}.avsc"
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_schema(name: str) -> dict[str, Any]:
     """The current schema ``name`` as a JSON dict."""
     path = schema_path(name)
@@ -129,7 +129,7 @@ def _plain(schema: Any) -> Any:
     return schema
 
 
-@lru_cache(maxsize=None)
+@cache
 def codec(name: str) -> Codec:
     """The shared codec for schema ``name``."""
     return Codec(name)

@@ -23,10 +23,11 @@ import logging
 import random
 import re
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
@@ -190,7 +191,7 @@ class AsyncSinkRunner:
         while True:
             try:
                 return int(await self.call(self.sink.write, batch))
-            except Exception as exc:  # noqa: BLE001 - classified just below
+            except Exception as exc:
                 if not retryable(exc):
                     raise
                 self.retries += 1

@@ -12,7 +12,8 @@ import contextlib
 import logging
 import ssl
 import weakref
-from typing import Any, AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import faust
 import faust.streams
@@ -23,7 +24,7 @@ from loyalty_stream.records import EventKind
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
 from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
-from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message
+from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams
 from loyalty_stream.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -114,11 +115,18 @@ class Pipeline:
             self.topics.dead_letters, key_type=bytes, value_type=bytes, partitions=settings.partitions,
             key_serializer="raw", value_serializer="raw",
         )
+        self.signal_topic = self.app.topic(
+            self.topics.signals, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+            key_serializer="raw", value_serializer="raw",
+        )
         self.dead_letter_codec = codec("dead_letter")
+        self.signal_codec = codec("loyalty_signal")
+        self.model = ModelParams(horizon_days=settings.churn_horizon_days)
         self.processors: dict[EventKind, BatchProcessor] = {}
         store = TableStore(self.relationships)
         for kind in ("purchase", "call", "visit"):
-            self.processors[kind] = BatchProcessor(settings, kind, store, self.runner, self.publish_dead_letter)
+            self.processors[kind] = BatchProcessor(settings, kind, store, self.runner, self.publish_dead_letter,
+                                                   model=self.model, publish_signal=self.publish_signal)
             self._add_agent(kind)
         self._add_pages()
         self.app.service(self._startup_service())
@@ -126,6 +134,9 @@ class Pipeline:
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
         await self.dead_letter_topic.send(key=letter.message.key, value=value)
+
+    async def publish_signal(self, key: bytes, signal: dict[str, Any]) -> None:
+        await self.signal_topic.send(key=key, value=self.signal_codec.encode(signal))
 
     def _add_agent(self, kind: EventKind) -> None:
         topic = self.app.topic(self.topics.for_kind(kind), key_type=bytes, value_type=bytes,

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from typing import Any, Protocol
 
+from loyalty_stream.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
 from loyalty_stream.records import CallEvent, Event, EventKind, PurchaseEvent, VisitEvent, event_from_dict
 from loyalty_stream.relationship import RelationshipState, apply_event, facts, state_from_dict, state_to_dict
 from loyalty_stream.schemas import DecodeError, UnknownSchemaError, codec
@@ -87,6 +89,7 @@ class BatchReport:
 
 
 DeadLetterPublisher = Callable[[DeadLetter], Awaitable[None]]
+SignalPublisher = Callable[[bytes, dict[str, Any]], Awaitable[None]]
 
 PURCHASE_COLUMNS = (
     "event_id", "customer_id", "occurred_at", "channel", "order_id", "amount_minor", "currency",
@@ -104,6 +107,17 @@ VISIT_COLUMNS = (
 SOURCE_COLUMNS = ("source_topic", "source_partition", "source_offset", "ingested_at")
 DEAD_LETTER_COLUMNS = (
     "stage", "source_topic", "partition", "offset", "error_type", "reason", "payload_bytes", "failed_at",
+)
+SIGNAL_COMPONENTS = ("recency", "frequency", "monetary", "breadth", "relationship_quality",
+                     "price_independence", "recognition")
+SIGNAL_COLUMNS = (
+    "customer_id", "version", "as_of", "model_version", "loyalty_score", "tier", "tier_reason",
+    *(f"component_{name}" for name in SIGNAL_COMPONENTS),
+    "churn_risk", "horizon_days", "p_alive", "expected_purchases", "expected_next_purchase_at",
+    "days_since_last_purchase", "purchase_gap_days", "purchase_gap_source", "purchases", "spend_365d_minor",
+    "last_purchase_at", "last_purchase_categories", "last_purchase_skus", "last_purchase_channel",
+    "last_purchase_location_id", "favourite_category", "preferred_channel", "open_issues", "greeting_hint",
+    "params_source", "updated_at",
 )
 RAW_TABLE = {"purchase": "purchases", "call": "calls", "visit": "visits"}
 RAW_COLUMNS = {"purchase": PURCHASE_COLUMNS, "call": CALL_COLUMNS, "visit": VISIT_COLUMNS}
@@ -130,6 +144,23 @@ def raw_row(event: Event) -> dict[str, Any]:
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
+def signal_row(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> dict[str, Any]:
+    """The signals_current / signals_history row of a signal datum."""
+    row = {k: v for k, v in signal.items() if k != "components"}
+    for name in SIGNAL_COMPONENTS:
+        row[f"component_{name}"] = signal["components"][name]
+    row.update(version=version, spend_365d_minor=spend_365d_minor, updated_at=now)
+    return row
+
+
+class ModelParams:
+    """The BG/NBD parameters in use; replaced as a whole when the worker refits them."""
+
+    def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90) -> None:
+        self.current = params
+        self.horizon_days = horizon_days
+
+
 class BatchProcessor:
     """Processes batches of one input kind. One instance per agent."""
 
@@ -142,6 +173,8 @@ class BatchProcessor:
         publish_dead_letter: DeadLetterPublisher,
         clock: Callable[[], int] = now_ms,
         relationship_columns: Sequence[str] | None = None,
+        model: ModelParams | None = None,
+        publish_signal: SignalPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.kind = kind
@@ -153,6 +186,8 @@ class BatchProcessor:
         self.state_codec = codec("relationship_state")
         self.limits = Limits(currency=settings.currency, future_skew_ms=settings.future_skew_seconds * 1000)
         self.relationship_columns = relationship_columns
+        self.model = model or ModelParams()
+        self.publish_signal = publish_signal
         self.totals: Counter[str] = Counter()
 
     def _decode(self, message: Message, now: int) -> Event | DeadLetter:
@@ -182,6 +217,7 @@ class BatchProcessor:
         batch = SinkBatch()
         dead: list[DeadLetter] = []
         by_customer: dict[str, list[tuple[Message, Event]]] = {}
+        signals: list[tuple[bytes, dict[str, Any]]] = []
         for message in messages:
             batch.cover(message.topic, message.partition, message.offset)
             decoded = self._decode(message, now)
@@ -211,6 +247,14 @@ class BatchProcessor:
             row = facts(state)
             row["updated_at"] = now
             batch.rows("relationships", self.relationship_columns or tuple(row)).append(row)
+            # Scored as of the customer's newest event: deterministic, so a replay of the same
+            # events (loyalty replay --as-of latest) gives the same signal.
+            signal = signal_to_dict(score_customer(state, state.last_seen_at, self.model.current,
+                                                   self.model.horizon_days))
+            srow = signal_row(signal, state.version, row["spend_365d_minor"], now)
+            batch.rows("signals_current", SIGNAL_COLUMNS).append(srow)
+            batch.rows("signals_history", SIGNAL_COLUMNS).append(srow)
+            signals.append((key, signal))
         report.customers = len(by_customer)
 
         if dead:
@@ -227,6 +271,9 @@ class BatchProcessor:
         report.rows_written = await self.sink.write(batch)
         for letter in dead:
             await self.publish_dead_letter(letter)
+        if self.publish_signal is not None:
+            for key, signal in signals:
+                await self.publish_signal(key, signal)
         self.totals.update(report.outcomes)
         self.totals["messages"] += report.messages
         return report
