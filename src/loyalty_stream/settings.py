@@ -63,6 +63,9 @@ class Settings(BaseSettings):
     model_refit_minutes: float = Field(
         60.0, gt=0, description="How often the worker refits the BG/NBD population parameters from ClickHouse."
     )
+    fault_injection_dir: Path | None = Field(
+        None, description="Tests only: directory of switch files that make ClickHouse writes fail (see sinks/faults.py)."
+    )
     log_level: str = Field("INFO", description="Log level of the worker and commands.")
 
     # -- ClickHouse ---------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from faust.types import EventT
 from loyalty_stream.records import EventKind
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
-from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner
+from loyalty_stream.sinks.faults import make_sink
 from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams
 from loyalty_stream.topics import Topics
 
@@ -104,7 +105,7 @@ class Pipeline:
             table_standby_replicas=0,
             logging_config=None,
         )
-        self.sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+        self.sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir)
         self.runner = AsyncSinkRunner(self.sink, max_backoff=settings.sink_retry_max_seconds)
         self.relationships = self.app.Table(
             "relationships", default=None, partitions=settings.partitions,
