@@ -81,3 +81,73 @@ def test_events_in_equal_events_stored_and_state_equals_the_ledger(settings, wor
 
 def _count(settings, table: str) -> int:
     return int(direct_query(settings, f"SELECT count() FROM {settings.clickhouse_database}.{table} FINAL")[0][0])
+
+
+def test_know_me_profile_over_http(settings, worker):
+    import urllib.error
+
+    end_ms = int(time.time() * 1000) - 60_000
+    events = generate(customers=20, days=1, seed=3, end_ms=end_ms, history_days=60)
+    worker.start()
+    publish(settings, to_outgoing(events, seed=3))
+    db = settings.clickhouse_database
+    wait_until(lambda: int(worker.scalar(f"SELECT sum(events) FROM {db}.relationships FINAL")) >= len(events),
+               timeout=120, what="all events folded")
+    expected = expected_by_customer(events)
+    buyer = next(cid for cid, x in sorted(expected.items()) if x.purchases > 0)
+    profile = worker.get(f"/customers/{buyer}")
+    assert profile["customer_id"] == buyer
+    assert profile["facts"]["purchases_lifetime"] == expected[buyer].purchases
+    assert profile["know_me"]["last_purchase_at"] == expected[buyer].last_purchase_at
+    assert profile["know_me"]["greeting_hint"]
+    assert 0 <= profile["signal"]["loyalty_score"] <= 100
+    with pytest.raises(RuntimeError, match="404"):
+        worker.get("/customers/C9999999")
+
+
+def test_stream_equals_replay(settings, worker, tmp_path):
+    import json
+
+    from loyalty_stream.model import DEFAULT_PARAMS
+    from loyalty_stream.model.replay import run_replay
+    from loyalty_stream.simulate import write_replay_file
+
+    end_ms = int(time.time() * 1000) - 60_000
+    events = generate(customers=150, days=1, seed=21, end_ms=end_ms, history_days=120)
+    history = tmp_path / "history.jsonl"
+    write_replay_file(history, events)
+
+    worker.start()
+    publish(settings, to_outgoing(events, seed=21))
+    db = settings.clickhouse_database
+    wait_until(lambda: int(worker.scalar(f"SELECT sum(version) FROM {db}.signals_current FINAL")) >= len(events),
+               timeout=180, what="signals for every event")
+    columns = ["customer_id", "version", "loyalty_score", "tier", "churn_risk", "expected_purchases",
+               "toUnixTimestamp64Milli(expected_next_purchase_at)", "component_recency", "component_frequency",
+               "component_monetary", "component_breadth", "component_relationship_quality",
+               "component_price_independence", "component_recognition", "greeting_hint", "open_issues"]
+    streamed = {r[0]: r for r in worker.query(f"SELECT {', '.join(columns)} FROM {db}.signals_current FINAL")}
+    worker.stop()
+
+    out = tmp_path / "signals.jsonl"
+    summary = run_replay(history, None, out, params=DEFAULT_PARAMS)
+    assert summary.invalid_count == 0 and summary.customers == 150
+    replayed = {}
+    for line in out.read_text().splitlines():
+        s = json.loads(line)
+        replayed[s["customer_id"]] = [
+            s["customer_id"], None, s["loyalty_score"], s["tier"], s["churn_risk"], s["expected_purchases"],
+            s["expected_next_purchase_at"], *(s["components"][c] for c in (
+                "recency", "frequency", "monetary", "breadth", "relationship_quality", "price_independence",
+                "recognition")), s["greeting_hint"], s["open_issues"]]
+    assert set(streamed) == set(replayed)
+    for cid, row in streamed.items():
+        assert row[1] == expected_by_customer(e for e in events if e.customer_id == cid)[cid].events
+        assert [row[0], *row[2:]] == [replayed[cid][0], *replayed[cid][2:]], cid
+
+    # The signals topic carries the same final signal per customer.
+    latest = {}
+    for key, value in read_topic(settings, settings.topic_prefix + "signals"):
+        latest[key.decode()] = codec("loyalty_signal").decode(value)
+    assert {cid: (s["tier"], s["loyalty_score"]) for cid, s in latest.items()} == {
+        cid: (r[3], r[2]) for cid, r in streamed.items()}

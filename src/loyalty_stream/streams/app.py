@@ -20,10 +20,12 @@ import faust.streams
 import faust.web
 from faust.types import EventT
 
+from loyalty_stream.model import score_customer, signal_to_dict
 from loyalty_stream.records import EventKind
+from loyalty_stream.relationship import facts, state_from_dict
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
-from loyalty_stream.sinks.clickhouse import AsyncSinkRunner
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, now_ms
 from loyalty_stream.sinks.faults import make_sink
 from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams
 from loyalty_stream.topics import Topics
@@ -93,6 +95,7 @@ class Pipeline:
             web_bind=settings.web_host,
             web_port=settings.web_port,
             web_host=settings.web_host,
+            canonical_url=f"http://{settings.web_host}:{settings.web_port}",
             topic_partitions=settings.partitions,
             topic_replication_factor=1,
             topic_allow_declare=True,
@@ -177,6 +180,17 @@ class Pipeline:
         if applied:
             logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
 
+    def profile(self, stored: bytes, now: int) -> dict[str, Any]:
+        """What staff or an IVR needs to recognise a returning customer, with the signal behind it."""
+        state = state_from_dict(codec("relationship_state").decode(stored))
+        signal = signal_to_dict(score_customer(state, max(now, state.last_seen_at or 0), self.model.current,
+                                               self.model.horizon_days))
+        know_me = {k: signal[k] for k in (
+            "greeting_hint", "last_purchase_at", "last_purchase_categories", "last_purchase_skus",
+            "last_purchase_channel", "last_purchase_location_id", "favourite_category", "preferred_channel",
+            "open_issues")}
+        return {"customer_id": state.customer_id, "know_me": know_me, "signal": signal, "facts": facts(state)}
+
     def totals(self) -> dict[str, dict[str, int]]:
         return {kind: dict(p.totals) for kind, p in self.processors.items()}
 
@@ -197,6 +211,20 @@ class Pipeline:
                 "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
                 if app.consumer else [],
             })
+
+        @app.page("/customers/{customer_id}")
+        class Customer(faust.web.View):
+            """The know-me profile and loyalty signal of one customer, as of now.
+
+            Answered by whichever worker owns the customer's partition: others forward it there.
+            """
+
+            @app.table_route(table=pipeline.relationships, match_info="customer_id")
+            async def get(self, request: Any, customer_id: str) -> Any:
+                stored = pipeline.relationships.get(customer_id.encode())
+                if stored is None:
+                    return self.json({"error": f"unknown customer {customer_id}"}, status=404)
+                return self.json(pipeline.profile(bytes(stored), now_ms()))
 
         @app.page("/clickhouse/query")
         class ClickHouseQuery(faust.web.View):
