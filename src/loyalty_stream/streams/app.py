@@ -20,13 +20,14 @@ import faust.streams
 import faust.web
 from faust.types import EventT
 
-from loyalty_stream.model import score_customer, signal_to_dict
+from loyalty_stream.model import BgNbdParams, score_customer, signal_to_dict
 from loyalty_stream.records import EventKind
 from loyalty_stream.relationship import facts, state_from_dict
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
 from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, now_ms
 from loyalty_stream.sinks.faults import make_sink
+from loyalty_stream.streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
 from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams
 from loyalty_stream.topics import Topics
 
@@ -135,6 +136,10 @@ class Pipeline:
         self._add_pages()
         self.app.service(self._startup_service())
 
+        @self.app.timer(interval=settings.model_refit_minutes * 60.0)
+        async def refit_model_parameters() -> None:
+            await self.refit_model()
+
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
         await self.dead_letter_topic.send(key=letter.message.key, value=value)
@@ -175,10 +180,27 @@ class Pipeline:
         return SinkSetup()
 
     def prepare(self) -> None:
-        """Apply ClickHouse migrations; called before the worker starts, so agents find their tables."""
+        """Apply ClickHouse migrations and load the newest model parameters; called before the
+        worker starts, so agents find their tables and score with the fitted population."""
         applied = self.sink.migrate()
         if applied:
             logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
+        latest = load_params(self.sink)
+        if latest is not None:
+            self.model.current = latest
+            logger.info("model parameters from %s: %s", latest.source, latest.as_dict())
+
+    async def refit_model(self) -> BgNbdParams:
+        """Refit BG/NBD on (a sample of) the buyers in ClickHouse and use the result from now on."""
+        now = now_ms()
+        _, rows = await self.runner.query(REFIT_SQL.format(db=self.settings.clickhouse_database, now=now,
+                                                           sample=REFIT_SAMPLE))
+        loop = asyncio.get_running_loop()
+        params = await loop.run_in_executor(None, fit_from_rows, rows)
+        self.model.current = params
+        await self.runner.call(store_params, self.sink, params, now)
+        logger.info("refitted BG/NBD on %d buyers: %s", params.buyers, params.as_dict())
+        return params
 
     def profile(self, stored: bytes, now: int) -> dict[str, Any]:
         """What staff or an IVR needs to recognise a returning customer, with the signal behind it."""
