@@ -175,6 +175,7 @@ class AsyncSinkRunner:
         self.max_backoff = max_backoff
         self.on_retry = on_retry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._closed = False
         self.retries = 0
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -206,6 +207,10 @@ class AsyncSinkRunner:
         return await self.call(self.sink.query, sql, parameters)  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
+        """Close the client on its own thread and stop the thread; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
         self._executor.submit(self.sink.close).result(timeout=30)
         self._executor.shutdown(wait=True)
 
