@@ -51,6 +51,8 @@ class PurchaseEvent:
     items: tuple[PurchaseItem, ...] = ()
     is_return: bool = False
     location_id: str | None = None
+    contact_email: str | None = None  # a pseudonym once ingested, never the address
+    contact_phone: str | None = None
 
     kind: EventKind = field(default="purchase", init=False, repr=False, compare=False)
 
@@ -74,6 +76,7 @@ class CallEvent:
     sentiment: float | None = None
     effort_score: int | None = None
     nps: int | None = None
+    caller_phone: str | None = None  # a pseudonym once ingested, never the number
 
     kind: EventKind = field(default="call", init=False, repr=False, compare=False)
 

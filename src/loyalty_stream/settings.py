@@ -58,11 +58,24 @@ class Settings(BaseSettings):
     currency: str = Field("EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
     max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
     future_skew_seconds: int = Field(300, ge=0, description="How far in the future (by the worker's clock) an event time may be.")
+    pseudonymisation_key: SecretStr | None = Field(
+        None,
+        description="Secret key of the HMAC that pseudonymises e-mail addresses and phone numbers at ingestion. "
+        "Unset: a random key kept in <data_dir>/pseudonymisation.key (fine for a laptop, not for production).",
+    )
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between ClickHouse write retries.")
     churn_horizon_days: int = Field(90, ge=1, le=730, description="Horizon of churn_risk: probability of no purchase within this many days.")
     model_refit_minutes: float = Field(
         60.0, gt=0, description="How often the worker refits the BG/NBD population parameters from ClickHouse."
     )
+    alert_score_drop_points: float = Field(15.0, gt=0, description="score_drop fires this many points below the 30-day peak.")
+    alert_cooldown_days: float = Field(14.0, ge=0, description="No second alert of a kind for a customer within this many days.")
+    alert_check_seconds: float = Field(30.0, gt=0, description="How often the worker looks for customers gone quiet.")
+    webhook_url: str | None = Field(None, description="Where alerts are POSTed (Standard Webhooks signing). Unset: no webhook.")
+    webhook_secret: SecretStr | None = Field(None, description="Webhook signing secret (whsec_<base64> or raw); never logged.")
+    webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
+    webhook_max_attempts: int = Field(10, ge=1, description="Attempts per alert before it is dead-lettered.")
+    webhook_backoff_cap_seconds: float = Field(60.0, gt=0, description="Longest wait between webhook retries.")
     fault_injection_dir: Path | None = Field(
         None, description="Tests only: directory of switch files that make ClickHouse writes fail (see sinks/faults.py)."
     )

@@ -35,6 +35,11 @@ class Topics:
     def alerts(self) -> str:
         return f"{self.prefix}alerts"
 
+    @property
+    def alert_due(self) -> str:
+        """Internal: customers whose gone-quiet time has passed, keyed like the inputs."""
+        return f"{self.prefix}alert-due"
+
     def for_kind(self, kind: EventKind) -> str:
         return {"purchase": self.purchases, "call": self.calls, "visit": self.visits}[kind]
 
@@ -47,7 +52,7 @@ class Topics:
         return (self.dead_letters, self.signals, self.alerts)
 
     def all(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs
+        return self.inputs + self.outputs + (self.alert_due,)
 
 
 KIND_BY_SUFFIX: dict[str, EventKind] = {"purchases": "purchase", "calls": "call", "visits": "visit"}

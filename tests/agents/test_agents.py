@@ -44,7 +44,13 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
     async def collect(key: bytes, signal: dict) -> None:  # stands in for the signals topic
         emitted.append((key, signal))
 
+    raised: list[dict] = []
+
+    async def collect_alert(key: bytes, alert: dict) -> None:  # stands in for the alerts topic
+        raised.append(alert)
+
     pipeline.processors[kind].publish_signal = collect
+    pipeline.processors[kind].publish_alert = collect_alert
 
     async def run() -> None:
         async with pipeline.app.agents[agent_name].test_context() as agent:
@@ -78,6 +84,8 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
     assert [r[1] for r in rows] == [expected[cid].events for cid in sorted(latest)]
     _, rows = pipeline.sink.query("SELECT count() FROM loyalty.signals_history FINAL")
     assert rows == [(len(events),)]  # the resend re-emits an existing version, which collapses
+    _, rows = pipeline.sink.query("SELECT alert_id FROM loyalty.alerts FINAL ORDER BY alert_id")
+    assert [r[0] for r in rows] == sorted(a["alert_id"] for a in raised)
 
 
 def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(pipeline: Pipeline):

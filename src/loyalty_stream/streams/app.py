@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import secrets
 import ssl
 import weakref
 from collections.abc import AsyncIterator, Iterator
@@ -25,7 +27,10 @@ from loyalty_stream.records import EventKind
 from loyalty_stream.relationship import facts, state_from_dict
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
-from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, now_ms
+from loyalty_stream.alerts import AlertRules
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
+from loyalty_stream.sinks.webhook import WebhookConfig, WebhookDelivery
+from loyalty_stream.streams.alerting import Alerting
 from loyalty_stream.sinks.faults import make_sink
 from loyalty_stream.streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
 from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams
@@ -65,6 +70,21 @@ class TableStore:
     def put(self, key: bytes, value: bytes, message: Message) -> None:
         with acting_for(message.handle):
             self.table[key] = value
+
+
+def pseudonymisation_key(settings: Settings) -> bytes:
+    """The HMAC key for contact details: configured, or a random one kept in the data directory."""
+    if settings.pseudonymisation_key is not None:
+        return settings.pseudonymisation_key.get_secret_value().encode()
+    path = settings.data_dir / "pseudonymisation.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(secrets.token_bytes(32))
+        logger.warning("LOYALTY_PSEUDONYMISATION_KEY is not set: generated a random key in %s "
+                       "(set the variable in production, or pseudonyms change with the data directory)", path)
+    return path.read_bytes()
 
 
 def broker_credentials(settings: Settings) -> Any:
@@ -124,15 +144,39 @@ class Pipeline:
             self.topics.signals, key_type=bytes, value_type=bytes, partitions=settings.partitions,
             key_serializer="raw", value_serializer="raw",
         )
+        self.alert_topic = self.app.topic(
+            self.topics.alerts, key_type=bytes, value_type=bytes, partitions=settings.partitions,
+            key_serializer="raw", value_serializer="raw",
+        )
+        self.alert_states = self.app.Table(
+            "alert_states", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes,
+            help="Per-customer alert episodes, score peaks and the gone-quiet due time (JSON).",
+        )
+        self.alerting = Alerting(TableStore(self.alert_states), AlertRules(
+            score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days))
+        self.webhook: WebhookDelivery | None = None
+        if settings.webhook_url:
+            if settings.webhook_secret is None:
+                raise ValueError("LOYALTY_WEBHOOK_URL is set but LOYALTY_WEBHOOK_SECRET is not")
+            self.webhook = WebhookDelivery(WebhookConfig(
+                url=settings.webhook_url, secret=settings.webhook_secret.get_secret_value(),
+                timeout_seconds=settings.webhook_timeout_seconds, max_attempts=settings.webhook_max_attempts,
+                backoff_cap_seconds=settings.webhook_backoff_cap_seconds,
+            ), on_give_up=self.webhook_gave_up)
         self.dead_letter_codec = codec("dead_letter")
         self.signal_codec = codec("loyalty_signal")
+        self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
         self.processors: dict[EventKind, BatchProcessor] = {}
         store = TableStore(self.relationships)
+        key = pseudonymisation_key(settings)
         for kind in ("purchase", "call", "visit"):
             self.processors[kind] = BatchProcessor(settings, kind, store, self.runner, self.publish_dead_letter,
-                                                   model=self.model, publish_signal=self.publish_signal)
+                                                   pseudonymisation_key=key,
+                                                   model=self.model, publish_signal=self.publish_signal,
+                                                   alerting=self.alerting, publish_alert=self.publish_alert)
             self._add_agent(kind)
+        self._add_quiet_check(store)
         self._add_pages()
         self.app.service(self._startup_service())
 
@@ -146,6 +190,57 @@ class Pipeline:
 
     async def publish_signal(self, key: bytes, signal: dict[str, Any]) -> None:
         await self.signal_topic.send(key=key, value=self.signal_codec.encode(signal))
+
+    async def publish_alert(self, key: bytes, alert: dict[str, Any]) -> None:
+        await self.alert_topic.send(key=key, value=self.alert_codec.encode(alert))
+        if self.webhook is not None:
+            self.webhook.submit(alert)  # never waits: delivery runs in the background
+
+    async def webhook_gave_up(self, alert: dict[str, Any], reason: str) -> None:
+        message = Message(self.topics.alerts, -1, -1, str(alert["customer_id"]).encode(),
+                          self.alert_codec.encode(alert), now_ms())
+        await self.publish_dead_letter(DeadLetter("deliver", message, "WebhookGaveUp", reason, now_ms(),
+                                                  payload=message.value))
+
+    def _add_quiet_check(self, store: TableStore) -> None:
+        """The gone-quiet timers: a timer finds due customers, an agent on their partition scores them."""
+        app, pipeline, settings = self.app, self, self.settings
+        due_topic = app.topic(self.topics.alert_due, key_type=bytes, value_type=bytes, key_serializer="raw",
+                              value_serializer="raw", partitions=settings.partitions)
+
+        @app.timer(interval=settings.alert_check_seconds)
+        async def find_quiet_customers() -> None:
+            for customer_id, due in pipeline.alerting.due_now():
+                await due_topic.send(key=customer_id.encode(), value=str(due).encode())
+
+        @app.on_rebalance_complete.connect
+        async def rebuild_quiet_timers(sender: Any = None, **kwargs: Any) -> None:
+            pipeline.alerting.rebuild(pipeline.alert_states.items())
+
+        async def check_quiet_customers(stream: faust.StreamT) -> AsyncIterator[None]:
+            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
+                batch = SinkBatch()
+                alerts: list[tuple[bytes, dict[str, Any]]] = []
+                now = now_ms()
+                for e in events:
+                    message = Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
+                                      e.message.value, round(e.message.timestamp * 1000), e)
+                    batch.cover(message.topic, message.partition, message.offset)
+                    stored = store.get(message.key, message)
+                    if stored is None:
+                        continue
+                    state = state_from_dict(codec("relationship_state").decode(stored))
+                    as_of = max(int(message.value), state.last_seen_at or 0)
+                    scored = score_customer(state, as_of, pipeline.model.current, pipeline.model.horizon_days)
+                    alerts += [(message.key, a) for a in pipeline.alerting.evaluate(
+                        message.key, message, state, scored, batch, now)]
+                await pipeline.runner.write(batch)
+                for key, alert in alerts:
+                    await pipeline.publish_alert(key, alert)
+                yield None
+
+        check_quiet_customers.__name__ = check_quiet_customers.__qualname__ = "check_quiet_customers"
+        app.agent(due_topic, name="check_quiet_customers")(check_quiet_customers)
 
     def _add_agent(self, kind: EventKind) -> None:
         topic = self.app.topic(self.topics.for_kind(kind), key_type=bytes, value_type=bytes,
@@ -174,7 +269,13 @@ class Pipeline:
         class SinkSetup(faust.Service):
             """Closes the ClickHouse client when the worker stops."""
 
+            async def on_start(self) -> None:
+                if pipeline.webhook is not None:
+                    await pipeline.webhook.start()
+
             async def on_stop(self) -> None:
+                if pipeline.webhook is not None:
+                    await pipeline.webhook.stop(10.0)
                 await asyncio.get_running_loop().run_in_executor(None, pipeline.runner.shutdown)
 
         return SinkSetup()

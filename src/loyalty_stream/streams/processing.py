@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from loyalty_stream.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
+from loyalty_stream.pseudonymise import pseudonymise_datum, scrub_bytes, scrub_text
 from loyalty_stream.records import CallEvent, Event, EventKind, PurchaseEvent, VisitEvent, event_from_dict
 from loyalty_stream.relationship import RelationshipState, apply_event, facts, state_from_dict, state_to_dict
 from loyalty_stream.schemas import DecodeError, UnknownSchemaError, codec
@@ -60,10 +61,13 @@ class DeadLetter:
     error_type: str
     reason: str
     failed_at: int
+    # What is kept of the record: the pseudonymised re-encoding when it could be decoded, else
+    # the original bytes with anything shaped like a contact detail masked.
+    payload: bytes | None = None
 
     def envelope(self, payload_cap: int) -> dict[str, Any]:
-        payload = self.message.value
-        reason = self.reason
+        payload = self.payload if self.payload is not None else scrub_bytes(self.message.value)
+        reason = scrub_text(self.reason)
         if len(payload) > payload_cap:
             reason = f"{reason} (payload cut to {payload_cap} of {len(payload)} bytes)"
             payload = payload[:payload_cap]
@@ -94,11 +98,11 @@ SignalPublisher = Callable[[bytes, dict[str, Any]], Awaitable[None]]
 PURCHASE_COLUMNS = (
     "event_id", "customer_id", "occurred_at", "channel", "order_id", "amount_minor", "currency",
     "discount_minor", "promo_code", "item_skus", "item_categories", "item_quantities",
-    "item_unit_prices_minor", "is_return", "location_id",
+    "item_unit_prices_minor", "is_return", "location_id", "contact_email", "contact_phone",
 )
 CALL_COLUMNS = (
     "event_id", "customer_id", "occurred_at", "direction", "reason", "wait_seconds", "duration_seconds",
-    "resolved", "sentiment", "effort_score", "nps", "agent_id",
+    "resolved", "sentiment", "effort_score", "nps", "agent_id", "caller_phone",
 )
 VISIT_COLUMNS = (
     "event_id", "customer_id", "occurred_at", "channel", "location_id", "duration_seconds", "recognized",
@@ -134,6 +138,7 @@ def raw_row(event: Event) -> dict[str, Any]:
             "item_quantities": [i.quantity for i in event.items],
             "item_unit_prices_minor": [i.unit_price_minor for i in event.items],
             "is_return": event.is_return, "location_id": event.location_id,
+            "contact_email": event.contact_email, "contact_phone": event.contact_phone,
         }
     if isinstance(event, CallEvent):
         return {name: getattr(event, name) for name in CALL_COLUMNS}
@@ -171,10 +176,13 @@ class BatchProcessor:
         store: StateStore,
         sink: AsyncSinkRunner,
         publish_dead_letter: DeadLetterPublisher,
+        pseudonymisation_key: bytes,
         clock: Callable[[], int] = now_ms,
         relationship_columns: Sequence[str] | None = None,
         model: ModelParams | None = None,
         publish_signal: SignalPublisher | None = None,
+        alerting: Any = None,
+        publish_alert: SignalPublisher | None = None,
     ) -> None:
         self.settings = settings
         self.kind = kind
@@ -182,33 +190,41 @@ class BatchProcessor:
         self.sink = sink
         self.publish_dead_letter = publish_dead_letter
         self.clock = clock
+        self.pseudonymisation_key = pseudonymisation_key
         self.codec = codec(kind)
         self.state_codec = codec("relationship_state")
         self.limits = Limits(currency=settings.currency, future_skew_ms=settings.future_skew_seconds * 1000)
         self.relationship_columns = relationship_columns
         self.model = model or ModelParams()
         self.publish_signal = publish_signal
+        self.alerting = alerting  # streams.alerting.Alerting, or None for no alerts
+        self.publish_alert = publish_alert
         self.totals: Counter[str] = Counter()
 
     def _decode(self, message: Message, now: int) -> Event | DeadLetter:
         if len(message.value) > self.settings.max_event_bytes:
             return DeadLetter("decode", message, "TooLarge",
-                              f"{len(message.value)} bytes is over the {self.settings.max_event_bytes}-byte cap", now)
+                              f"{len(message.value)} bytes is over the {self.settings.max_event_bytes}-byte cap", now,
+                              payload=b"")
         try:
-            event = event_from_dict(self.kind, self.codec.decode(message.value))
+            datum = pseudonymise_datum(self.pseudonymisation_key, self.kind, self.codec.decode(message.value))
         except UnknownSchemaError as exc:
             return DeadLetter("decode", message, "UnknownSchema", str(exc), now)
         except DecodeError as exc:
             return DeadLetter("decode", message, "DecodeError", str(exc), now)
+        try:
+            event = event_from_dict(self.kind, datum)
         except (TypeError, ValueError) as exc:
             return DeadLetter("decode", message, "DecodeError", f"{self.kind}: {exc}", now)
+        kept = self.codec.encode(datum)
         if message.key is not None and message.key != event.customer_id.encode():
             return DeadLetter("validate", message, "KeyMismatch",
-                              "message key is not the event's customer_id (it would break per-customer partitioning)", now)
+                              "message key is not the event's customer_id (it would break per-customer partitioning)",
+                              now, payload=kept)
         try:
             validate(event, self.limits, now)
         except ValidationError as exc:
-            return DeadLetter("validate", message, "ValidationError", str(exc), now)
+            return DeadLetter("validate", message, "ValidationError", str(exc), now, payload=kept)
         return event
 
     async def process(self, messages: Sequence[Message]) -> BatchReport:
@@ -218,6 +234,7 @@ class BatchProcessor:
         dead: list[DeadLetter] = []
         by_customer: dict[str, list[tuple[Message, Event]]] = {}
         signals: list[tuple[bytes, dict[str, Any]]] = []
+        alerts: list[tuple[bytes, dict[str, Any]]] = []
         for message in messages:
             batch.cover(message.topic, message.partition, message.offset)
             decoded = self._decode(message, now)
@@ -249,8 +266,11 @@ class BatchProcessor:
             batch.rows("relationships", self.relationship_columns or tuple(row)).append(row)
             # Scored as of the customer's newest event: deterministic, so a replay of the same
             # events (loyalty replay --as-of latest) gives the same signal.
-            signal = signal_to_dict(score_customer(state, state.last_seen_at, self.model.current,
-                                                   self.model.horizon_days))
+            scored = score_customer(state, state.last_seen_at, self.model.current, self.model.horizon_days)
+            signal = signal_to_dict(scored)
+            if self.alerting is not None:
+                self.alerting.observe(state.last_seen_at)
+                alerts.extend((key, a) for a in self.alerting.evaluate(key, items[-1][0], state, scored, batch, now))
             srow = signal_row(signal, state.version, row["spend_365d_minor"], now)
             batch.rows("signals_current", SIGNAL_COLUMNS).append(srow)
             batch.rows("signals_history", SIGNAL_COLUMNS).append(srow)
@@ -260,11 +280,12 @@ class BatchProcessor:
         if dead:
             rows = batch.rows("dead_letters", DEAD_LETTER_COLUMNS)
             for letter in dead:
-                logger.warning("dead-lettering %s: %s: %s", letter.message.where, letter.error_type, letter.reason)
+                logger.warning("dead-lettering %s: %s: %s", letter.message.where, letter.error_type,
+                               scrub_text(letter.reason))
                 rows.append({
                     "stage": letter.stage, "source_topic": letter.message.topic,
                     "partition": letter.message.partition, "offset": letter.message.offset,
-                    "error_type": letter.error_type, "reason": letter.reason,
+                    "error_type": letter.error_type, "reason": scrub_text(letter.reason),
                     "payload_bytes": len(letter.message.value), "failed_at": letter.failed_at,
                 })
         report.outcomes["dead_lettered"] = len(dead)
@@ -274,6 +295,10 @@ class BatchProcessor:
         if self.publish_signal is not None:
             for key, signal in signals:
                 await self.publish_signal(key, signal)
+        if self.publish_alert is not None:
+            for key, alert in alerts:
+                await self.publish_alert(key, alert)
+        report.outcomes["alerts"] = len(alerts)
         self.totals.update(report.outcomes)
         self.totals["messages"] += report.messages
         return report
