@@ -178,6 +178,18 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from loyalty_stream.deadletters import republish
+
+    def select(letter: dict) -> bool:
+        return ((args.error_type is None or letter["error_type"] == args.error_type)
+                and (args.stage is None or letter["stage"] == args.stage))
+
+    report = republish(settings, select, dry_run=args.action == "list")
+    print(report.format())
+    return 0
+
+
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from loyalty_stream.admin import consumer_lag, worker_get
 
@@ -272,6 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon-days", type=int, default=None)
     p.add_argument("--personas", help="JSON {customer_id: persona} for a persona x tier confusion matrix")
     p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("dead-letters", help="list dead letters, or re-publish them once the cause is fixed")
+    p.add_argument("action", choices=["list", "republish"])
+    p.add_argument("--error-type", help="only this error type, e.g. ValidationError")
+    p.add_argument("--stage", help="only this stage: decode, validate, deliver")
+    p.set_defaults(func=cmd_dead_letters)
 
     p = sub.add_parser("status", help="consumer lag, events processed, rows in ClickHouse")
     p.set_defaults(func=cmd_status)
