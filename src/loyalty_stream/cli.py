@@ -138,6 +138,13 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
         if args.events_out:
             n = write_replay_file(args.events_out, events)
             print(f"Wrote {n:,} events of {args.customers:,} customers to {args.events_out}")
+            personas_path = Path(args.events_out).with_suffix(".personas.json")
+            import json as _json
+
+            from loyalty_stream.simulate import personas
+
+            personas_path.write_text(_json.dumps(personas(args.customers, args.seed), indent=0))
+            print(f"Wrote the customers' personas (ground truth) to {personas_path}")
         if args.dry_run:
             return 0
     report = simulate_main(settings, customers=args.customers, days=args.days, seed=args.seed, rate=args.rate,
@@ -164,9 +171,18 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from loyalty_stream.model.backtest import run_backtest
 
-    report = run_backtest(args.events, _parse_time(args.cutoff), args.horizon_days or settings.churn_horizon_days,
-                          currency=settings.currency)
+    cutoff, horizon = _parse_time(args.cutoff), args.horizon_days or settings.churn_horizon_days
+    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency)
     print(report.format())
+    if args.alerts:
+        from loyalty_stream.alerts import AlertRules
+        from loyalty_stream.alerts.backtest import backtest_gone_quiet
+        from loyalty_stream.model.replay import read_events_file
+
+        rules = AlertRules(quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps)
+        print()
+        print(backtest_gone_quiet(read_events_file(args.events, settings.currency).events, cutoff, horizon,
+                                  rules=rules).format())
     if args.personas:
         import json as _json
 
@@ -229,6 +245,21 @@ def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from loyalty_stream.report import build_report, render_html, render_text
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report = build_report(lambda sql: clickhouse_query(settings, sql), settings.clickhouse_database,
+                          top=args.top, days=args.days, currency=settings.currency, generated_at=stamp)
+    print(render_text(report), end="")
+    if args.html:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        print(f"\nWrote {args.html}")
+    return 0
+
+
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     _print_table(["variable", "value", "meaning"], settings.described())
     return 0
@@ -283,6 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cutoff", required=True, help="ISO-8601 time")
     p.add_argument("--horizon-days", type=int, default=None)
     p.add_argument("--personas", help="JSON {customer_id: persona} for a persona x tier confusion matrix")
+    p.add_argument("--alerts", action="store_true", help="also backtest gone_quiet alerts against a naive rule")
     p.set_defaults(func=cmd_backtest)
 
     p = sub.add_parser("dead-letters", help="list dead letters, or re-publish them once the cause is fixed")
@@ -297,6 +329,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("query", help="run a read-only SQL query against ClickHouse")
     p.add_argument("sql")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("report", help="key loyalty figures as tables; --html writes a page with charts")
+    p.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page with charts")
+    p.add_argument("--top", type=int, default=10, help="customers at risk to list")
+    p.add_argument("--days", type=int, default=30, help="days of daily figures")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
     p.set_defaults(func=cmd_config)

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     )
     alert_score_drop_points: float = Field(15.0, gt=0, description="score_drop fires this many points below the 30-day peak.")
     alert_cooldown_days: float = Field(14.0, ge=0, description="No second alert of a kind for a customer within this many days.")
+    alert_quiet_tolerance_gaps: float = Field(
+        2.0, ge=0, description="gone_quiet waits this many of the customer's usual gaps (at least 3 days) past the "
+        "expected next purchase; see README for the precision/lead-time trade-off.")
     alert_check_seconds: float = Field(30.0, gt=0, description="How often the worker looks for customers gone quiet.")
     webhook_url: str | None = Field(None, description="Where alerts are POSTed (Standard Webhooks signing). Unset: no webhook.")
     webhook_secret: SecretStr | None = Field(None, description="Webhook signing secret (whsec_<base64> or raw); never logged.")

@@ -84,6 +84,9 @@ class Persona:
     nps_range: tuple[int, int]
     anchor: EventKind  # kind of the guaranteed interaction in the live window
     shape: Shape = "steady"
+    # Chance per year that the customer stops buying for good (they may still visit or call):
+    # churn spread over the whole history, so a backtest at any cut-off has churners to find.
+    dropout_per_year: float = 0.0
 
 
 PERSONAS: dict[str, Persona] = {
@@ -110,6 +113,7 @@ PERSONAS: dict[str, Persona] = {
             effort_mean=2.0,
             nps_range=(9, 10),
             anchor="purchase",
+            dropout_per_year=0.03,
         ),
         Persona(
             name="loyal",
@@ -133,6 +137,7 @@ PERSONAS: dict[str, Persona] = {
             effort_mean=2.5,
             nps_range=(7, 10),
             anchor="purchase",
+            dropout_per_year=0.08,
         ),
         Persona(
             name="transactional",
@@ -155,6 +160,7 @@ PERSONAS: dict[str, Persona] = {
             effort_mean=3.5,
             nps_range=(4, 8),
             anchor="purchase",
+            dropout_per_year=0.35,
         ),
         Persona(
             name="lapsing",
@@ -177,6 +183,7 @@ PERSONAS: dict[str, Persona] = {
             effort_mean=3.5,
             nps_range=(3, 8),
             anchor="visit",
+            dropout_per_year=0.5,
             shape="lapsing",
         ),
         Persona(
@@ -200,6 +207,7 @@ PERSONAS: dict[str, Persona] = {
             effort_mean=3.0,
             nps_range=(6, 10),
             anchor="purchase",
+            dropout_per_year=0.3,
             shape="new",
         ),
         Persona(
@@ -223,6 +231,7 @@ PERSONAS: dict[str, Persona] = {
             effort_mean=5.5,
             nps_range=(0, 5),
             anchor="call",
+            dropout_per_year=0.4,
         ),
     )
 }
@@ -381,6 +390,11 @@ class _CustomerSim:
         # lapsing: full rhythm until slow_from, then linearly down to nothing at stop_at
         self.slow_from = window.end - round(rng.uniform(15, 60) * DAY_MS)
         self.stop_at = self.slow_from + round(rng.uniform(10, 50) * DAY_MS)
+        # its own random stream, so the rest of the history is the same with or without dropout
+        self.dropout_at = math.inf
+        if persona.dropout_per_year > 0:
+            per_day = -math.log(1 - persona.dropout_per_year) / 365
+            self.dropout_at = self.active_from + random.Random(f"dropout|{seed}|{cid}").expovariate(per_day) * DAY_MS
 
     def events(self) -> list[Event]:
         out: list[Event] = []
@@ -423,7 +437,7 @@ class _CustomerSim:
             t += self.gap_ms * rng.lognormvariate(-sigma * sigma / 2, sigma)
             if t >= self.window.end:
                 return times
-            if t >= self.window.start and rng.random() < self._activity(t):
+            if t >= self.window.start and rng.random() < self._activity(t) and t < self.dropout_at:
                 times.append(int(t))
 
     def _poisson(self, per_day: float, lo: int, hi: int, floor: float) -> list[int]:

@@ -153,7 +153,8 @@ class Pipeline:
             help="Per-customer alert episodes, score peaks and the gone-quiet due time (JSON).",
         )
         self.alerting = Alerting(TableStore(self.alert_states), AlertRules(
-            score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days))
+            score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days,
+            quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps))
         self.webhook: WebhookDelivery | None = None
         if settings.webhook_url:
             if settings.webhook_secret is None:
