@@ -141,15 +141,33 @@ def ensure_jars(settings: Settings) -> Path:
 
 def _server_properties(settings: Settings, paths: dict[str, Path]) -> str:
     port = settings.local_kafka_port
+    listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}"
+    advertised = f"PLAINTEXT://127.0.0.1:{port}"
+    protocols = "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT"
+    secure: dict[str, str] = {}
+    if settings.local_kafka_secure:
+        listeners += f",SASL_SSL://127.0.0.1:{port + 2}"
+        advertised += f",SASL_SSL://127.0.0.1:{port + 2}"
+        protocols += ",SASL_SSL:SASL_SSL"
+        secure = {
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config":
+                "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+            "ssl.keystore.type": "PKCS12",
+            "ssl.keystore.location": str(paths["root"] / "tls" / "broker.p12"),
+            "ssl.keystore.password": KEYSTORE_PASSWORD,
+            "ssl.key.password": KEYSTORE_PASSWORD,
+        }
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
         "controller.quorum.voters": f"1@127.0.0.1:{port + 1}",
-        "listeners": f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}",
-        "advertised.listeners": f"PLAINTEXT://127.0.0.1:{port}",
+        "listeners": listeners,
+        "advertised.listeners": advertised,
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map": protocols,
+        **secure,
         "log.dirs": str(paths["data"]),
         # Single node: every internal topic has one replica.
         "offsets.topic.replication.factor": "1",
@@ -247,11 +265,19 @@ def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerS
         paths[key].mkdir(parents=True, exist_ok=True)
     paths["config"].write_text(_server_properties(settings, paths))
     classpath = f"{jars}/*"
+    if settings.local_kafka_secure:
+        _make_certificate(paths["root"] / "tls")
     if not (paths["data"] / "meta.properties").exists():
         cluster_id = _random_cluster_id()
+        scram = []
+        if settings.local_kafka_secure:
+            if not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+                raise BrokerError("LOYALTY_LOCAL_KAFKA_SECURE needs LOYALTY_KAFKA_SASL_USERNAME and _PASSWORD")
+            password = settings.kafka_sasl_password.get_secret_value()
+            scram = ["--add-scram", f"SCRAM-SHA-512=[name={settings.kafka_sasl_username},password={password}]"]
         result = subprocess.run(
             [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-             "-c", str(paths["config"])],
+             "-c", str(paths["config"]), *scram],
             capture_output=True, text=True, check=False,
         )
         if result.returncode != 0:
@@ -269,6 +295,34 @@ def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerS
     logger.info("started Kafka %s (pid %d) on %s", settings.kafka_version, proc.pid, settings.bootstrap)
     _wait_ready(settings, paths, timeout)
     return status(settings)
+
+
+KEYSTORE_PASSWORD = "loyalty-local-only"
+
+
+def _make_certificate(tls: Path) -> None:
+    """A self-signed certificate for 127.0.0.1 (keytool, from the JDK) and its PEM for clients."""
+    if (tls / "ca.pem").exists():
+        return
+    keytool = shutil.which("keytool")
+    if keytool is None:
+        raise BrokerError("keytool (part of the JDK) is needed for LOYALTY_LOCAL_KAFKA_SECURE")
+    tls.mkdir(parents=True, exist_ok=True)
+    store = str(tls / "broker.p12")
+    for args in (
+        ["-genkeypair", "-alias", "broker", "-keyalg", "RSA", "-keysize", "2048", "-validity", "3650",
+         "-dname", "CN=127.0.0.1", "-ext", "SAN=IP:127.0.0.1,DNS:localhost", "-storetype", "PKCS12"],
+        ["-exportcert", "-alias", "broker", "-rfc", "-file", str(tls / "ca.pem")],
+    ):
+        result = subprocess.run([keytool, *args, "-keystore", store, "-storepass", KEYSTORE_PASSWORD,
+                                 "-keypass", KEYSTORE_PASSWORD], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise BrokerError(f"keytool failed: {result.stdout}{result.stderr}")
+
+
+def certificate_authority(settings: Settings) -> Path:
+    """The PEM file clients trust for the local broker's SASL_SSL listener."""
+    return _paths(settings)["root"] / "tls" / "ca.pem"
 
 
 def _random_cluster_id() -> str:

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates.")
     local_kafka_port: int = Field(19092, description="Port of the local broker's client listener (its controller uses the next port).")
+    local_kafka_secure: bool = Field(
+        False, description="Also open a SASL_SSL (SCRAM-SHA-512) listener on the local broker, on the port after the "
+        "controller's, with a self-signed certificate and the SASL user/password from these settings (for testing TLS).",
+    )
     kafka_version: str = Field("4.1.1", description="Apache Kafka release the local broker runs (org.apache.kafka:kafka_2.13 from Maven Central).")
     kafka_cache_dir: Path = Field(
         Path.home() / ".cache" / "loyalty-stream" / "kafka",
