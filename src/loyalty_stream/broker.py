@@ -276,7 +276,8 @@ def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerS
             password = settings.kafka_sasl_password.get_secret_value()
             scram = ["--add-scram", f"SCRAM-SHA-512=[name={settings.kafka_sasl_username},password={password}]"]
         result = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
+            # "=" form: a cluster id may start with "-", which a separate argument would make an option
+            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
              "-c", str(paths["config"]), *scram],
             capture_output=True, text=True, check=False,
         )

@@ -11,7 +11,7 @@ is kept as a float here and turned into integer thousandths where it is summed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 EventKind = Literal["purchase", "call", "visit"]
 
@@ -95,7 +95,7 @@ class VisitEvent:
     kind: EventKind = field(default="visit", init=False, repr=False, compare=False)
 
 
-Event = Union[PurchaseEvent, CallEvent, VisitEvent]
+Event = PurchaseEvent | CallEvent | VisitEvent
 
 
 def event_from_dict(kind: EventKind, data: dict[str, Any]) -> Event:

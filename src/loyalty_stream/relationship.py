@@ -375,7 +375,8 @@ def state_from_dict(data: dict) -> RelationshipState:
         categories_bought=dict(data.get("categories_bought") or {}),
         categories_viewed=dict(data.get("categories_viewed") or {}),
         recent_purchase_at=list(data.get("recent_purchase_at") or ()),
-        last_purchase=None if last is None else LastPurchase(**{**last, "categories": list(last["categories"]), "skus": list(last["skus"])}),
+        last_purchase=None if last is None else LastPurchase(
+            **{**last, "categories": list(last["categories"]), "skus": list(last["skus"])}),
         last_received_at=data.get("last_received_at"),
         seen_events={s["event_id"]: s["received_at"] for s in data.get("seen_events", ())},
     )

@@ -57,9 +57,13 @@ SQL: dict[str, str] = {
         "WHERE day > (SELECT max(day) FROM {db}.v_alerts_daily) - {days} GROUP BY day ORDER BY day"
     ),
     "alerts_outcome": (
-        "SELECT kind, outcome, alerts, customers, avg_days_to_purchase FROM {db}.v_alerts_outcome ORDER BY kind, outcome"
+        "SELECT kind, outcome, alerts, customers, avg_days_to_purchase "
+        "FROM {db}.v_alerts_outcome ORDER BY kind, outcome"
     ),
-    "transitions": "SELECT week, from_tier, to_tier, customers FROM {db}.v_tier_transitions_weekly ORDER BY week, from_tier, to_tier",
+    "transitions": (
+        "SELECT week, from_tier, to_tier, customers "
+        "FROM {db}.v_tier_transitions_weekly ORDER BY week, from_tier, to_tier"
+    ),
 }
 
 
@@ -142,14 +146,15 @@ def text_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     """Left-aligned columns under a dashed rule, as ``loyalty query`` prints them."""
     cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
 
 
-def key_figures(report: Report) -> list[tuple[str, str]]:
+def key_figures(report: Report) -> list[tuple[str, ...]]:
     """The headline numbers: (label, value)."""
-    tiers = dict(zip(report["tiers_now"].column("tier"), report["tiers_now"].column("customers")))
+    now = report["tiers_now"]
+    tiers = dict(zip(now.column("tier"), now.column("customers"), strict=True))
     customers = sum(int(n) for n in tiers.values())
     loyal = sum(int(tiers.get(t, 0)) for t in LOYAL_TIERS)
     audience = report["audience"].rows
@@ -257,7 +262,8 @@ def _legend(tiers: list[str]) -> list[str]:
     out = []
     for i, tier in enumerate(tiers):
         y = TOP + 18 * i
-        out.append(f'<rect x="{WIDTH - RIGHT + 16}" y="{y}" width="12" height="12" fill="{TIER_COLOURS.get(tier, "#999")}"/>'
+        colour = TIER_COLOURS.get(tier, "#999")
+        out.append(f'<rect x="{WIDTH - RIGHT + 16}" y="{y}" width="12" height="12" fill="{colour}"/>'
                    f'<text x="{WIDTH - RIGHT + 34}" y="{y + 10}" font-size="11">{_esc(tier)}</text>')
     return out
 
@@ -273,13 +279,13 @@ def chart_tiers_over_time(report: Report) -> str:
     days = sorted({d for d, _, _ in rows})
     tiers = _tier_order({t for _, t, _ in rows})
     totals = {d: sum(n for dd, _, n in rows if dd == d) for d in days}
-    top = max(totals.values(), default=0) or 1
+    top = float(max(totals.values(), default=0) or 1)
     slot = (WIDTH - LEFT - RIGHT) / max(len(days), 1)
     scale = (HEIGHT - TOP - BOTTOM) / top
     by_key = {(d, t): n for d, t, n in rows}
     marks = []
     for i, d in enumerate(days):
-        y = HEIGHT - BOTTOM
+        y = float(HEIGHT - BOTTOM)
         for t in tiers:
             n = by_key.get((d, t), 0)
             if n:
@@ -305,7 +311,9 @@ def chart_score_histogram(report: Report) -> str:
 def chart_transitions(report: Report) -> str:
     """Heat map: customers per (tier at the end of the week before, tier at the end of the week)."""
     cells = report.transitions_last_week()
-    froms = _tier_order({f for f, _, _ in cells} - {"(new)"}) + (["(new)"] if any(f == "(new)" for f, _, _ in cells) else [])
+    froms = _tier_order({f for f, _, _ in cells} - {"(new)"})
+    if any(f == "(new)" for f, _, _ in cells):
+        froms.append("(new)")
     tos = _tier_order({t for _, t, _ in cells})
     size = 44
     left, top = 120, 90
@@ -315,14 +323,19 @@ def chart_transitions(report: Report) -> str:
     for f, t, n in cells:
         x, y = left + size * tos.index(t), top + size * froms.index(f)
         shade = 0.12 + 0.88 * n / most
+        ink = "#fff" if shade > 0.55 else "#000"
         marks.append(_mark(x, y, size - 2, size - 2, f"{f}|{t}", n, f"rgba(33,102,172,{shade:.3f})",
                            f"{f} -> {t}: {n:,}")
-                     + f'<text x="{x + size / 2 - 1:.1f}" y="{y + size / 2 + 4:.1f}" font-size="11" text-anchor="middle" '
-                       f'fill="{"#fff" if shade > 0.55 else "#000"}">{n:,}</text>')
-    body = [f'<text x="{left + size * i + size / 2:.1f}" y="{top - 8}" font-size="11" '
-            f'transform="rotate(-45 {left + size * i + size / 2:.1f} {top - 8})">{_esc(t)}</text>' for i, t in enumerate(tos)]
-    body += [f'<text x="{left - 6}" y="{top + size * i + size / 2 + 4:.1f}" font-size="11" text-anchor="end">{_esc(f)}</text>'
-             for i, f in enumerate(froms)]
+                     + f'<text x="{x + size / 2 - 1:.1f}" y="{y + size / 2 + 4:.1f}" font-size="11" '
+                       f'text-anchor="middle" fill="{ink}">{n:,}</text>')
+    body = []
+    for i, t in enumerate(tos):
+        centre = left + size * i + size / 2
+        body.append(f'<text x="{centre:.1f}" y="{top - 8}" font-size="11" '
+                    f'transform="rotate(-45 {centre:.1f} {top - 8})">{_esc(t)}</text>')
+    for i, f in enumerate(froms):
+        body.append(f'<text x="{left - 6}" y="{top + size * i + size / 2 + 4:.1f}" font-size="11" '
+                    f'text-anchor="end">{_esc(f)}</text>')
     return _svg("tier-transitions", marks, body, f"Tier transitions, week of {report.last_week or '-'}", height)
 
 
@@ -338,8 +351,8 @@ def chart_at_risk(report: Report) -> str:
                    f"{c} ({t}): {money(v, report.currency)}")
              + f'<text x="{left + v * scale + 6:.2f}" y="{TOP + bar * i + bar / 2 + 2:.2f}" font-size="11">'
                f"{_esc(money(v, report.currency))}</text>" for i, (c, t, v) in enumerate(rows)]
-    body = [f'<text x="{left - 6}" y="{TOP + bar * i + bar / 2 + 2:.2f}" font-size="11" text-anchor="end">{_esc(c)}</text>'
-            for i, (c, _, _) in enumerate(rows)]
+    body = [f'<text x="{left - 6}" y="{TOP + bar * i + bar / 2 + 2:.2f}" font-size="11" '
+            f'text-anchor="end">{_esc(c)}</text>' for i, (c, _, _) in enumerate(rows)]
     return _svg("customers-at-risk", marks, body, f"Top {report.top} customers by value at risk", height)
 
 
@@ -387,7 +400,8 @@ def render_html(report: Report) -> str:
     tables = sections(report)
     names = ["key-figures", "tiers-now", "audience", "customers-at-risk", "alerts-per-day", "alert-outcomes",
              "tier-transitions"]
-    table_html = {name: (title, _html_table(name, columns, rows)) for name, (title, columns, rows) in zip(names, tables)}
+    table_html = {name: (title, _html_table(name, columns, rows))
+                  for name, (title, columns, rows) in zip(names, tables, strict=True)}
     charts = {name: draw(report) for name, draw in CHARTS.items()}
 
     def block(title: str, *parts: str) -> str:
@@ -402,7 +416,7 @@ def render_html(report: Report) -> str:
         f"{_esc(report.generated_at)}</p>",
         block(*table_html["key-figures"]),
         block("Tier distribution over time", charts["tiers-over-time"], table_html["audience"][1]),
-        block(table_html["tiers-now"][0], charts["score-histogram"], table_html["tiers-now"][1]),
+        block("Loyalty scores and tiers now", charts["score-histogram"], table_html["tiers-now"][1]),
         block(table_html["tier-transitions"][0], charts["tier-transitions"], table_html["tier-transitions"][1]),
         block(table_html["customers-at-risk"][0], charts["customers-at-risk"], table_html["customers-at-risk"][1]),
         block(table_html["alerts-per-day"][0], charts["alerts-per-day"], table_html["alerts-per-day"][1],

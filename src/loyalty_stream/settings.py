@@ -33,12 +33,14 @@ class Settings(BaseSettings):
     kafka_sasl_username: str | None = Field(None, description="SASL user name.")
     kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (never logged).")
     kafka_ssl_cafile: Path | None = Field(None, description="CA bundle that signed the brokers' certificates.")
-    local_kafka_port: int = Field(19092, description="Port of the local broker's client listener (its controller uses the next port).")
+    local_kafka_port: int = Field(
+        19092, description="Port of the local broker's client listener (its controller uses the next port).")
     local_kafka_secure: bool = Field(
         False, description="Also open a SASL_SSL (SCRAM-SHA-512) listener on the local broker, on the port after the "
         "controller's, with a self-signed certificate and the SASL user/password from these settings (for testing TLS).",
     )
-    kafka_version: str = Field("4.1.1", description="Apache Kafka release the local broker runs (org.apache.kafka:kafka_2.13 from Maven Central).")
+    kafka_version: str = Field(
+        "4.1.1", description="Apache Kafka release the local broker runs (org.apache.kafka:kafka_2.13 from Maven Central).")
     kafka_cache_dir: Path = Field(
         Path.home() / ".cache" / "loyalty-stream" / "kafka",
         description="Where the local broker's jars are cached (outside the repository).",
@@ -57,9 +59,11 @@ class Settings(BaseSettings):
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
     batch_max_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch, seconds.")
     dedup_horizon_days: float = Field(
-        7.0, gt=0, description="How long (in arrival time) a customer's event ids are remembered, so a resend or replay counts once."
+        7.0, gt=0,
+        description="How long (in arrival time) a customer's event ids are remembered, so a resend or replay counts once."
     )
-    currency: str = Field("EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
+    currency: str = Field(
+        "EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
     max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
     future_skew_seconds: int = Field(300, ge=0, description="How far in the future (by the worker's clock) an event time may be.")
     pseudonymisation_key: SecretStr | None = Field(
@@ -68,7 +72,8 @@ class Settings(BaseSettings):
         "Unset: a random key kept in <data_dir>/pseudonymisation.key (fine for a laptop, not for production).",
     )
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between ClickHouse write retries.")
-    churn_horizon_days: int = Field(90, ge=1, le=730, description="Horizon of churn_risk: probability of no purchase within this many days.")
+    churn_horizon_days: int = Field(
+        90, ge=1, le=730, description="Horizon of churn_risk: probability of no purchase within this many days.")
     model_refit_minutes: float = Field(
         60.0, gt=0, description="How often the worker refits the BG/NBD population parameters from ClickHouse."
     )

@@ -14,7 +14,6 @@ from loyalty_stream.relationship import DAY_MS
 from loyalty_stream.schemas import codec
 from loyalty_stream.simulate import to_outgoing
 from loyalty_stream.webhook_verify import WebhookVerificationError, verify
-
 from tests.harness import WorkerProcess, direct_query, isolated_settings, read_topic, wait_until
 
 pytestmark = pytest.mark.kafka

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from loyalty_stream.pseudonymise import scrub_bytes
 from loyalty_stream.schemas import codec
 from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import changelog_states, direct_query, read_topic, wait_until
@@ -74,8 +75,9 @@ def test_events_in_equal_events_stored_and_state_equals_the_ledger(settings, wor
 
     # Every malformed message is dead-lettered, on the topic and in ClickHouse, with a reason.
     letters = [codec("dead_letter").decode(v) for _, v in read_topic(settings, settings.topic_prefix + "dead-letters")]
-    assert sorted(l["payload"] for l in letters) == sorted(o.value for o in bad)
-    assert all(l["stage"] == "decode" and l["reason"] for l in letters)
+    # undecodable bytes are kept with anything shaped like a contact detail masked
+    assert sorted(letter["payload"] for letter in letters) == sorted(scrub_bytes(o.value) for o in bad)
+    assert all(letter["stage"] == "decode" and letter["reason"] for letter in letters)
     assert _count(settings, "dead_letters") == len(bad)
 
 
@@ -84,7 +86,6 @@ def _count(settings, table: str) -> int:
 
 
 def test_know_me_profile_over_http(settings, worker):
-    import urllib.error
 
     end_ms = int(time.time() * 1000) - 60_000
     events = generate(customers=20, days=1, seed=3, end_ms=end_ms, history_days=60)

@@ -11,7 +11,6 @@ from loyalty_stream.deadletters import read_dead_letters, republish
 from loyalty_stream.pseudonymise import pseudonym
 from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem
 from loyalty_stream.simulate import Outgoing, encode_event, publish
-
 from tests.harness import WorkerProcess, direct_query, isolated_settings, wait_until
 
 pytestmark = pytest.mark.kafka

@@ -9,7 +9,6 @@ import pytest
 from loyalty_stream import broker
 from loyalty_stream.settings import Settings
 from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
-
 from tests.harness import WorkerProcess, free_port, isolated_settings, wait_until
 
 pytestmark = pytest.mark.kafka

@@ -364,3 +364,33 @@ def test_dockerignore_keeps_local_state_out() -> None:
     assert {".git", ".venv", "var"} <= patterns
     # What the image build copies must stay in the context.
     assert not {"src", "pyproject.toml", "README.md"} & patterns
+
+
+# -- Grafana (deploy/grafana/; the provisioning files themselves: tests/unit/test_grafana.py) -----
+
+
+def test_grafana_is_the_official_image_pinned(services: dict[str, dict[str, Any]]) -> None:
+    image = interpolate(services["grafana"]["image"])
+    assert image.rpartition(":")[0] in ("grafana/grafana", "grafana/grafana-oss")
+    assert image_is_pinned(image), image
+
+
+def test_grafana_waits_for_a_healthy_clickhouse_and_is_healthchecked(services: dict[str, dict[str, Any]]) -> None:
+    grafana = services["grafana"]
+    assert grafana["depends_on"]["clickhouse"]["condition"] == "service_healthy"
+    assert re.search(r"http://(localhost|127\.0\.0\.1):3000/api/health\b", health_command(grafana))
+    assert "127.0.0.1:3000:3000" in [str(port) for port in grafana["ports"]]
+
+
+def test_grafana_mounts_the_provisioning_directory(compose: dict[str, Any]) -> None:
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in compose["services"]["grafana"]["volumes"]}
+    source = mounts.get("/etc/grafana/provisioning")
+    assert source is not None, mounts
+    assert (COMPOSE_FILE.parent / source).resolve() == ROOT / "deploy" / "grafana" / "provisioning"
+    assert mounts.get("/var/lib/grafana") in set(compose.get("volumes") or {})
+
+
+def test_grafana_secrets_default_from_the_environment(services: dict[str, dict[str, Any]]) -> None:
+    environment = services["grafana"]["environment"]
+    for name in ("GF_SECURITY_ADMIN_PASSWORD", "CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD"):
+        assert re.fullmatch(r"\$\{\w+:-[^}]+\}", str(environment[name])), name

@@ -10,8 +10,8 @@ alerted customers who then made no purchase in the following ``horizon_days``.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from loyalty_stream.alerts.evaluate import quiet_due_at
 from loyalty_stream.alerts.rules import DEFAULT_RULES, AlertRules

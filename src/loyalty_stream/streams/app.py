@@ -22,16 +22,16 @@ import faust.streams
 import faust.web
 from faust.types import EventT
 
+from loyalty_stream.alerts import AlertRules
 from loyalty_stream.model import BgNbdParams, score_customer, signal_to_dict
 from loyalty_stream.records import EventKind
 from loyalty_stream.relationship import facts, state_from_dict
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
-from loyalty_stream.alerts import AlertRules
 from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
+from loyalty_stream.sinks.faults import make_sink
 from loyalty_stream.sinks.webhook import WebhookConfig, WebhookDelivery
 from loyalty_stream.streams.alerting import Alerting
-from loyalty_stream.sinks.faults import make_sink
 from loyalty_stream.streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
 from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams
 from loyalty_stream.topics import Topics

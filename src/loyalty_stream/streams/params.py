@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import statistics
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from loyalty_stream.model import DEFAULT_PARAMS, MODEL_VERSION, BgNbdParams, fit_bgnbd_arrays
 from loyalty_stream.sinks.clickhouse import ClickHouseSink
