@@ -113,6 +113,11 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     pipeline.prepare()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False, redirect_stdouts=False)
+    # Everything built so far (modules, schemas, the app) lives for the whole run: keep it out of
+    # the collector's generations so a collection only walks what the stream allocates.
+    import gc
+
+    gc.freeze()
     worker.execute_from_commandline()
     return 0
 
