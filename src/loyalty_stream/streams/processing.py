@@ -202,6 +202,9 @@ class BatchProcessor:
         self.totals: Counter[str] = Counter()
 
     def _decode(self, message: Message, now: int) -> Event | DeadLetter:
+        if not message.value:
+            return DeadLetter("decode", message, "EmptyValue", "the record has no value (null or empty)", now,
+                              payload=b"")
         if len(message.value) > self.settings.max_event_bytes:
             return DeadLetter("decode", message, "TooLarge",
                               f"{len(message.value)} bytes is over the {self.settings.max_event_bytes}-byte cap", now,
@@ -286,7 +289,7 @@ class BatchProcessor:
                     "stage": letter.stage, "source_topic": letter.message.topic,
                     "partition": letter.message.partition, "offset": letter.message.offset,
                     "error_type": letter.error_type, "reason": scrub_text(letter.reason),
-                    "payload_bytes": len(letter.message.value), "failed_at": letter.failed_at,
+                    "payload_bytes": len(letter.message.value or b""), "failed_at": letter.failed_at,
                 })
         report.outcomes["dead_lettered"] = len(dead)
         report.rows_written = await self.sink.write(batch)
