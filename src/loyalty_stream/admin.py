@@ -29,6 +29,13 @@ def create_topics(settings: Settings) -> list[str]:
             NewTopic(name, settings.partitions, 1, topic_configs=config)
             for name in topics.all() if name not in existing
         ]
+        # The tables' changelogs too: a worker that starts before the broker's metadata lists a
+        # changelog Faust has just created would find it with 0 partitions and crash its agents.
+        compacted = {**config, "cleanup.policy": "compact"}
+        wanted += [
+            NewTopic(name, settings.partitions, 1, topic_configs=compacted)
+            for name in changelog_topics(settings) if name not in existing
+        ]
         created = []
         for topic in wanted:
             try:
@@ -39,6 +46,11 @@ def create_topics(settings: Settings) -> list[str]:
         return created
     finally:
         admin.close()
+
+
+def changelog_topics(settings: Settings) -> tuple[str, ...]:
+    """The changelog topics of the worker's tables (Faust names them <app_id>-<table>-changelog)."""
+    return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "alert_states"))
 
 
 def consumer_lag(settings: Settings) -> dict[str, dict[str, int]]:

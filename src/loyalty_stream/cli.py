@@ -104,10 +104,14 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
+    from loyalty_stream.admin import create_topics
     from loyalty_stream.streams.app import Pipeline
 
     if settings.uses_local_kafka and not broker.status(settings).running:
         broker.start(settings)
+    created = create_topics(settings)
+    if created:
+        logger.info("created topics: %s", ", ".join(created))
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     pipeline = Pipeline(settings)
     pipeline.prepare()

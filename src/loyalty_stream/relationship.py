@@ -27,6 +27,7 @@ the lifetime figures only, exactly as it would had it arrived in order and aged 
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import enum
 import math
 from collections.abc import Iterable
@@ -73,11 +74,31 @@ class Tally:
     recognized_visits: int = 0
 
     def add(self, other: Tally) -> None:
-        for name in TALLY_FIELDS:
-            setattr(self, name, getattr(self, name) + getattr(other, name))
+        # Written out field by field: this is the innermost loop of every window sum.
+        self.purchases += other.purchases
+        self.spend_minor += other.spend_minor
+        self.discounted_purchases += other.discounted_purchases
+        self.discounted_spend_minor += other.discounted_spend_minor
+        self.discount_minor += other.discount_minor
+        self.returns += other.returns
+        self.refund_minor += other.refund_minor
+        self.calls += other.calls
+        self.complaints += other.complaints
+        self.cancel_requests += other.cancel_requests
+        self.unresolved_calls += other.unresolved_calls
+        self.wait_seconds += other.wait_seconds
+        self.sentiment_milli_sum += other.sentiment_milli_sum
+        self.sentiment_n += other.sentiment_n
+        self.effort_sum += other.effort_sum
+        self.effort_n += other.effort_n
+        self.nps_sum += other.nps_sum
+        self.nps_n += other.nps_n
+        self.visits += other.visits
+        self.recognized_visits += other.recognized_visits
 
 
 TALLY_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Tally))
+assert len(TALLY_FIELDS) == 20, "Tally.add must name every field"
 
 
 @dataclass(slots=True)
@@ -119,6 +140,9 @@ class RelationshipState:
     last_received_at: int | None = None
     # event id -> arrival time, oldest arrival first (the order records arrive in)
     seen_events: dict[str, int] = field(default_factory=dict)
+    # (events_applied, days, as_of day) -> window sum: the model, the facts and the alert rules
+    # all ask for the same few windows of one state. Not part of the state's value.
+    _windows: dict[tuple[int, int, int], Tally] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def version(self) -> int:
@@ -285,12 +309,18 @@ def window(state: RelationshipState, days: int, as_of: int) -> Tally:
     if days > LONGEST_WINDOW_DAYS:
         raise ValueError(f"windows are kept for at most {LONGEST_WINDOW_DAYS} days, not {days}")
     last_day = as_of // DAY_MS
-    first_day = last_day - days + 1
-    total = Tally()
-    for day, tally in state.days.items():
-        if first_day <= day <= last_day:
-            total.add(tally)
-    return total
+    key = (state.events_applied, days, last_day)
+    cached = state._windows.get(key)
+    if cached is None:
+        if len(state._windows) > 32:
+            state._windows.clear()
+        first_day = last_day - days + 1
+        cached = Tally()
+        for day, tally in state.days.items():
+            if first_day <= day <= last_day:
+                cached.add(tally)
+        state._windows[key] = cached
+    return dataclasses.replace(cached)  # a copy: callers may add to it
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ class Settings(BaseSettings):
         Path.home() / ".cache" / "loyalty-stream" / "kafka",
         description="Where the local broker's jars are cached (outside the repository).",
     )
+    kafka_session_timeout_seconds: float = Field(
+        10.0, ge=6, description="Consumer group session timeout: how soon a dead worker's partitions move to another.")
     topic_prefix: str = Field("loyalty.", description="Prefix of every topic name.")
     partitions: int = Field(4, ge=1, description="Partitions of every topic the project creates.")
     max_message_bytes: int = Field(

@@ -21,6 +21,7 @@ import faust
 import faust.streams
 import faust.web
 from faust.types import EventT
+from mode.supervisors import CrashingSupervisor
 
 from loyalty_stream.alerts import AlertRules
 from loyalty_stream.model import BgNbdParams, score_customer, signal_to_dict
@@ -125,6 +126,8 @@ class Pipeline:
             producer_max_request_size=settings.max_message_bytes,
             consumer_max_fetch_size=settings.max_message_bytes,
             broker_commit_interval=1.0,
+            broker_session_timeout=settings.kafka_session_timeout_seconds,
+            broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_seconds / 3),
             stream_wait_empty=False,
             table_standby_replicas=0,
             logging_config=None,
@@ -241,7 +244,7 @@ class Pipeline:
                 yield None
 
         check_quiet_customers.__name__ = check_quiet_customers.__qualname__ = "check_quiet_customers"
-        app.agent(due_topic, name="check_quiet_customers")(check_quiet_customers)
+        app.agent(due_topic, name="check_quiet_customers", supervisor_strategy=CrashingSupervisor)(check_quiet_customers)
 
     def _add_agent(self, kind: EventKind) -> None:
         topic = self.app.topic(self.topics.for_kind(kind), key_type=bytes, value_type=bytes,
@@ -262,7 +265,9 @@ class Pipeline:
 
         name = {"purchase": "track_purchases", "call": "track_calls", "visit": "track_visits"}[kind]
         agent.__name__ = agent.__qualname__ = name
-        self.app.agent(topic, name=name)(agent)
+        # A crashed agent stops the worker (it exits non-zero) so a supervisor restarts it from the
+        # last committed offsets, instead of a live process whose partitions no longer move.
+        self.app.agent(topic, name=name, supervisor_strategy=CrashingSupervisor)(agent)
 
     def _startup_service(self) -> Any:
         pipeline = self
@@ -324,6 +329,10 @@ class Pipeline:
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
+            crashed = sorted(name for name, agent in app.agents.items()
+                             if agent.crashed or any(actor.crashed for actor in getattr(agent, "_actors", ())))
+            if crashed:
+                return web.json({"status": "crashed", "agents": crashed}, status=503)
             return web.json({"status": "ok", "app_id": pipeline.settings.app_id})
 
         @app.page("/status")

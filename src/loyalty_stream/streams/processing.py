@@ -219,15 +219,14 @@ class BatchProcessor:
             event = event_from_dict(self.kind, datum)
         except (TypeError, ValueError) as exc:
             return DeadLetter("decode", message, "DecodeError", f"{self.kind}: {exc}", now)
-        kept = self.codec.encode(datum)
         if message.key is not None and message.key != event.customer_id.encode():
             return DeadLetter("validate", message, "KeyMismatch",
                               "message key is not the event's customer_id (it would break per-customer partitioning)",
-                              now, payload=kept)
+                              now, payload=self.codec.encode(datum))
         try:
             validate(event, self.limits, now)
         except ValidationError as exc:
-            return DeadLetter("validate", message, "ValidationError", str(exc), now, payload=kept)
+            return DeadLetter("validate", message, "ValidationError", str(exc), now, payload=self.codec.encode(datum))
         return event
 
     async def process(self, messages: Sequence[Message]) -> BatchReport:
@@ -235,7 +234,10 @@ class BatchProcessor:
         report = BatchReport(messages=len(messages))
         batch = SinkBatch()
         dead: list[DeadLetter] = []
-        by_customer: dict[str, list[tuple[Message, Event]]] = {}
+        # By customer and partition: a state is read from and written to the partition its
+        # records arrive on. (A producer that sends one customer's records to two partitions
+        # splits that customer's state in two; see README, "Delivery guarantees".)
+        by_customer: dict[tuple[str, int], list[tuple[Message, Event]]] = {}
         signals: list[tuple[bytes, dict[str, Any]]] = []
         alerts: list[tuple[bytes, dict[str, Any]]] = []
         for message in messages:
@@ -244,11 +246,11 @@ class BatchProcessor:
             if isinstance(decoded, DeadLetter):
                 dead.append(decoded)
                 continue
-            by_customer.setdefault(decoded.customer_id, []).append((message, decoded))
+            by_customer.setdefault((decoded.customer_id, message.partition), []).append((message, decoded))
 
         raw = batch.rows(RAW_TABLE[self.kind], RAW_COLUMNS[self.kind] + SOURCE_COLUMNS)
         horizon = self.settings.dedup_horizon_ms
-        for customer_id, items in by_customer.items():
+        for (customer_id, _), items in by_customer.items():
             key = customer_id.encode()
             first_message = items[0][0]
             stored = self.store.get(key, first_message)
