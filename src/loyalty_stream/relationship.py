@@ -27,7 +27,6 @@ the lifetime figures only, exactly as it would had it arrived in order and aged 
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import enum
 import math
 from collections.abc import Iterable
@@ -305,7 +304,10 @@ def _prune_days(state: RelationshipState, newest_day: int) -> None:
 
 
 def window(state: RelationshipState, days: int, as_of: int) -> Tally:
-    """Sum of the day buckets in the ``days`` days up to and including ``as_of``'s day."""
+    """Sum of the day buckets in the ``days`` days up to and including ``as_of``'s day.
+
+    The result is shared (memoised per state version): read it, do not add to it.
+    """
     if days > LONGEST_WINDOW_DAYS:
         raise ValueError(f"windows are kept for at most {LONGEST_WINDOW_DAYS} days, not {days}")
     last_day = as_of // DAY_MS
@@ -320,7 +322,7 @@ def window(state: RelationshipState, days: int, as_of: int) -> Tally:
             if first_day <= day <= last_day:
                 cached.add(tally)
         state._windows[key] = cached
-    return dataclasses.replace(cached)  # a copy: callers may add to it
+    return cached
 
 
 @dataclass(frozen=True, slots=True)
