@@ -96,12 +96,6 @@ class PartitionLocalDedup(Exception):
     """A customer's events ended up in more than one state because they arrived on more than one partition."""
 
 
-@pytest.mark.xfail(strict=True, raises=PartitionLocalDedup, reason=(
-    "known design limitation: a customer's state lives in the table partition of the input partition a "
-    "record arrived on. A resend produced to another partition (or by a producer with another partitioner) "
-    "starts a second state for the customer there, so the resent event is counted in both states (no event "
-    "is lost: batches are grouped by customer and partition). Fix: forward records whose partition is not "
-    "murmur2(key) % partitions to that partition (or re-partition by customer_id) before they touch the state."))
 def test_same_customer_resent_to_another_partition_counts_once(make_worker, figures):
     worker = make_worker()
     settings = worker.settings

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 import faust.streams
 import faust.web
+from aiokafka.partitioner import murmur2
 from faust.types import EventT
 from mode.supervisors import CrashingSupervisor
 
@@ -177,6 +178,7 @@ class Pipeline:
         for kind in ("purchase", "call", "visit"):
             self.processors[kind] = BatchProcessor(settings, kind, store, self.runner, self.publish_dead_letter,
                                                    pseudonymisation_key=key,
+                                                   partition_of=self.partition_of, forward=self.forward,
                                                    model=self.model, publish_signal=self.publish_signal,
                                                    alerting=self.alerting, publish_alert=self.publish_alert)
             self._add_agent(kind)
@@ -191,6 +193,18 @@ class Pipeline:
     async def publish_dead_letter(self, letter: DeadLetter) -> None:
         value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
         await self.dead_letter_topic.send(key=letter.message.key, value=value)
+
+    def partition_of(self, topic: str, key: bytes) -> int | None:
+        """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
+        count = self.app.consumer.topic_partitions(topic) if self.app.consumer else None
+        if not count:
+            return None
+        return (murmur2(key) & 0x7FFFFFFF) % count
+
+    async def forward(self, message: Message, partition: int) -> None:
+        """Re-send a record to the partition of its key; waits for the broker's acknowledgement."""
+        await self.app.producer.send_and_wait(message.topic, message.key, message.value, partition,
+                                              None, None)
 
     async def publish_signal(self, key: bytes, signal: dict[str, Any]) -> None:
         await self.signal_topic.send(key=key, value=self.signal_codec.encode(signal))

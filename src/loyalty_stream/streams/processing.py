@@ -183,6 +183,8 @@ class BatchProcessor:
         publish_signal: SignalPublisher | None = None,
         alerting: Any = None,
         publish_alert: SignalPublisher | None = None,
+        partition_of: Callable[[str, bytes], int | None] | None = None,
+        forward: Callable[[Message, int], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.kind = kind
@@ -199,6 +201,10 @@ class BatchProcessor:
         self.publish_signal = publish_signal
         self.alerting = alerting  # streams.alerting.Alerting, or None for no alerts
         self.publish_alert = publish_alert
+        # Where a key belongs (the default partitioner's choice), and how to send a record there:
+        # a record on another partition is forwarded, so one customer's state lives in one place.
+        self.partition_of = partition_of
+        self.forward = forward
         self.totals: Counter[str] = Counter()
 
     def _decode(self, message: Message, now: int) -> Event | DeadLetter:
@@ -240,8 +246,14 @@ class BatchProcessor:
         by_customer: dict[tuple[str, int], list[tuple[Message, Event]]] = {}
         signals: list[tuple[bytes, dict[str, Any]]] = []
         alerts: list[tuple[bytes, dict[str, Any]]] = []
+        misplaced: list[tuple[Message, int]] = []
         for message in messages:
             batch.cover(message.topic, message.partition, message.offset)
+            if message.key is not None and self.partition_of is not None and self.forward is not None:
+                home = self.partition_of(message.topic, message.key)
+                if home is not None and home != message.partition:
+                    misplaced.append((message, home))
+                    continue
             decoded = self._decode(message, now)
             if isinstance(decoded, DeadLetter):
                 dead.append(decoded)
@@ -294,7 +306,11 @@ class BatchProcessor:
                     "payload_bytes": len(letter.message.value or b""), "failed_at": letter.failed_at,
                 })
         report.outcomes["dead_lettered"] = len(dead)
+        report.outcomes["forwarded"] = len(misplaced)
         report.rows_written = await self.sink.write(batch)
+        for message, home in misplaced:
+            logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
+            await self.forward(message, home)  # type: ignore[misc]
         for letter in dead:
             await self.publish_dead_letter(letter)
         if self.publish_signal is not None:
