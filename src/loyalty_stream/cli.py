@@ -25,13 +25,14 @@ def _setup_logging(settings: Settings) -> None:
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
-def _print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "") -> None:
+    """Columns padded to their widest cell, a rule under the header; None prints as blank."""
     cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
     for n, row in enumerate(cells):
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        print(indent + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
         if n == 0:
-            print("  ".join("-" * w for w in widths))
+            print(indent + "  ".join("-" * w for w in widths))
 
 
 # -- ClickHouse reads, wherever the engine lives -------------------------------------------
@@ -233,7 +234,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     try:
         columns, rows = clickhouse_query(settings, _COUNTS_SQL.format(db=settings.clickhouse_database))
         print("ClickHouse rows (deduplicated):")
-        _print_table(columns, rows)
+        print_table(columns, rows)
     except Exception as exc:  # noqa: BLE001 - status reports what it cannot reach
         print(f"ClickHouse: not readable ({type(exc).__name__}: {exc})")
     return 0
@@ -250,7 +251,7 @@ UNION ALL SELECT 'dead_letters', count() FROM {db}.dead_letters FINAL
 
 def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
     columns, rows = clickhouse_query(settings, args.sql)
-    _print_table(columns, rows)
+    print_table(columns, rows)
     return 0
 
 
@@ -270,7 +271,7 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
-    _print_table(["variable", "value", "meaning"], settings.described())
+    print_table(["variable", "value", "meaning"], settings.described())
     return 0
 
 

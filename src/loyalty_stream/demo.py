@@ -7,11 +7,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
-from typing import Any
 
 from loyalty_stream import broker
 from loyalty_stream.admin import create_topics, worker_get, worker_query
+from loyalty_stream.cli import print_table
 from loyalty_stream.settings import Settings
 from loyalty_stream.simulate import simulate_main
 
@@ -74,15 +73,6 @@ def _wait_landed(settings: Settings, expected_events: int, expected_customers: i
                        f"see {settings.data_dir / 'worker.log'}")
 
 
-def _table(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    for n, row in enumerate(cells):
-        print("  " + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
-        if n == 0:
-            print("  " + "  ".join("-" * w for w in widths))
-
-
 def print_summary(settings: Settings) -> None:
     db = settings.clickhouse_database
     print("\nWhat landed in ClickHouse")
@@ -91,9 +81,15 @@ def print_summary(settings: Settings) -> None:
         UNION ALL SELECT 'calls', count(), uniqExact(customer_id) FROM {db}.calls FINAL
         UNION ALL SELECT 'visits', count(), uniqExact(customer_id) FROM {db}.visits FINAL
         UNION ALL SELECT 'dead letters', count(), 0 FROM {db}.dead_letters FINAL""")
-    _table(cols, rows)
+    print_table(cols, rows, indent="  ")
     customers = _scalar(settings, f"SELECT count() FROM {db}.relationships FINAL")
     print(f"\nCustomers with relationship state: {customers:,}")
+    cols, rows = worker_query(settings, f"""
+        SELECT tier, count() AS customers, round(avg(loyalty_score), 1) AS avg_score,
+               round(avg(churn_risk), 3) AS avg_churn_risk
+        FROM {db}.signals_current FINAL GROUP BY tier ORDER BY customers DESC""")
+    print("Loyalty tiers now (a short history leaves most customers 'new'; try --history-days 180):")
+    print_table(cols, rows, indent="  ")
     cols, rows = worker_query(settings, f"""
         SELECT customer_id, events, purchases_lifetime AS purchases, spend_lifetime_minor / 100 AS spend,
                round(discounted_spend_lifetime_minor / greatest(spend_lifetime_minor, 1), 2) AS discounted_share,
@@ -102,7 +98,7 @@ def print_summary(settings: Settings) -> None:
                round(mean_gap_days, 1) AS gap_days
         FROM {db}.relationships FINAL ORDER BY events DESC, customer_id LIMIT 5""")
     print("A few customers' relationship state (most active first):")
-    _table(cols, rows)
+    print_table(cols, rows, indent="  ")
 
 
 def run_demo(settings: Settings, customers: int, days: float, seed: int, once: bool,

@@ -58,6 +58,12 @@ def acting_for(event: EventT) -> Iterator[None]:
         faust.streams._current_event.reset(token)
 
 
+def message_of(event: EventT) -> Message:
+    """A Faust event as the framework-free :class:`Message` the processors take (ms timestamps)."""
+    m = event.message
+    return Message(m.topic, m.partition, m.offset, m.key, m.value, round(m.timestamp * 1000), event)
+
+
 class TableStore:
     """:class:`StateStore` over a Faust table."""
 
@@ -241,8 +247,7 @@ class Pipeline:
                 alerts: list[tuple[bytes, dict[str, Any]]] = []
                 now = now_ms()
                 for e in events:
-                    message = Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                                      e.message.value, round(e.message.timestamp * 1000), e)
+                    message = message_of(e)
                     batch.cover(message.topic, message.partition, message.offset)
                     stored = store.get(message.key, message)
                     if stored is None:
@@ -268,11 +273,7 @@ class Pipeline:
 
         async def agent(stream: faust.StreamT) -> AsyncIterator[None]:
             async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
-                messages = [
-                    Message(e.message.topic, e.message.partition, e.message.offset, e.message.key,
-                            e.message.value, round(e.message.timestamp * 1000), e)
-                    for e in events
-                ]
+                messages = [message_of(e) for e in events]
                 report = await processor.process(messages)
                 logger.debug("%s batch: %d messages, %s", kind, report.messages, dict(report.outcomes))
                 yield None
