@@ -53,7 +53,7 @@ moves both). It starts its own Kafka broker (:mod:`loyalty_stream.broker`, free 
    per customer; the change is judged on P/B, so load that moves both cancels out.
 
 Prints a table and the goals (met or not) and writes every figure to ``var/bench-pipeline.json``;
-logs, worker output and profiles stay in ``var/bench/<size>/``. Bulky data (broker log, RocksDB,
+logs, worker output and profiles stay in ``var/bench/<size>/`` until the next run replaces them. Bulky data (broker log, RocksDB,
 chDB) is deleted at the end unless ``--keep-data``. This is a measurement, not a test: nothing
 fails when a goal is missed.
 """
@@ -819,6 +819,10 @@ def run_size(spec: SizeSpec, bootstrap: str, args: argparse.Namespace) -> dict[s
         if spy_path is not None and spy_path.exists():
             result["py_spy"] = {"path": str(spy_path.relative_to(REPO)), **summarise_py_spy(spy_path)}
         log(f"[{spec.label}] P: {p['events_per_second']:,.0f} events/s{' (capped)' if p['capped'] else ''}")
+        if p["capped"]:
+            # it would go on working through the backlog and take the CPU from the baseline
+            result["worker_memory_mb_end"] = worker.memory_mb()
+            worker.stop()
         log(f"[{spec.label}] baseline B (after P)")
         b_after = baseline(settings, workload.events)
         b = (b_before["events_per_second"] + b_after["events_per_second"]) / 2
@@ -834,7 +838,8 @@ def run_size(spec: SizeSpec, bootstrap: str, args: argparse.Namespace) -> dict[s
                 worker, fresh, rate, args.freshness_share, workload.events,
                 spec.preload_customers + workload.customers, args.marker_ms,
                 None if args.no_bi_load else args.bi_pause)
-        result["worker_memory_mb_end"] = worker.memory_mb()
+        if not p["capped"]:
+            result["worker_memory_mb_end"] = worker.memory_mb()
     finally:
         result["worker_exit_code"] = worker.stop()
     if profile is not None:
@@ -926,7 +931,8 @@ def print_report(report: dict[str, Any]) -> None:
     scaling = report.get("scaling")
     if scaling:
         print(f"Scaling {scaling['from_customers']:,} -> {scaling['to_customers']:,} customers: "
-              f"P {scaling['p_change']:+.1%}, B {scaling['b_change']:+.1%}, P/B {scaling['p_over_b_change']:+.1%}; "
+              f"P {scaling['p_change']:+.1%}, B {scaling['b_change']:+.1%}, P/B {scaling['p_over_b_change']:+.1%}, "
+              f"worker CPU per event {scaling['cpu_per_event_change']:+.1%}; "
               f"peak memory {scaling['memory_mb'][0]:,.0f} -> {scaling['memory_mb'][1]:,.0f} MB")
     print("Goals:")
     for name, goal in report["goals"].items():
@@ -959,6 +965,8 @@ def scaling_summary(main: dict[str, Any], scale: dict[str, Any]) -> dict[str, An
         "from_customers": main["workload"]["customers"], "to_customers": scale["workload"]["customers"],
         "p_change": p1 / p0 - 1, "b_change": b1 / b0 - 1,
         "p_over_b_change": scale["p_over_b"] / main["p_over_b"] - 1,
+        # CPU the worker spends per event hardly depends on what else runs: a steadier view
+        "cpu_per_event_change": scale["pipeline"]["worker_cpu_us_per_event"] / main["pipeline"]["worker_cpu_us_per_event"] - 1,
         "scale_run_capped": scale["pipeline"]["capped"],
         "memory_mb": [main["pipeline"]["worker_memory_mb"]["VmHWM"], scale["pipeline"]["worker_memory_mb"]["VmHWM"]],
     }
