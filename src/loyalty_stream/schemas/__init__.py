@@ -9,7 +9,7 @@ instead of being misread.
 
 Earlier versions of a schema live in ``history/<name>/*.avsc``; a reader accepts any of them.
 
-The hot path uses ``fastavro`` with parsed schemas (about 9x faster than the ``avro`` package
+The hot path uses ``fastavro`` with parsed schemas (7-9x faster than the ``avro`` package
 for encode plus decode, see ``bench/codec.py``); the ``avro`` package checks that every
 historical version can still be read by the current one (:func:`check_compatibility`).
 """
