@@ -21,8 +21,9 @@ from pathlib import Path
 from loyalty_stream.settings import Settings
 from loyalty_stream.simulate import encode_event, generate
 from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
-from loyalty_stream.streams.alerting import Alerting
-from loyalty_stream.streams.processing import BatchProcessor, Message, ModelParams
+from loyalty_stream.streams.alerting import Alerting, alert_state_cache
+from loyalty_stream.streams.app import tune_garbage_collector
+from loyalty_stream.streams.processing import BatchProcessor, Message, ModelParams, relationship_cache
 
 
 class DictStore(dict):
@@ -44,7 +45,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--kind", default="purchase", choices=["purchase", "call", "visit"])
     parser.add_argument("--max-events", type=int, default=20_000)
-    parser.add_argument("--profile", action="store_true", help="print the top 25 functions by cumulative time")
+    parser.add_argument("--cache", type=int, default=100_000, help="decoded states kept (0: decode every time)")
+    parser.add_argument("--gc", default="worker", choices=["worker", "default"],
+                        help="the worker's collector settings (default) or Python's defaults")
+    parser.add_argument("--profile", action="store_true", help="print the top 30 functions (see --sort)")
+    parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"], help="profile order")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-processor-"))
@@ -52,8 +57,10 @@ def main() -> None:
     sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
     sink.migrate()
     runner = AsyncSinkRunner(sink)
-    processor = BatchProcessor(settings, args.kind, DictStore(), runner, _discard, pseudonymisation_key=b"bench",
-                               model=ModelParams(), publish_signal=_discard, alerting=Alerting(DictStore()),
+    processor = BatchProcessor(settings, args.kind, relationship_cache(DictStore(), args.cache),
+                               runner, _discard, pseudonymisation_key=b"bench",
+                               model=ModelParams(), publish_signals=_discard,
+                               alerting=Alerting(alert_state_cache(DictStore(), args.cache)),
                                publish_alert=_discard)
     end = int(time.time() * 1000) - 60_000
     events = [e for e in generate(args.customers, 1, 3, end, args.history_days) if e.kind == args.kind]
@@ -67,6 +74,8 @@ def main() -> None:
             await processor.process(messages[i:i + args.batch])
         return time.perf_counter() - start
 
+    if args.gc == "worker":
+        tune_garbage_collector()
     profiler = cProfile.Profile() if args.profile else None
     if profiler:
         profiler.enable()
@@ -79,7 +88,7 @@ def main() -> None:
           f"{elapsed:.2f} s, {len(events) / elapsed:,.0f} events/s, {1e6 * elapsed / len(events):,.0f} us/event "
           f"(machine: {os.cpu_count()} cores)")
     if profiler:
-        pstats.Stats(profiler).sort_stats("cumulative").print_stats(25)
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(30)
 
 
 if __name__ == "__main__":

@@ -106,7 +106,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from loyalty_stream.admin import create_topics
-    from loyalty_stream.streams.app import Pipeline
+    from loyalty_stream.streams.app import Pipeline, tune_garbage_collector
 
     if settings.uses_local_kafka and not broker.status(settings).running:
         broker.start(settings)
@@ -118,11 +118,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     pipeline.prepare()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False, redirect_stdouts=False)
-    # Everything built so far (modules, schemas, the app) lives for the whole run: keep it out of
-    # the collector's generations so a collection only walks what the stream allocates.
-    import gc
-
-    gc.freeze()
+    tune_garbage_collector()
     worker.execute_from_commandline()
     return 0
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import bisect
 import enum
 import math
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 
@@ -365,7 +366,15 @@ def preferred_channel(state: RelationshipState) -> str | None:
 
 
 def state_to_dict(state: RelationshipState) -> dict:
-    """The Avro datum of a state (lists sorted, so equal states give equal bytes)."""
+    """The Avro datum of a state (lists sorted, so equal states give equal bytes).
+
+    Day buckets go out as two parallel arrays (day numbers, and their counters flattened in
+    :data:`TALLY_FIELDS` order), the layout of schema version 2.
+    """
+    day_numbers = sorted(state.days)
+    day_counters: list[int] = []
+    for day in day_numbers:
+        day_counters.extend(_tally_values(state.days[day]))
     return {
         "customer_id": state.customer_id,
         "events_applied": state.events_applied,
@@ -373,7 +382,9 @@ def state_to_dict(state: RelationshipState) -> dict:
         "last_seen_at": state.last_seen_at,
         "first_purchase_at": state.first_purchase_at,
         "lifetime": _tally_dict(state.lifetime),
-        "days": [{"day": day, "tally": _tally_dict(state.days[day])} for day in sorted(state.days)],
+        "days": [],
+        "day_numbers": day_numbers,
+        "day_counters": day_counters,
         "channels": [
             {"channel": name, "first_at": c.first_at, "last_at": c.last_at,
              "purchases": c.purchases, "visits": c.visits, "calls": c.calls}
@@ -383,15 +394,25 @@ def state_to_dict(state: RelationshipState) -> dict:
         "categories_viewed": dict(sorted(state.categories_viewed.items())),
         "recent_purchase_at": list(state.recent_purchase_at),
         "last_purchase": None if state.last_purchase is None else {
-            f.name: getattr(state.last_purchase, f.name) for f in fields(LastPurchase)
+            name: getattr(state.last_purchase, name) for name in LAST_PURCHASE_FIELDS
         },
         "last_received_at": state.last_received_at,
-        "seen_events": [{"event_id": eid, "received_at": at} for eid, at in state.seen_events.items()],
+        "seen_events": [],
+        "seen_event_ids": list(state.seen_events),
+        "seen_received_at": list(state.seen_events.values()),
     }
 
 
 def state_from_dict(data: dict) -> RelationshipState:
+    """The state of a datum of any schema version (version 1 kept one record per day and per id)."""
     last = data.get("last_purchase")
+    days = {d["day"]: Tally(**d["tally"]) for d in data.get("days", ())}
+    width = len(TALLY_FIELDS)
+    counters = data.get("day_counters") or ()
+    for i, day in enumerate(data.get("day_numbers") or ()):
+        days[day] = Tally(*counters[i * width:(i + 1) * width])
+    seen_events = {s["event_id"]: s["received_at"] for s in data.get("seen_events", ())}
+    seen_events.update(zip(data.get("seen_event_ids") or (), data.get("seen_received_at") or ()))
     return RelationshipState(
         customer_id=data["customer_id"],
         events_applied=data["events_applied"],
@@ -399,7 +420,7 @@ def state_from_dict(data: dict) -> RelationshipState:
         last_seen_at=data.get("last_seen_at"),
         first_purchase_at=data.get("first_purchase_at"),
         lifetime=Tally(**data["lifetime"]),
-        days={d["day"]: Tally(**d["tally"]) for d in data.get("days", ())},
+        days=days,
         channels={
             c["channel"]: ChannelSeen(c["first_at"], c["last_at"], c["purchases"], c["visits"], c["calls"])
             for c in data.get("channels", ())
@@ -410,12 +431,16 @@ def state_from_dict(data: dict) -> RelationshipState:
         last_purchase=None if last is None else LastPurchase(
             **{**last, "categories": list(last["categories"]), "skus": list(last["skus"])}),
         last_received_at=data.get("last_received_at"),
-        seen_events={s["event_id"]: s["received_at"] for s in data.get("seen_events", ())},
+        seen_events=seen_events,
     )
 
 
 def _tally_dict(tally: Tally) -> dict[str, int]:
-    return {name: getattr(tally, name) for name in TALLY_FIELDS}
+    return dict(zip(TALLY_FIELDS, _tally_values(tally)))
+
+
+LAST_PURCHASE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(LastPurchase))
+_tally_values = operator.attrgetter(*TALLY_FIELDS)
 
 
 # ---------------------------------------------------------------------------------------------

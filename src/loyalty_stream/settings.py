@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
     batch_max_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch, seconds.")
+    state_cache_customers: int = Field(
+        100_000, ge=0,
+        description="Customers whose decoded state (and alert state) the worker keeps in memory, least recently used "
+        "out; about 6 KB each with a month of history. 0: decode from the table every time.")
     dedup_horizon_days: float = Field(
         7.0, gt=0,
         description="How long (in arrival time) a customer's event ids are remembered, so a resend or replay counts once."

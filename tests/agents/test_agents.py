@@ -41,15 +41,15 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
     expected = expected_by_customer(events)
     emitted: list[tuple[bytes, dict]] = []
 
-    async def collect(key: bytes, signal: dict) -> None:  # stands in for the signals topic
-        emitted.append((key, signal))
+    async def collect(signals) -> None:  # stands in for the signals topic
+        emitted.extend(signals)
 
     raised: list[dict] = []
 
     async def collect_alert(key: bytes, alert: dict) -> None:  # stands in for the alerts topic
         raised.append(alert)
 
-    pipeline.processors[kind].publish_signal = collect
+    pipeline.processors[kind].publish_signals = collect
     pipeline.processors[kind].publish_alert = collect_alert
 
     async def run() -> None:

@@ -29,7 +29,7 @@ from tests.harness import (
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
 DAY_MS = 86_400_000
-ARRIVAL_DEPENDENT = ("seen_events", "last_received_at")  # remembered ids carry arrival times
+ARRIVAL_DEPENDENT = ("seen_event_ids", "seen_received_at", "last_received_at")  # remembered ids carry arrival times
 
 
 def _shuffled_within_customers(events, rng):

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import json
 import random
 
+import fastavro
 import pytest
 
 from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
 from loyalty_stream.relationship import (
     DAY_MS,
     RECENT_PURCHASES_KEPT,
+    TALLY_FIELDS,
     Outcome,
     RelationshipState,
+    Tally,
     apply_event,
     apply_events,
     facts,
@@ -22,7 +27,7 @@ from loyalty_stream.relationship import (
     state_to_dict,
     window,
 )
-from loyalty_stream.schemas import codec
+from loyalty_stream.schemas import MAGIC, codec, history_paths, schema_fingerprint
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 WEEK = 7 * DAY_MS
@@ -177,7 +182,7 @@ def _mixed_history(seed: int, n: int = 300):
     return events
 
 
-ARRIVAL_ONLY = ("last_received_at", "seen_events")  # when records arrived, not what happened
+ARRIVAL_ONLY = ("seen_event_ids", "seen_received_at", "last_received_at")  # carry arrival times
 
 
 def _without_arrival(state: RelationshipState) -> dict:
@@ -269,3 +274,37 @@ def test_state_survives_the_avro_round_trip():
     state_codec = codec("relationship_state")
     restored = state_from_dict(state_codec.decode(state_codec.encode(state_to_dict(state))))
     assert restored == state
+
+
+def test_a_state_written_with_schema_version_1_reads_as_the_same_state():
+    # Version 1 kept one record per day and per remembered id; a changelog written then must
+    # still restore every counter after an upgrade.
+    state = fold(_mixed_history(5))
+    datum = state_to_dict(state)
+    v1 = dict(datum)
+    width = len(TALLY_FIELDS)
+    v1["days"] = [{"day": day, "tally": dict(zip(TALLY_FIELDS, datum["day_counters"][i * width:(i + 1) * width]))}
+                  for i, day in enumerate(datum["day_numbers"])]
+    v1["seen_events"] = [{"event_id": e, "received_at": t}
+                         for e, t in zip(datum["seen_event_ids"], datum["seen_received_at"])]
+    for name in ("day_numbers", "day_counters", "seen_event_ids", "seen_received_at"):
+        del v1[name]
+    (path,) = history_paths("relationship_state")
+    old_schema = json.loads(path.read_text())
+    buf = io.BytesIO()
+    buf.write(MAGIC + schema_fingerprint(old_schema))
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(old_schema), v1)
+    written = buf.getvalue()
+    assert len(state.days) >= 3 and len(state.seen_events) >= 3
+
+    assert state_from_dict(codec("relationship_state").decode(written)) == state
+
+
+def test_day_counters_follow_the_tally_record_field_order():
+    schema = codec("relationship_state").schema
+    lifetime = next(f for f in schema["fields"] if f["name"] == "lifetime")
+    assert tuple(f["name"] for f in lifetime["type"]["fields"]) == TALLY_FIELDS
+    state = RelationshipState("C1", days={20_000: Tally(purchases=2, recognized_visits=7)})
+    datum = state_to_dict(state)
+    assert datum["day_numbers"] == [20_000]
+    assert datum["day_counters"] == [2] + [0] * 18 + [7]

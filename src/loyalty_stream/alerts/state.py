@@ -89,7 +89,13 @@ class AlertState:
         return peaks[0]
 
     def copy(self) -> AlertState:
-        return alert_state_from_dict(alert_state_to_dict(self))
+        """A deep copy (peaks' component dicts are never changed in place, so they are shared)."""
+        return AlertState(
+            customer_id=self.customer_id, as_of=self.as_of, score=self.score, tier=self.tier,
+            components=dict(self.components), peaks=list(self.peaks),
+            episodes={kind: Episode(e.active, e.started_at, e.last_raised_at) for kind, e in self.episodes.items()},
+            quiet_due_at=self.quiet_due_at, quiet_anchor=self.quiet_anchor,
+        )
 
 
 def alert_state_to_dict(state: AlertState) -> dict:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import random
 import re
 import time
@@ -38,23 +39,28 @@ logger = logging.getLogger(__name__)
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 
 
-@dataclass
 class TableRows:
-    """Column-oriented rows for one table."""
+    """Rows for one table: kept as tuples while a batch is built, turned into columns to insert."""
 
-    columns: Sequence[str]
-    data: list[list[Any]] = field(default_factory=list)  # one list per column
-
-    def __post_init__(self) -> None:
-        if not self.data:
-            self.data = [[] for _ in self.columns]
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        # one C-level call picks a row's values in column order
+        self._pick = operator.itemgetter(*self.columns) if len(self.columns) > 1 else (
+            lambda row, name=self.columns[0]: (row[name],))
+        self._rows: list[tuple[Any, ...]] = []
 
     def append(self, row: dict[str, Any]) -> None:
-        for values, name in zip(self.data, self.columns):
-            values.append(row[name])
+        self._rows.append(self._pick(row))
+
+    @property
+    def data(self) -> list[list[Any]]:
+        """Column-oriented data, one list per column."""
+        if not self._rows:
+            return [[] for _ in self.columns]
+        return [list(values) for values in zip(*self._rows)]
 
     def __len__(self) -> int:
-        return len(self.data[0]) if self.data else 0
+        return len(self._rows)
 
 
 @dataclass

@@ -13,14 +13,16 @@ therefore also holds the timers until the next event arrives.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import orjson
+
 from loyalty_stream.alerts import (
     DEFAULT_RULES,
     AlertRules,
+    AlertState,
     DueIndex,
     alert_facts,
     alert_state_from_dict,
@@ -31,6 +33,7 @@ from loyalty_stream.alerts import (
 from loyalty_stream.model import LoyaltySignal
 from loyalty_stream.relationship import RelationshipState
 from loyalty_stream.sinks.clickhouse import SinkBatch
+from loyalty_stream.streams.processing import StateCache, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +44,6 @@ ALERT_COLUMNS = (
     "greeting_hint", "updated_at",
 )
 
-Store = Any  # a StateStore (get(key, message) / put(key, value, message)); see streams.processing
 AlertPublisher = Callable[[bytes, dict[str, Any]], Awaitable[None]]
 
 
@@ -57,11 +59,17 @@ def alert_row(alert: dict[str, Any], now: int) -> dict[str, Any]:
     return row
 
 
+def alert_state_cache(store: StateStore, max_entries: int = 100_000) -> StateCache[AlertState]:
+    """The cache of per-customer alert states (compact JSON in the store)."""
+    return StateCache(store, lambda data: alert_state_from_dict(orjson.loads(data)),
+                      lambda st: orjson.dumps(alert_state_to_dict(st)), max_entries)
+
+
 class Alerting:
     """Per-customer alert evaluation and the gone-quiet timers of one worker."""
 
-    def __init__(self, store: Store, rules: AlertRules = DEFAULT_RULES) -> None:
-        self.store = store
+    def __init__(self, states: StateCache[AlertState], rules: AlertRules = DEFAULT_RULES) -> None:
+        self.states = states
         self.rules = rules
         self.due = DueIndex()
         self.stream_time = 0
@@ -76,10 +84,9 @@ class Alerting:
 
         Returns the alert datums to publish once the batch is written.
         """
-        stored = self.store.get(key, message)
-        previous = None if stored is None else alert_state_from_dict(json.loads(stored))
+        previous = self.states.get(key, message)
         result = evaluate(signal, alert_facts(state, signal.as_of, self.rules), previous, self.rules)
-        self.store.put(key, json.dumps(alert_state_to_dict(result.state), separators=(",", ":")).encode(), message)
+        self.states.put(key, result.state, message)
         self.due.update(state.customer_id, result.due_at)
         alerts = [alert_to_dict(alert) for alert in result.alerts]
         for alert in alerts:
@@ -95,7 +102,7 @@ class Alerting:
         """Rebuild the due index from the alert-state table (after a rebalance or restart)."""
         index = DueIndex()
         for key, value in items:
-            data = json.loads(value)
+            data = orjson.loads(value)
             if data.get("quiet_due_at") is not None:
                 index.schedule(bytes(key).decode(), int(data["quiet_due_at"]))
         self.due = index

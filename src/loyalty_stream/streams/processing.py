@@ -12,10 +12,10 @@ dead letter with its topic, partition, offset and reason, and the rest of the ba
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from loyalty_stream.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
 from loyalty_stream.pseudonymise import pseudonymise_datum, scrub_bytes, scrub_text
@@ -52,6 +52,72 @@ class StateStore(Protocol):
     def get(self, key: bytes, message: Message) -> bytes | None: ...
 
     def put(self, key: bytes, value: bytes, message: Message) -> None: ...
+
+
+T = TypeVar("T")
+
+
+class StateCache(Generic[T]):
+    """Decoded values in front of a :class:`StateStore`: read once, then kept as objects.
+
+    Decoding a customer's state costs more than scoring it, and a busy customer comes back in
+    batch after batch, so the objects stay in memory (least recently used first out, at most
+    ``max_entries``). Writes go through to the store at once (the table and its changelog stay
+    the truth); only reads are saved. The worker clears the cache when partitions move, because
+    another worker may have written those keys meanwhile.
+    """
+
+    def __init__(self, store: StateStore, decode: Callable[[bytes], T], encode: Callable[[T], bytes],
+                 max_entries: int = 100_000) -> None:
+        if max_entries < 0:
+            raise ValueError(f"max_entries must not be negative, not {max_entries}")
+        self.store = store
+        self.decode = decode
+        self.encode = encode
+        self.max_entries = max_entries
+        self._values: OrderedDict[bytes, T] = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: bytes, message: Message) -> T | None:
+        value = self._values.get(key)
+        if value is not None:
+            self._values.move_to_end(key)
+            self.hits += 1
+            return value
+        self.misses += 1
+        stored = self.store.get(key, message)
+        if stored is None:
+            return None
+        value = self.decode(stored)
+        self._keep(key, value)
+        return value
+
+    def put(self, key: bytes, value: T, message: Message) -> None:
+        """Write ``value`` to the store (on behalf of ``message``) and keep it."""
+        self.store.put(key, self.encode(value), message)
+        self._keep(key, value)
+
+    def _keep(self, key: bytes, value: T) -> None:
+        if self.max_entries == 0:
+            return
+        self._values[key] = value
+        self._values.move_to_end(key)
+        while len(self._values) > self.max_entries:
+            self._values.popitem(last=False)
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def relationship_cache(store: StateStore, max_entries: int = 100_000) -> StateCache[RelationshipState]:
+    """The cache of customer relationship states (Avro ``RelationshipState`` in the store)."""
+    state_codec = codec("relationship_state")
+    return StateCache(store, lambda data: state_from_dict(state_codec.decode(data)),
+                      lambda state: state_codec.encode(state_to_dict(state)), max_entries)
 
 
 @dataclass(frozen=True)
@@ -94,6 +160,8 @@ class BatchReport:
 
 DeadLetterPublisher = Callable[[DeadLetter], Awaitable[None]]
 SignalPublisher = Callable[[bytes, dict[str, Any]], Awaitable[None]]
+# Publishes many (key, datum) pairs and returns once the broker has them all.
+BulkPublisher = Callable[[Sequence[tuple[bytes, dict[str, Any]]]], Awaitable[None]]
 
 PURCHASE_COLUMNS = (
     "event_id", "customer_id", "occurred_at", "channel", "order_id", "amount_minor", "currency",
@@ -173,14 +241,14 @@ class BatchProcessor:
         self,
         settings: Settings,
         kind: EventKind,
-        store: StateStore,
+        states: StateCache[RelationshipState],
         sink: AsyncSinkRunner,
         publish_dead_letter: DeadLetterPublisher,
         pseudonymisation_key: bytes,
         clock: Callable[[], int] = now_ms,
         relationship_columns: Sequence[str] | None = None,
         model: ModelParams | None = None,
-        publish_signal: SignalPublisher | None = None,
+        publish_signals: BulkPublisher | None = None,
         alerting: Any = None,
         publish_alert: SignalPublisher | None = None,
         partition_of: Callable[[str, bytes], int | None] | None = None,
@@ -188,17 +256,16 @@ class BatchProcessor:
     ) -> None:
         self.settings = settings
         self.kind = kind
-        self.store = store
+        self.states = states
         self.sink = sink
         self.publish_dead_letter = publish_dead_letter
         self.clock = clock
         self.pseudonymisation_key = pseudonymisation_key
         self.codec = codec(kind)
-        self.state_codec = codec("relationship_state")
         self.limits = Limits(currency=settings.currency, future_skew_ms=settings.future_skew_seconds * 1000)
         self.relationship_columns = relationship_columns
         self.model = model or ModelParams()
-        self.publish_signal = publish_signal
+        self.publish_signals = publish_signals
         self.alerting = alerting  # streams.alerting.Alerting, or None for no alerts
         self.publish_alert = publish_alert
         # Where a key belongs (the default partitioner's choice), and how to send a record there:
@@ -264,10 +331,7 @@ class BatchProcessor:
         horizon = self.settings.dedup_horizon_ms
         for (customer_id, _), items in by_customer.items():
             key = customer_id.encode()
-            first_message = items[0][0]
-            stored = self.store.get(key, first_message)
-            state = (state_from_dict(self.state_codec.decode(stored)) if stored is not None
-                     else RelationshipState(customer_id))
+            state = self.states.get(key, items[0][0]) or RelationshipState(customer_id)
             for message, event in items:
                 outcome = apply_event(state, event, horizon, message.timestamp_ms)
                 report.outcomes[outcome.value] += 1
@@ -277,7 +341,7 @@ class BatchProcessor:
                 row.update(source_topic=message.topic, source_partition=message.partition,
                            source_offset=message.offset, ingested_at=now)
                 raw.append(row)
-            self.store.put(key, self.state_codec.encode(state_to_dict(state)), items[-1][0])
+            self.states.put(key, state, items[-1][0])
             row = facts(state)
             row["updated_at"] = now
             batch.rows("relationships", self.relationship_columns or tuple(row)).append(row)
@@ -313,9 +377,8 @@ class BatchProcessor:
             await self.forward(message, home)  # type: ignore[misc]
         for letter in dead:
             await self.publish_dead_letter(letter)
-        if self.publish_signal is not None:
-            for key, signal in signals:
-                await self.publish_signal(key, signal)
+        if self.publish_signals is not None and signals:
+            await self.publish_signals(signals)
         if self.publish_alert is not None:
             for key, alert in alerts:
                 await self.publish_alert(key, alert)
