@@ -21,9 +21,9 @@ from pathlib import Path
 from loyalty_stream.settings import Settings
 from loyalty_stream.simulate import encode_event, generate
 from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
-from loyalty_stream.streams.alerting import Alerting, alert_state_cache
+from loyalty_stream.streams.alerting import Alerting
 from loyalty_stream.streams.app import tune_garbage_collector
-from loyalty_stream.streams.processing import BatchProcessor, Message, ModelParams, relationship_cache
+from loyalty_stream.streams.processing import BatchProcessor, Message, ModelParams, customer_cache
 
 
 class DictStore(dict):
@@ -57,10 +57,10 @@ def main() -> None:
     sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
     sink.migrate()
     runner = AsyncSinkRunner(sink)
-    processor = BatchProcessor(settings, args.kind, relationship_cache(DictStore(), args.cache),
+    processor = BatchProcessor(settings, args.kind, customer_cache(DictStore(), args.cache),
                                runner, _discard, pseudonymisation_key=b"bench",
                                model=ModelParams(), publish_signals=_discard,
-                               alerting=Alerting(alert_state_cache(DictStore(), args.cache)),
+                               alerting=Alerting(DictStore()),
                                publish_alert=_discard)
     end = int(time.time() * 1000) - 60_000
     events = [e for e in generate(args.customers, 1, 3, end, args.history_days) if e.kind == args.kind]

@@ -50,7 +50,7 @@ def create_topics(settings: Settings) -> list[str]:
 
 def changelog_topics(settings: Settings) -> tuple[str, ...]:
     """The changelog topics of the worker's tables (Faust names them <app_id>-<table>-changelog)."""
-    return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "alert_states"))
+    return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "due_times"))
 
 
 def consumer_lag(settings: Settings) -> dict[str, dict[str, int]]:

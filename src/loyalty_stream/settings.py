@@ -49,6 +49,9 @@ class Settings(BaseSettings):
         10.0, ge=6, description="Consumer group session timeout: how soon a dead worker's partitions move to another.")
     topic_prefix: str = Field("loyalty.", description="Prefix of every topic name.")
     partitions: int = Field(4, ge=1, description="Partitions of every topic the project creates.")
+    producer_linger_seconds: float = Field(
+        0.01, ge=0, description="How long the worker's producer waits to fill a batch of changelog writes, signals "
+        "and alerts before sending it.")
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Largest Kafka message accepted; producers, consumers and topic configs agree on it."
     )

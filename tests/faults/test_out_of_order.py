@@ -29,7 +29,8 @@ from tests.harness import (
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
 DAY_MS = 86_400_000
-ARRIVAL_DEPENDENT = ("seen_event_ids", "seen_received_at", "last_received_at")  # remembered ids carry arrival times
+# remembered ids carry arrival times; the alert rules' memory follows the order signals were scored in
+ARRIVAL_DEPENDENT = ("seen_event_ids", "seen_received_at", "last_received_at", "alert_state")
 
 
 def _shuffled_within_customers(events, rng):

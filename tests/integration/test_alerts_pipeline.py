@@ -77,7 +77,7 @@ def test_gone_quiet_fires_once_without_input_for_the_customer_across_a_restart(k
         assert int(worker.scalar(f"SELECT count() FROM {db}.alerts FINAL WHERE kind = 'gone_quiet'")) == 0
         worker.stop()
 
-        worker.start()  # the due time must survive the restart (alert_states table + changelog)
+        worker.start()  # the due time must survive the restart (due_times table + changelog)
         publish(settings, to_outgoing(after, seed=2))  # only the other customer's events move time on
         wait_until(lambda: int(worker.scalar(
             f"SELECT count() FROM {db}.alerts FINAL WHERE kind = 'gone_quiet'")) >= 1, timeout=120,

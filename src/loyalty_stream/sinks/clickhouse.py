@@ -173,14 +173,22 @@ class ClickHouseSink:
 
 
 class AsyncSinkRunner:
-    """Runs a :class:`ClickHouseSink` off the event loop, on one thread, with retries."""
+    """Runs a :class:`ClickHouseSink` off the event loop, on one thread, with retries.
+
+    Read queries (BI, the model refit) go to ``reader``, a second client on a thread of its own,
+    when one is given: they then never wait behind a batch being written, nor delay one.
+    """
 
     def __init__(self, sink: ClickHouseSink, max_backoff: float = 30.0,
-                 on_retry: Callable[[BaseException, float], None] | None = None) -> None:
+                 on_retry: Callable[[BaseException, float], None] | None = None,
+                 reader: ClickHouseSink | None = None) -> None:
         self.sink = sink
         self.max_backoff = max_backoff
         self.on_retry = on_retry
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self.reader = reader
+        self._read_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-read")
+                               if reader is not None else None)
         self._closed = False
         self.retries = 0
 
@@ -210,13 +218,19 @@ class AsyncSinkRunner:
                 delay *= 2
 
     async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-        return await self.call(self.sink.query, sql, parameters)  # type: ignore[no-any-return]
+        if self.reader is None or self._read_executor is None:
+            return await self.call(self.sink.query, sql, parameters)  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_executor, self.reader.query, sql, parameters)
 
     def shutdown(self) -> None:
         """Close the client on its own thread and stop the thread; a second call does nothing."""
         if self._closed:
             return
         self._closed = True
+        if self.reader is not None and self._read_executor is not None:
+            self._read_executor.submit(self.reader.close).result(timeout=30)
+            self._read_executor.shutdown(wait=True)
         self._executor.submit(self.sink.close).result(timeout=30)
         self._executor.shutdown(wait=True)
 

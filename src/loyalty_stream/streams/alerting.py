@@ -1,8 +1,9 @@
 """Alerts in the worker: evaluate per changed customer, keep gone-quiet timers, deliver.
 
-The rules are pure (:mod:`loyalty_stream.alerts`); this module keeps their per-customer state in
-a Faust table, the due times in a :class:`~loyalty_stream.alerts.DueIndex` rebuilt from that table
-after every rebalance, and delivers each alert three ways: the alerts topic, the ClickHouse
+The rules are pure (:mod:`loyalty_stream.alerts`); their per-customer state travels in the
+customer's record (one table write with the relationship state), the gone-quiet due times in a
+small table of their own and in a :class:`~loyalty_stream.alerts.DueIndex` rebuilt from it after
+every rebalance. This module also delivers each alert three ways: the alerts topic, the ClickHouse
 ``alerts`` table (in the same batch as the signal that raised it) and, when configured, a signed
 webhook that never blocks processing.
 
@@ -17,23 +18,17 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import orjson
-
 from loyalty_stream.alerts import (
     DEFAULT_RULES,
     AlertRules,
-    AlertState,
     DueIndex,
     alert_facts,
-    alert_state_from_dict,
-    alert_state_to_dict,
     alert_to_dict,
     evaluate,
 )
 from loyalty_stream.model import LoyaltySignal
-from loyalty_stream.relationship import RelationshipState
 from loyalty_stream.sinks.clickhouse import SinkBatch
-from loyalty_stream.streams.processing import StateCache, StateStore
+from loyalty_stream.streams.processing import CustomerRecord, StateStore
 
 logger = logging.getLogger(__name__)
 
@@ -59,17 +54,17 @@ def alert_row(alert: dict[str, Any], now: int) -> dict[str, Any]:
     return row
 
 
-def alert_state_cache(store: StateStore, max_entries: int = 100_000) -> StateCache[AlertState]:
-    """The cache of per-customer alert states (compact JSON in the store)."""
-    return StateCache(store, lambda data: alert_state_from_dict(orjson.loads(data)),
-                      lambda st: orjson.dumps(alert_state_to_dict(st)), max_entries)
-
-
 class Alerting:
-    """Per-customer alert evaluation and the gone-quiet timers of one worker."""
+    """Per-customer alert evaluation and the gone-quiet timers of one worker.
 
-    def __init__(self, states: StateCache[AlertState], rules: AlertRules = DEFAULT_RULES) -> None:
-        self.states = states
+    What the rules remember lives in each :class:`CustomerRecord` (written with the customer's
+    state). Only the gone-quiet due times are kept in a table of their own, ``due_times``
+    (epoch ms as ASCII digits, empty when nothing is scheduled), written when a due time changes,
+    so that the timers can be rebuilt after a rebalance without decoding every customer.
+    """
+
+    def __init__(self, due_times: StateStore, rules: AlertRules = DEFAULT_RULES) -> None:
+        self.due_times = due_times
         self.rules = rules
         self.due = DueIndex()
         self.stream_time = 0
@@ -78,16 +73,21 @@ class Alerting:
     def observe(self, event_time: int) -> None:
         self.stream_time = max(self.stream_time, event_time)
 
-    def evaluate(self, key: bytes, message: Any, state: RelationshipState, signal: LoyaltySignal,
-                 batch: SinkBatch, now: int) -> list[dict[str, Any]]:
-        """Evaluate the rules for one customer's new signal; stage alert rows in ``batch``.
+    def evaluate(self, key: bytes, message: Any, record: CustomerRecord, signal: LoyaltySignal,
+                 batch: SinkBatch, now: int, store_due_time: bool = False) -> list[dict[str, Any]]:
+        """Evaluate the rules for one customer's new signal; update ``record.alerts`` (the caller
+        stores the record) and stage alert rows in ``batch``.
 
+        The due time is written when it differs from the scheduled one (the index mirrors the
+        table), or always with ``store_due_time`` (the timer's own checks, which popped it).
         Returns the alert datums to publish once the batch is written.
         """
-        previous = self.states.get(key, message)
-        result = evaluate(signal, alert_facts(state, signal.as_of, self.rules), previous, self.rules)
-        self.states.put(key, result.state, message)
-        self.due.update(state.customer_id, result.due_at)
+        customer_id = record.state.customer_id
+        result = evaluate(signal, alert_facts(record.state, signal.as_of, self.rules), record.alerts, self.rules)
+        record.alerts = result.state
+        if store_due_time or self.due.due_at(customer_id) != result.due_at:
+            self.due_times.put(key, b"" if result.due_at is None else str(result.due_at).encode(), message)
+        self.due.update(customer_id, result.due_at)
         alerts = [alert_to_dict(alert) for alert in result.alerts]
         for alert in alerts:
             batch.rows("alerts", ALERT_COLUMNS).append(alert_row(alert, now))
@@ -99,11 +99,10 @@ class Alerting:
         return self.due.pop_due(self.stream_time, limit=limit)
 
     def rebuild(self, items: Any) -> None:
-        """Rebuild the due index from the alert-state table (after a rebalance or restart)."""
+        """Rebuild the due index from the due-times table (after a rebalance or restart)."""
         index = DueIndex()
         for key, value in items:
-            data = orjson.loads(value)
-            if data.get("quiet_due_at") is not None:
-                index.schedule(bytes(key).decode(), int(data["quiet_due_at"]))
+            if value:
+                index.schedule(bytes(key).decode(), int(value))
         self.due = index
         logger.info("gone-quiet timers rebuilt: %d customers scheduled", len(index))

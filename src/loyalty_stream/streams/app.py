@@ -28,15 +28,22 @@ from mode.supervisors import CrashingSupervisor
 from loyalty_stream.alerts import AlertRules
 from loyalty_stream.model import BgNbdParams, score_customer, signal_to_dict
 from loyalty_stream.records import EventKind
-from loyalty_stream.relationship import facts, state_from_dict
+from loyalty_stream.relationship import facts
 from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
-from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
 from loyalty_stream.sinks.faults import make_sink
 from loyalty_stream.sinks.webhook import WebhookConfig, WebhookDelivery
-from loyalty_stream.streams.alerting import Alerting, alert_state_cache
+from loyalty_stream.streams.alerting import Alerting
 from loyalty_stream.streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
-from loyalty_stream.streams.processing import BatchProcessor, DeadLetter, Message, ModelParams, relationship_cache
+from loyalty_stream.streams.processing import (
+    BatchProcessor,
+    DeadLetter,
+    Message,
+    ModelParams,
+    customer_cache,
+    decode_record,
+)
 from loyalty_stream.topics import Topics
 
 logger = logging.getLogger(__name__)
@@ -147,6 +154,9 @@ class Pipeline:
             producer_max_request_size=settings.max_message_bytes,
             consumer_max_fetch_size=settings.max_message_bytes,
             broker_commit_interval=1.0,
+            # Changelog writes and signals arrive in bursts, one record at a time: without a linger
+            # every burst becomes many tiny produce requests (bench/pipeline.py --py-spy).
+            producer_linger=settings.producer_linger_seconds,
             broker_session_timeout=settings.kafka_session_timeout_seconds,
             broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_seconds / 3),
             stream_wait_empty=False,
@@ -154,7 +164,8 @@ class Pipeline:
             logging_config=None,
         )
         self.sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir)
-        self.runner = AsyncSinkRunner(self.sink, max_backoff=settings.sink_retry_max_seconds)
+        self.runner = AsyncSinkRunner(self.sink, max_backoff=settings.sink_retry_max_seconds,
+                                      reader=ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database))
         self.relationships = self.app.Table(
             "relationships", default=None, partitions=settings.partitions,
             key_type=bytes, value_type=bytes,
@@ -168,12 +179,12 @@ class Pipeline:
             self.topics.alerts, key_type=bytes, value_type=bytes, partitions=settings.partitions,
             key_serializer="raw", value_serializer="raw",
         )
-        self.alert_states = self.app.Table(
-            "alert_states", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes,
-            help="Per-customer alert episodes, score peaks and the gone-quiet due time (JSON).",
+        self.due_times = self.app.Table(
+            "due_times", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes,
+            help="Per-customer gone-quiet due time (epoch ms as ASCII digits; empty: nothing scheduled).",
         )
-        self.states = relationship_cache(TableStore(self.relationships), settings.state_cache_customers)
-        self.alerting = Alerting(alert_state_cache(TableStore(self.alert_states), settings.state_cache_customers), AlertRules(
+        self.states = customer_cache(TableStore(self.relationships), settings.state_cache_customers)
+        self.alerting = Alerting(TableStore(self.due_times), AlertRules(
             score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days,
             quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps))
         self.webhook: WebhookDelivery | None = None
@@ -237,7 +248,6 @@ class Pipeline:
             # Partitions may have been written by another worker while this one did not own
             # them: from now on read their states from the tables again.
             pipeline.states.clear()
-            pipeline.alerting.states.clear()
 
         self.app.on_partitions_revoked.connect(forget_cached_states)
         self.app.on_partitions_assigned.connect(forget_cached_states)
@@ -266,7 +276,7 @@ class Pipeline:
 
         @app.on_rebalance_complete.connect
         async def rebuild_quiet_timers(sender: Any = None, **kwargs: Any) -> None:
-            pipeline.alerting.rebuild(pipeline.alert_states.items())
+            pipeline.alerting.rebuild(pipeline.due_times.items())
 
         async def check_quiet_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
@@ -276,13 +286,14 @@ class Pipeline:
                 for e in events:
                     message = message_of(e)
                     batch.cover(message.topic, message.partition, message.offset)
-                    state = pipeline.states.get(message.key, message)
-                    if state is None:
+                    record = pipeline.states.get(message.key, message)
+                    if record is None:
                         continue
-                    as_of = max(int(message.value), state.last_seen_at or 0)
-                    scored = score_customer(state, as_of, pipeline.model.current, pipeline.model.horizon_days)
+                    as_of = max(int(message.value), record.state.last_seen_at or 0)
+                    scored = score_customer(record.state, as_of, pipeline.model.current, pipeline.model.horizon_days)
                     alerts += [(message.key, a) for a in pipeline.alerting.evaluate(
-                        message.key, message, state, scored, batch, now)]
+                        message.key, message, record, scored, batch, now, store_due_time=True)]
+                    pipeline.states.put(message.key, record, message)
                 await pipeline.runner.write(batch)
                 for key, alert in alerts:
                     await pipeline.publish_alert(key, alert)
@@ -352,7 +363,7 @@ class Pipeline:
 
     def profile(self, stored: bytes, now: int) -> dict[str, Any]:
         """What staff or an IVR needs to recognise a returning customer, with the signal behind it."""
-        state = state_from_dict(codec("relationship_state").decode(stored))
+        state = decode_record(stored).state
         signal = signal_to_dict(score_customer(state, max(now, state.last_seen_at or 0), self.model.current,
                                                self.model.horizon_days))
         know_me = {k: signal[k] for k in (

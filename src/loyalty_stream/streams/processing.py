@@ -11,12 +11,16 @@ dead letter with its topic, partition, offset and reason, and the rest of the ba
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+import orjson
+
+from loyalty_stream.alerts.state import AlertState, alert_state_from_dict, alert_state_to_dict
 from loyalty_stream.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
 from loyalty_stream.pseudonymise import pseudonymise_datum, scrub_bytes, scrub_text
 from loyalty_stream.records import CallEvent, Event, EventKind, PurchaseEvent, VisitEvent, event_from_dict
@@ -27,6 +31,8 @@ from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
 from loyalty_stream.validation import Limits, ValidationError, validate
 
 logger = logging.getLogger(__name__)
+
+YIELD_EVERY_CUSTOMERS = 25
 
 
 @dataclass(frozen=True)
@@ -113,11 +119,30 @@ class StateCache(Generic[T]):
         return len(self._values)
 
 
-def relationship_cache(store: StateStore, max_entries: int = 100_000) -> StateCache[RelationshipState]:
-    """The cache of customer relationship states (Avro ``RelationshipState`` in the store)."""
-    state_codec = codec("relationship_state")
-    return StateCache(store, lambda data: state_from_dict(state_codec.decode(data)),
-                      lambda state: state_codec.encode(state_to_dict(state)), max_entries)
+@dataclass(slots=True)
+class CustomerRecord:
+    """What the relationships table keeps per customer: the relationship state and what the alert
+    rules remember (None until the first evaluation), stored together in one write."""
+
+    state: RelationshipState
+    alerts: AlertState | None = None
+
+
+def encode_record(record: CustomerRecord) -> bytes:
+    datum = state_to_dict(record.state)
+    datum["alert_state"] = None if record.alerts is None else orjson.dumps(alert_state_to_dict(record.alerts)).decode()
+    return codec("relationship_state").encode(datum)
+
+
+def decode_record(data: bytes) -> CustomerRecord:
+    datum = codec("relationship_state").decode(data)
+    alerts = datum.get("alert_state")
+    return CustomerRecord(state_from_dict(datum), None if alerts is None else alert_state_from_dict(orjson.loads(alerts)))
+
+
+def customer_cache(store: StateStore, max_entries: int = 100_000) -> StateCache[CustomerRecord]:
+    """The cache of customer records (Avro ``RelationshipState`` in the store)."""
+    return StateCache(store, decode_record, encode_record, max_entries)
 
 
 @dataclass(frozen=True)
@@ -241,7 +266,7 @@ class BatchProcessor:
         self,
         settings: Settings,
         kind: EventKind,
-        states: StateCache[RelationshipState],
+        states: StateCache[CustomerRecord],
         sink: AsyncSinkRunner,
         publish_dead_letter: DeadLetterPublisher,
         pseudonymisation_key: bytes,
@@ -329,9 +354,14 @@ class BatchProcessor:
 
         raw = batch.rows(RAW_TABLE[self.kind], RAW_COLUMNS[self.kind] + SOURCE_COLUMNS)
         horizon = self.settings.dedup_horizon_ms
-        for (customer_id, _), items in by_customer.items():
+        for done, ((customer_id, _), items) in enumerate(by_customer.items()):
+            if done % YIELD_EVERY_CUSTOMERS == YIELD_EVERY_CUSTOMERS - 1:
+                # Between customers (each one's read, fold and write stay together), let the
+                # event loop serve HTTP requests, heartbeats and fetches: a batch takes a while.
+                await asyncio.sleep(0)
             key = customer_id.encode()
-            state = self.states.get(key, items[0][0]) or RelationshipState(customer_id)
+            record = self.states.get(key, items[0][0]) or CustomerRecord(RelationshipState(customer_id))
+            state = record.state
             for message, event in items:
                 outcome = apply_event(state, event, horizon, message.timestamp_ms)
                 report.outcomes[outcome.value] += 1
@@ -341,7 +371,6 @@ class BatchProcessor:
                 row.update(source_topic=message.topic, source_partition=message.partition,
                            source_offset=message.offset, ingested_at=now)
                 raw.append(row)
-            self.states.put(key, state, items[-1][0])
             row = facts(state)
             row["updated_at"] = now
             batch.rows("relationships", self.relationship_columns or tuple(row)).append(row)
@@ -351,7 +380,8 @@ class BatchProcessor:
             signal = signal_to_dict(scored)
             if self.alerting is not None:
                 self.alerting.observe(state.last_seen_at)
-                alerts.extend((key, a) for a in self.alerting.evaluate(key, items[-1][0], state, scored, batch, now))
+                alerts.extend((key, a) for a in self.alerting.evaluate(key, items[-1][0], record, scored, batch, now))
+            self.states.put(key, record, items[-1][0])
             srow = signal_row(signal, state.version, row["spend_365d_minor"], now)
             batch.rows("signals_current", SIGNAL_COLUMNS).append(srow)
             batch.rows("signals_history", SIGNAL_COLUMNS).append(srow)
