@@ -1,0 +1,104 @@
+"""AsyncSinkRunner: batches handed in during an insert go together as one; each caller waits for its own rows."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
+
+from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch
+
+
+class RecordingSink:
+    """Stands in for ClickHouseSink.write: records what each insert carried."""
+
+    def __init__(self, fail_first: BaseException | None = None) -> None:
+        self.inserts: list[dict[str, object]] = []
+        self.release_first = threading.Event()
+        self.fail_first = fail_first
+
+    def write(self, batch: SinkBatch) -> int:
+        if not self.inserts and not self.release_first.wait(5):
+            raise TimeoutError("the test never released the first insert")
+        first = not self.inserts
+        self.inserts.append({"rows": {t: r.data for t, r in batch.tables.items()},
+                             "tokens": {t: batch.dedup_token(t) for t in batch.tables}})
+        if first and self.fail_first is not None:
+            raise self.fail_first
+        return len(batch)
+
+    def close(self) -> None:
+        pass
+
+
+def _batch(partition: int, offset: int, customer: str, n: int = 1) -> SinkBatch:
+    batch = SinkBatch()
+    batch.cover("purchases", partition, offset)
+    rows = batch.rows("signals_current", ("customer_id", "version"))
+    for v in range(n):
+        rows.append({"customer_id": customer, "version": v})
+    return batch
+
+
+def test_batches_waiting_during_an_insert_go_together_and_each_caller_gets_its_rows():
+    sink = RecordingSink()
+    runner = AsyncSinkRunner(sink)  # type: ignore[arg-type]
+
+    async def run() -> list[int]:
+        first = asyncio.ensure_future(runner.write(_batch(0, 10, "A")))
+        await asyncio.sleep(0.05)  # the first insert is now running (and held)
+        rest = [asyncio.ensure_future(runner.write(_batch(p, 20 + p, c, n=2))) for p, c in ((1, "B"), (2, "C"))]
+        await asyncio.sleep(0.05)
+        sink.release_first.set()
+        return [await first] + [await r for r in rest]
+
+    try:
+        assert asyncio.run(run()) == [1, 2, 2]
+    finally:
+        runner.shutdown()
+    assert [i["rows"] for i in sink.inserts] == [
+        {"signals_current": [["A"], [0]]},
+        {"signals_current": [["B", "B", "C", "C"], [0, 1, 0, 1]]},
+    ]
+    assert sink.inserts[1]["tokens"] == {"signals_current": "signals_current|purchases/1:21-21,purchases/2:22-22"}
+
+
+def test_a_retried_combined_insert_keeps_its_token():
+    sink = RecordingSink(fail_first=OperationalError("server away"))
+    sink.release_first.set()
+    runner = AsyncSinkRunner(sink, max_backoff=0.01)  # type: ignore[arg-type]
+    try:
+        assert asyncio.run(runner.write(_batch(3, 7, "A"))) == 1
+    finally:
+        runner.shutdown()
+    assert len(sink.inserts) == 2 and sink.inserts[0] == sink.inserts[1] and runner.retries == 1
+
+
+def test_an_error_that_cannot_succeed_later_reaches_every_caller_of_that_insert():
+    sink = RecordingSink(fail_first=ProgrammingError("bad column"))
+    runner = AsyncSinkRunner(sink)  # type: ignore[arg-type]
+
+    async def run() -> list[BaseException | int]:
+        # handed in within one turn of the event loop: they go as one insert
+        together = [asyncio.ensure_future(runner.write(_batch(p, 1, c))) for p, c in ((0, "A"), (1, "B"))]
+        await asyncio.sleep(0.05)
+        sink.release_first.set()
+        results = await asyncio.gather(*together, return_exceptions=True)
+        return [*results, await runner.write(_batch(2, 1, "C"))]
+
+    try:
+        first, second, later = asyncio.run(run())
+    finally:
+        runner.shutdown()
+    assert isinstance(first, ProgrammingError) and isinstance(second, ProgrammingError)
+    assert later == 1 and len(sink.inserts) == 2  # the next insert still goes through
+
+
+def test_combining_rows_of_different_columns_is_refused():
+    a, b = SinkBatch(), SinkBatch()
+    a.rows("t", ("x",)).append({"x": 1})
+    b.rows("t", ("y",)).append({"y": 1})
+    with pytest.raises(ValueError):
+        SinkBatch.combine([a, b])
