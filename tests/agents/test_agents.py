@@ -13,6 +13,7 @@ from loyalty_stream.schemas import codec
 from loyalty_stream.settings import Settings
 from loyalty_stream.simulate import encode_event, expected_by_customer, generate
 from loyalty_stream.streams.app import Pipeline
+from loyalty_stream.streams.processing import decode_record
 
 
 @pytest.fixture
@@ -118,3 +119,27 @@ def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(pipeline: Pi
     again.prepare()
     assert (again.model.current.r, again.model.current.source) == (params.r, "fitted")
     again.runner.shutdown()
+
+
+def test_cached_records_are_forgotten_when_partitions_move(pipeline: Pipeline):
+    # Another worker may write a customer's record while this one does not own the partition:
+    # after a rebalance the next read must come from the table, not from the cache.
+    events = _events("purchase")
+
+    async def discard(*args) -> None:  # stands in for the signals and alerts topics
+        return None
+
+    pipeline.processors["purchase"].publish_signals = discard
+    pipeline.processors["purchase"].publish_alert = discard
+
+    async def run() -> None:
+        async with pipeline.app.agents["track_purchases"].test_context() as agent:
+            for event in events:
+                await agent.put(key=event.customer_id.encode(), value=encode_event(event))
+        cached = len(pipeline.states)
+        await pipeline.app.on_partitions_revoked.send(set())
+        assert cached == len({e.customer_id for e in events}) and len(pipeline.states) == 0
+        key = events[0].customer_id.encode()
+        assert decode_record(bytes(pipeline.relationships[key])).state.events_applied >= 1
+
+    asyncio.run(run())
