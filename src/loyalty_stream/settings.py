@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     state_cache_customers: int = Field(
         100_000, ge=0,
         description="Customers whose decoded state (and alert state) the worker keeps in memory, least recently used "
-        "out; about 6 KB each with a month of history. 0: decode from the table every time.")
+        "out; about 8 KB each (state and alert memory). 0: decode from the table every time.")
     dedup_horizon_days: float = Field(
         7.0, gt=0,
         description="How long (in arrival time) a customer's event ids are remembered, so a resend or replay counts once."
