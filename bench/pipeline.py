@@ -175,19 +175,6 @@ def source_version() -> dict[str, Any]:
     return {"commit": git("rev-parse", "--short", "HEAD").strip(), "src_changed_since_commit": changed}
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a subprocess load exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"LOYALTY_{name.upper()}"] = str(value)
-    return env
-
-
 # -- the worker process -------------------------------------------------------------------------
 
 
@@ -206,7 +193,7 @@ class Worker:
             command += ["-m", "cProfile", "-o", str(self.profile_path)]
         command += ["-m", "loyalty_stream.cli", "worker"]
         with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(command, env=settings_env(self.settings), cwd=REPO, stdout=out,
+            self.proc = subprocess.Popen(command, env=self.settings.child_environment(os.environ), cwd=REPO, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

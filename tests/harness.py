@@ -55,19 +55,6 @@ def isolated_settings(tmp_path: Path, bootstrap: str, **overrides: Any) -> Setti
     return Settings(**values)
 
 
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that makes a subprocess load exactly these settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LOYALTY_")}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"LOYALTY_{name.upper()}"] = str(value)
-    return env
-
-
 class WorkerProcess:
     """``loyalty worker`` as a child process that tests can start, stop and kill."""
 
@@ -81,7 +68,7 @@ class WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "loyalty_stream.cli", "worker"],
-            env=settings_env(self.settings), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            env=self.settings.child_environment(os.environ), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         log.close()
@@ -153,23 +140,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) on a topic, from the beginning to its current end."""
-    consumer = KafkaConsumer(**settings.kafka_python_config(), enable_auto_commit=False, group_id=None)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        records: list[tuple[bytes | None, bytes | None]] = []
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in tps) and time.monotonic() < deadline:
-            for batch in consumer.poll(timeout_ms=500).values():
-                records.extend((r.key, r.value) for r in batch)
-        return records
-    finally:
-        consumer.close()
+    return [(r.key, r.value) for r in read_records(settings, topic)]
 
 
 def changelog_states(settings: Settings) -> dict[str, dict[str, Any]]:

@@ -7,6 +7,7 @@ README's configuration table lists them with their defaults.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -166,6 +167,19 @@ class Settings(BaseSettings):
         if self.kafka_security_protocol.endswith("SSL") and self.kafka_ssl_cafile:
             config["ssl_cafile"] = str(self.kafka_ssl_cafile)
         return config
+
+    def child_environment(self, inherited: Mapping[str, str]) -> dict[str, str]:
+        """The environment that makes a child process load exactly these settings: ``inherited``
+        (the parent's environment) without its own ``LOYALTY_*`` variables, plus every set field."""
+        env = {k: v for k, v in inherited.items() if not k.startswith("LOYALTY_")}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"LOYALTY_{name.upper()}"] = str(value)
+        return env
 
     def described(self) -> list[tuple[str, str, str]]:
         """(variable, effective value, description) rows, secrets masked."""
