@@ -19,9 +19,14 @@ WORKDIR /app
 
 # README.md is the package's long description (pyproject.toml), so the build needs it.
 COPY pyproject.toml README.md ./
-COPY src ./src
+COPY domain ./domain
+COPY config ./config
+COPY schemas ./schemas
+COPY sinks ./sinks
+COPY streams ./streams
+COPY ops ./ops
 RUN pip install --no-cache-dir . \
-    && rm -rf /app/src /app/build
+    && rm -rf /app/domain /app/config /app/schemas /app/sinks /app/streams /app/ops /app/build
 
 USER loyalty
 EXPOSE 6066

@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from loyalty_stream.model.tiers import TIERS
-from loyalty_stream.report import SQL, build_report
-from loyalty_stream.sinks.clickhouse import ClickHouseSink
+from domain.model.tiers import TIERS
+from ops.report import SQL, build_report
+from sinks.clickhouse import ClickHouseSink
 
 DB = "loyalty"
 DAY_MS = 86_400_000

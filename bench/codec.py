@@ -9,7 +9,7 @@ What it measures: encoding and decoding of one representative purchase event (th
 promo code, a store) in Avro single-object encoding (``C3 01``, the 8-byte schema fingerprint,
 the datum), microseconds per operation, for
 
-* ``fastavro``: :func:`loyalty_stream.schemas.codec` ``("purchase").encode/decode``, exactly what
+* ``fastavro``: :func:`schemas.codec` ``("purchase").encode/decode``, exactly what
   the worker does per event;
 * ``avro``: the Apache reference implementation, ``avro.io.DatumWriter``/``BinaryEncoder`` and
   ``DatumReader``/``BinaryDecoder``, behind the same 10-byte header.
@@ -38,8 +38,8 @@ import avro.io
 import avro.schema
 import fastavro
 
-from loyalty_stream.records import PurchaseEvent, PurchaseItem, event_to_dict
-from loyalty_stream.schemas import HEADER_SIZE, MAGIC, codec, load_schema
+from domain.records import PurchaseEvent, PurchaseItem, event_to_dict
+from schemas import HEADER_SIZE, MAGIC, codec, load_schema
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -17,10 +17,10 @@ about an hour on two cores (most of it the 3,000,000-event P), ``--quick`` about
 
 Everything runs in one invocation, on one machine, over the same generated data, so each
 figure can be read as a ratio against a baseline taken minutes apart (other work on the machine
-moves both). It starts its own Kafka broker (:mod:`loyalty_stream.broker`, free port, data under
+moves both). It starts its own Kafka broker (:mod:`ops.broker`, free port, data under
 ``var/bench/broker``) and stops it at the end. Per size:
 
-1. **Data.** :func:`loyalty_stream.simulate.generate` for the customers, with ``history_days``
+1. **Data.** :func:`ops.simulate.generate` for the customers, with ``history_days``
    calibrated so there are about ``events / customers`` events each (all three kinds), encoded
    with the project's codec and published to fresh topics *before* anything consumes them.
 2. **B, the baseline**: a plain aiokafka consumer reads every input partition from the start in
@@ -29,9 +29,9 @@ moves both). It starts its own Kafka broker (:mod:`loyalty_stream.broker`, free 
    the mean of the two (both are reported).
 3. **Pre-load** (main size only): rows for ``--bi-customers`` minus ``--customers`` other
    customers are inserted into ``signals_current`` of the worker's chDB directory (migrations
-   first, through :class:`~loyalty_stream.sinks.clickhouse.ClickHouseSink`, in a child process
+   first, through :class:`~sinks.clickhouse.ClickHouseSink`, in a child process
    that exits before the worker opens the directory), so BI queries see 1,000,000 customers.
-4. **P, the pipeline**: ``python -m loyalty_stream.cli worker`` as a subprocess with its own app
+4. **P, the pipeline**: ``python -m ops.cli worker`` as a subprocess with its own app
    id, topic prefix, data directory and web port. P = events / (time from the first event
    consumed, i.e. the earliest ``ingested_at`` the worker stamped, to the moment ClickHouse shows
    every customer's signal: ``count()`` and ``sum(version)`` of ``signals_current FINAL`` equal to
@@ -85,14 +85,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from loyalty_stream import broker
-from loyalty_stream.admin import create_topics
-from loyalty_stream.model import TIERS
-from loyalty_stream.records import Event
-from loyalty_stream.schemas import codec
-from loyalty_stream.settings import Settings
-from loyalty_stream.simulate import Outgoing, encode_event, generate, send_outgoing
-from loyalty_stream.topics import KIND_BY_SUFFIX, Topics
+from ops import broker
+from ops.admin import create_topics
+from domain.model import TIERS
+from domain.records import Event
+from schemas import codec
+from config.settings import Settings
+from ops.simulate import Outgoing, encode_event, generate, send_outgoing
+from config.topics import KIND_BY_SUFFIX, Topics
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "var" / "bench"
@@ -165,13 +165,16 @@ def machine() -> dict[str, Any]:
     }
 
 
+SOURCE_DIRS = ("domain", "config", "schemas", "sinks", "streams", "ops")
+
+
 def source_version() -> dict[str, Any]:
     """The commit measured, and the files that differ from it (read-only git commands)."""
     def git(*args: str) -> str:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
         return done.stdout
 
-    changed = [line[3:] for line in git("status", "--porcelain", "--", "src").splitlines() if line]
+    changed = [line[3:] for line in git("status", "--porcelain", "--", *SOURCE_DIRS).splitlines() if line]
     return {"commit": git("rev-parse", "--short", "HEAD").strip(), "src_changed_since_commit": changed}
 
 
@@ -191,7 +194,7 @@ class Worker:
         command = [sys.executable]
         if self.profile_path is not None:
             command += ["-m", "cProfile", "-o", str(self.profile_path)]
-        command += ["-m", "loyalty_stream.cli", "worker"]
+        command += ["-m", "ops.cli", "worker"]
         with open(self.log_path, "ab") as out:
             self.proc = subprocess.Popen(command, env=self.settings.child_environment(os.environ), cwd=REPO, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -398,7 +401,7 @@ def preload_signals(dsn: str, database: str, customers: int, chunk: int = 100_00
 
     Runs in a child process: chDB lets one process open a directory, and the worker needs it next.
     """
-    from loyalty_stream.sinks.clickhouse import ClickHouseSink
+    from sinks.clickhouse import ClickHouseSink
 
     sink = ClickHouseSink(dsn, database)
     try:
@@ -882,8 +885,8 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"Machine: {m['usable_cores']} cores ({m['cpu_model']}), {m['memory_gb']} GB, Python {m['python']}; "
           f"load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}")
     src = report["source"]
-    print(f"Source: commit {src['commit']}" + (f", src/ changed since: {', '.join(src['src_changed_since_commit'])}"
-                                               if src["src_changed_since_commit"] else ", src/ unchanged"))
+    print(f"Source: commit {src['commit']}" + (f", source changed since: {', '.join(src['src_changed_since_commit'])}"
+                                               if src["src_changed_since_commit"] else ", source unchanged"))
     header = (f"{'run':8} {'events':>10} {'customers':>10} {'B ev/s':>9} {'P ev/s':>8} {'P/B':>7} "
               f"{'CPU us/ev':>9} {'cores':>6} {'peak MB':>8}")
     print(header)

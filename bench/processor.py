@@ -18,12 +18,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from loyalty_stream.settings import Settings
-from loyalty_stream.simulate import encode_event, generate
-from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
-from loyalty_stream.streams.alerting import Alerting
-from loyalty_stream.streams.app import tune_garbage_collector
-from loyalty_stream.streams.processing import BatchProcessor, Message, ModelParams, customer_cache
+from config.settings import Settings
+from ops.simulate import encode_event, generate
+from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
+from streams.alerting import Alerting
+from streams.app import tune_garbage_collector
+from streams.processing import BatchProcessor, Message, ModelParams, customer_cache
 
 
 class DictStore(dict):

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loyalty_stream import broker
-from loyalty_stream.settings import Settings
+from ops import broker
+from config.settings import Settings
 from tests.harness import REPO, WorkerProcess, delete_topics, drop_database, isolated_settings
 
 
@@ -52,7 +52,7 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Settings]:
 @pytest.fixture
 def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     """A worker process for this test's settings (started by the test, stopped here)."""
-    from loyalty_stream.admin import create_topics
+    from ops.admin import create_topics
 
     create_topics(settings)
     process = WorkerProcess(settings, tmp_path / "worker.log")

@@ -23,9 +23,9 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from loyalty_stream.schemas import codec
-from loyalty_stream.settings import Settings
-from loyalty_stream.sinks.clickhouse import ClickHouseSink
+from schemas import codec
+from config.settings import Settings
+from sinks.clickhouse import ClickHouseSink
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "loyalty_stream.cli", "worker"],
+            [sys.executable, "-m", "ops.cli", "worker"],
             env=self.settings.child_environment(os.environ), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
@@ -324,7 +324,7 @@ def changelog_states_by_partition(settings: Settings) -> dict[tuple[int, str], d
 
 def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """The worker's consumer group's committed offset of every input topic partition (0: none)."""
-    from loyalty_stream.topics import Topics
+    from config.topics import Topics
 
     consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=settings.app_id,
                              enable_auto_commit=False, client_id="fault-test-offsets")
@@ -340,7 +340,7 @@ def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
 
 def end_offsets(settings: Settings) -> dict[tuple[str, int], int]:
     """The end offset of every input topic partition."""
-    from loyalty_stream.topics import Topics
+    from config.topics import Topics
 
     consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=None, enable_auto_commit=False)
     try:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from loyalty_stream.relationship import state_from_dict
-from loyalty_stream.schemas import codec
-from loyalty_stream.settings import Settings
-from loyalty_stream.simulate import encode_event, expected_by_customer, generate
-from loyalty_stream.streams.app import Pipeline
-from loyalty_stream.streams.processing import decode_record
+from domain.relationship import state_from_dict
+from schemas import codec
+from config.settings import Settings
+from ops.simulate import encode_event, expected_by_customer, generate
+from streams.app import Pipeline
+from streams.processing import decode_record
 
 
 @pytest.fixture
@@ -90,9 +90,9 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
 
 
 def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(pipeline: Pipeline):
-    from loyalty_stream.model import fit_bgnbd
-    from loyalty_stream.relationship import RelationshipState, apply_event, facts
-    from loyalty_stream.sinks.clickhouse import SinkBatch
+    from domain.model import fit_bgnbd
+    from domain.relationship import RelationshipState, apply_event, facts
+    from sinks.clickhouse import SinkBatch
 
     end_ms = int(time.time() * 1000) - 60_000
     states: dict[str, RelationshipState] = {}

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
-from loyalty_stream import broker
-from loyalty_stream.admin import create_topics
-from loyalty_stream.settings import Settings
+from ops import broker
+from ops.admin import create_topics
+from config.settings import Settings
 from tests.harness import (
     REPO,
     FaultFigures,

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from loyalty_stream import broker
-from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
+from ops import broker
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import (
     changelog_states,
     direct,

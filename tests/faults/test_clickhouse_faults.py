@@ -1,6 +1,6 @@
 """ClickHouse fails under the worker: writes refused for 30 s, and an insert whose acknowledgement is lost.
 
-Faults are injected with the switch files of :mod:`loyalty_stream.sinks.faults` (the worker runs
+Faults are injected with the switch files of :mod:`sinks.faults` (the worker runs
 with ``LOYALTY_FAULT_INJECTION_DIR``): ``clickhouse_down`` makes every write fail while it exists,
 ``clickhouse_ack_lost`` makes the next write succeed and then report an error.
 """
@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import (
     changelog_states,
     committed_offsets,

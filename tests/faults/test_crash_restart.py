@@ -1,6 +1,6 @@
 """The worker dies or loses its disk: nothing lost, nothing counted twice.
 
-The simulator's ledger is the oracle: :func:`loyalty_stream.simulate.expected_by_customer`
+The simulator's ledger is the oracle: :func:`ops.simulate.expected_by_customer`
 computes each customer's totals by plain arithmetic, never through the pipeline's own code.
 """
 
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import (
     changelog_states,
     committed_offsets,

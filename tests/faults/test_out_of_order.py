@@ -1,6 +1,6 @@
 """Events that arrive out of order, by days, give the same state as sorted ones.
 
-Reference: the same events folded in time order with :func:`loyalty_stream.relationship.apply_event`
+Reference: the same events folded in time order with :func:`domain.relationship.apply_event`
 (whose order independence is what is being shown), checked in turn against the ledger's totals.
 """
 
@@ -13,8 +13,8 @@ from collections import defaultdict
 
 import pytest
 
-from loyalty_stream.relationship import RelationshipState, apply_event, facts, state_to_dict
-from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
+from domain.relationship import RelationshipState, apply_event, facts, state_to_dict
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import (
     changelog_states,
     direct,

@@ -9,11 +9,11 @@ import time
 
 import pytest
 
-from loyalty_stream.records import PurchaseEvent, PurchaseItem
-from loyalty_stream.relationship import DAY_MS
-from loyalty_stream.schemas import codec
-from loyalty_stream.simulate import to_outgoing
-from loyalty_stream.webhook_verify import WebhookVerificationError, verify
+from domain.records import PurchaseEvent, PurchaseItem
+from domain.relationship import DAY_MS
+from schemas import codec
+from ops.simulate import to_outgoing
+from sinks.webhook_verify import WebhookVerificationError, verify
 from tests.harness import WorkerProcess, direct_query, isolated_settings, read_topic, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -54,8 +54,8 @@ def test_gone_quiet_fires_once_without_input_for_the_customer_across_a_restart(k
     settings = isolated_settings(tmp_path, kafka_bootstrap, alert_check_seconds=1.0,
                                  webhook_url=f"http://127.0.0.1:{server.server_port}/alerts",
                                  webhook_secret=SECRET, webhook_backoff_cap_seconds=1.0)
-    from loyalty_stream.admin import create_topics
-    from loyalty_stream.simulate import publish
+    from ops.admin import create_topics
+    from ops.simulate import publish
 
     create_topics(settings)
     end = int(time.time() * 1000) - 3_600_000

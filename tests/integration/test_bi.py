@@ -34,11 +34,11 @@ from typing import Any
 
 import pytest
 
-from loyalty_stream.model.tiers import TIERS
-from loyalty_stream.report import CHARTS, build_report, render_html
-from loyalty_stream.sinks.clickhouse import ClickHouseSink, migrations, split_statements
+from domain.model.tiers import TIERS
+from ops.report import CHARTS, build_report, render_html
+from sinks.clickhouse import ClickHouseSink, migrations, split_statements
 
-ROLES = Path(__file__).resolve().parents[2] / "src" / "loyalty_stream" / "sinks" / "roles"
+ROLES = Path(__file__).resolve().parents[2] / "sinks" / "roles"
 BI_SQL = next(sql for _, name, sql in migrations() if name == "bi")
 
 
@@ -506,7 +506,7 @@ def test_every_grafana_panel_query_runs_on_the_views(sink):
 
 def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkeypatch):
     """A database that had signals before migration 0004: the snapshot starts complete."""
-    from loyalty_stream.sinks import clickhouse
+    from sinks import clickhouse
 
     older = ClickHouseSink(sink.dsn, f"{sink.database}_before_bi")
     older._client = sink.client  # the same engine (chDB opens one directory per process)

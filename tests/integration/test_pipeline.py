@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from loyalty_stream.pseudonymise import scrub_bytes
-from loyalty_stream.schemas import codec
-from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
+from domain.pseudonymise import scrub_bytes
+from schemas import codec
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import changelog_states, direct_query, read_topic, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -109,9 +109,9 @@ def test_know_me_profile_over_http(settings, worker):
 def test_stream_equals_replay(settings, worker, tmp_path):
     import json
 
-    from loyalty_stream.model import DEFAULT_PARAMS
-    from loyalty_stream.model.replay import run_replay
-    from loyalty_stream.simulate import write_replay_file
+    from domain.model import DEFAULT_PARAMS
+    from domain.model.replay import run_replay
+    from ops.simulate import write_replay_file
 
     end_ms = int(time.time() * 1000) - 60_000
     events = generate(customers=150, days=1, seed=21, end_ms=end_ms, history_days=120)

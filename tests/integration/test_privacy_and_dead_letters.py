@@ -7,10 +7,10 @@ import time
 
 import pytest
 
-from loyalty_stream.deadletters import read_dead_letters, republish
-from loyalty_stream.pseudonymise import pseudonym
-from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem
-from loyalty_stream.simulate import Outgoing, encode_event, publish
+from ops.deadletters import read_dead_letters, republish
+from domain.pseudonymise import pseudonym
+from domain.records import CallEvent, PurchaseEvent, PurchaseItem
+from ops.simulate import Outgoing, encode_event, publish
 from tests.harness import WorkerProcess, direct_query, isolated_settings, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -20,7 +20,7 @@ CLEAR = ["alice@example.com", "7946", "bob@example.org", "carol@example.net", "5
 
 
 def test_contact_details_are_pseudonymised_everywhere_and_dead_letters_republish(kafka_bootstrap, tmp_path):
-    from loyalty_stream.admin import create_topics
+    from ops.admin import create_topics
 
     settings = isolated_settings(tmp_path, kafka_bootstrap, pseudonymisation_key=KEY)
     create_topics(settings)

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from loyalty_stream import broker
-from loyalty_stream.settings import Settings
-from loyalty_stream.simulate import expected_by_customer, generate, publish, to_outgoing
+from ops import broker
+from config.settings import Settings
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import WorkerProcess, free_port, isolated_settings, wait_until
 
 pytestmark = pytest.mark.kafka
@@ -50,7 +50,7 @@ def test_worker_over_sasl_ssl_scram(tmp_path):
             tmp_path, f"127.0.0.1:{port + 2}", kafka_security_protocol="SASL_SSL",
             kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="loyalty",
             kafka_sasl_password="s3cret-pass", kafka_ssl_cafile=broker.certificate_authority(local))
-        from loyalty_stream.admin import create_topics
+        from ops.admin import create_topics
 
         created = create_topics(settings)
         assert settings.topic_prefix + "purchases" in created

@@ -20,11 +20,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from loyalty_stream.alerts import AlertFacts, alert_to_dict, evaluate
-from loyalty_stream.model import MODEL_VERSION, LoyaltySignal
-from loyalty_stream.relationship import DAY_MS
-from loyalty_stream.sinks.webhook import WebhookConfig, WebhookDelivery, encode_body
-from loyalty_stream.webhook_verify import WebhookVerificationError, sign, verify
+from domain.alerts import AlertFacts, alert_to_dict, evaluate
+from domain.model import MODEL_VERSION, LoyaltySignal
+from domain.relationship import DAY_MS
+from sinks.webhook import WebhookConfig, WebhookDelivery, encode_body
+from sinks.webhook_verify import WebhookVerificationError, sign, verify
 
 KEY = b"integration-test-key-0123456789ab"
 SECRET = "whsec_" + base64.b64encode(KEY).decode()
@@ -346,9 +346,9 @@ def test_the_secret_never_reaches_the_logs(caplog: Any) -> None:
             await delivery.stop(drain_timeout=1)
         finally:
             await receiver.stop()
-        logging.getLogger("loyalty_stream.sinks.webhook").info("config in use: %s", delivery.config)
+        logging.getLogger("sinks.webhook").info("config in use: %s", delivery.config)
 
-    caplog.set_level(logging.DEBUG, logger="loyalty_stream")
+    caplog.set_level(logging.DEBUG, logger="sinks")
     asyncio.run(scenario())
     text = caplog.text
     # the logs did talk about the deliveries: retry, give-up, delivered

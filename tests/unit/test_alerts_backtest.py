@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from loyalty_stream.alerts.backtest import backtest_gone_quiet
-from loyalty_stream.records import PurchaseEvent, PurchaseItem
-from loyalty_stream.relationship import DAY_MS
+from domain.alerts.backtest import backtest_gone_quiet
+from domain.records import PurchaseEvent, PurchaseItem
+from domain.relationship import DAY_MS
 
 T0 = 1_704_067_200_000
 CUT = T0 + 300 * DAY_MS

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from loyalty_stream.alerts import DueIndex
+from domain.alerts import DueIndex
 
 
 def test_pop_due_returns_only_due_ones_earliest_first() -> None:

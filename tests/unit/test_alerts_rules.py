@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from loyalty_stream.alerts import (
+from domain.alerts import (
     DEFAULT_RULES,
     Alert,
     AlertContext,
@@ -25,9 +25,9 @@ from loyalty_stream.alerts import (
     evaluate,
     quiet_due_at,
 )
-from loyalty_stream.model import MODEL_VERSION, LoyaltySignal
-from loyalty_stream.relationship import DAY_MS
-from loyalty_stream.schemas import Codec, load_schema
+from domain.model import MODEL_VERSION, LoyaltySignal
+from domain.relationship import DAY_MS
+from schemas import Codec, load_schema
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 BASE = {"recency": 100.0, "frequency": 60.0, "monetary": 50.0, "breadth": 50.0,

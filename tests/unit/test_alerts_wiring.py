@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loyalty_stream.alerts import (
+from domain.alerts import (
     Alert,
     AlertState,
     DueIndex,
@@ -15,9 +15,9 @@ from loyalty_stream.alerts import (
     alert_state_to_dict,
     evaluate,
 )
-from loyalty_stream.model import DEFAULT_PARAMS, score_customer
-from loyalty_stream.records import CallEvent, Event, PurchaseEvent, PurchaseItem
-from loyalty_stream.relationship import DAY_MS, RelationshipState, apply_event
+from domain.model import DEFAULT_PARAMS, score_customer
+from domain.records import CallEvent, Event, PurchaseEvent, PurchaseItem
+from domain.relationship import DAY_MS, RelationshipState, apply_event
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z, midnight: day windows line up with whole days
 HORIZON = 100_000 * DAY_MS

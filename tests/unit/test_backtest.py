@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from loyalty_stream.model import backtest
-from loyalty_stream.model.backtest import (
+from domain.model import backtest
+from domain.model.backtest import (
     ConfusionMatrix,
     ReliabilityBin,
     auc,
@@ -18,7 +18,7 @@ from loyalty_stream.model.backtest import (
     persona_confusion,
     reliability_table,
 )
-from loyalty_stream.records import Event, PurchaseEvent, VisitEvent
+from domain.records import Event, PurchaseEvent, VisitEvent
 
 T0 = 1_704_067_200_000
 DAY = 86_400_000

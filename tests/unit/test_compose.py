@@ -1,7 +1,7 @@
 """The container stack agrees with itself and with the code: docker-compose.yml and the Dockerfile.
 
 No Docker engine is needed: the files are parsed and cross-checked against
-``loyalty_stream.settings.Settings``. Variables are interpolated the way ``docker compose`` does
+``config.settings.Settings``. Variables are interpolated the way ``docker compose`` does
 with an empty environment (``${VAR:-default}`` gives the default), so the checks cover what a
 plain ``docker compose up --wait`` would run.
 """
@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from loyalty_stream.settings import Settings
+from config.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -363,7 +363,9 @@ def test_dockerignore_keeps_local_state_out() -> None:
     patterns = {line.strip().rstrip("/") for line in DOCKERIGNORE.read_text().splitlines()}
     assert {".git", ".venv", "var"} <= patterns
     # What the image build copies must stay in the context.
-    assert not {"src", "pyproject.toml", "README.md"} & patterns
+    copied = {a.split()[0].rstrip("/") for k, a in dockerfile_instructions() if k == "COPY"}
+    assert {"domain", "config", "schemas", "sinks", "streams", "ops", "pyproject.toml"} <= copied
+    assert not copied & patterns
 
 
 # -- Grafana (deploy/grafana/; the provisioning files themselves: tests/unit/test_grafana.py) -----

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from loyalty_stream.sinks.clickhouse import migrations
+from sinks.clickhouse import migrations
 from tests.unit.test_compose import COMPOSE_FILE, environment_of, interpolate
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from loyalty_stream.model import churn
-from loyalty_stream.model.churn import BgNbdParams, Summary
-from loyalty_stream.records import PurchaseEvent, VisitEvent
-from loyalty_stream.relationship import DAY_MS, RelationshipState, apply_event
+from domain.model import churn
+from domain.model.churn import BgNbdParams, Summary
+from domain.records import PurchaseEvent, VisitEvent
+from domain.relationship import DAY_MS, RelationshipState, apply_event
 
 P = BgNbdParams(r=2.0, alpha=10.0, a=1.0, b=3.0)
 TRUE = BgNbdParams(r=0.5, alpha=20.0, a=0.8, b=2.5)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from loyalty_stream.model import components as c
-from loyalty_stream.records import CallEvent, Event, PurchaseEvent, PurchaseItem, VisitEvent
-from loyalty_stream.relationship import DAY_MS, RelationshipState, Tally, apply_event
+from domain.model import components as c
+from domain.records import CallEvent, Event, PurchaseEvent, PurchaseItem, VisitEvent
+from domain.relationship import DAY_MS, RelationshipState, Tally, apply_event
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 LATENESS = 10_000 * DAY_MS

@@ -7,12 +7,12 @@ import json
 
 import pytest
 
-from loyalty_stream.model import DEFAULT_PARAMS, MODEL_VERSION, TIERS, WEIGHTS, score_customer, signal_to_dict
-from loyalty_stream.model.churn import BgNbdParams
-from loyalty_stream.model.signals import SIGNAL_FIELDS
-from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
-from loyalty_stream.relationship import DAY_MS, RelationshipState, apply_event
-from loyalty_stream.schemas import Codec, load_schema
+from domain.model import DEFAULT_PARAMS, MODEL_VERSION, TIERS, WEIGHTS, score_customer, signal_to_dict
+from domain.model.churn import BgNbdParams
+from domain.model.signals import SIGNAL_FIELDS
+from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
+from domain.relationship import DAY_MS, RelationshipState, apply_event
+from schemas import Codec, load_schema
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 P = BgNbdParams(r=2.0, alpha=10.0, a=1.0, b=3.0, population_gap_days=30.0)

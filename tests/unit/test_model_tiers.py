@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from loyalty_stream.model import DEFAULT_PARAMS, score_customer
-from loyalty_stream.model.tiers import TIERS, TierInputs, assign_tier
-from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
-from loyalty_stream.relationship import DAY_MS, RelationshipState, apply_event
+from domain.model import DEFAULT_PARAMS, score_customer
+from domain.model.tiers import TIERS, TierInputs, assign_tier
+from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
+from domain.relationship import DAY_MS, RelationshipState, apply_event
 
 STRONG = {"recency": 100.0, "frequency": 100.0, "monetary": 100.0, "breadth": 60.0,
           "relationship_quality": 90.0, "price_independence": 95.0, "recognition": 85.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loyalty_stream.pseudonymise import pseudonym, pseudonymise_datum, scrub_bytes, scrub_text
+from domain.pseudonymise import pseudonym, pseudonymise_datum, scrub_bytes, scrub_text
 
 KEY = b"k" * 32
 

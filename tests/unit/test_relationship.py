@@ -9,8 +9,8 @@ import random
 import fastavro
 import pytest
 
-from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
-from loyalty_stream.relationship import (
+from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
+from domain.relationship import (
     DAY_MS,
     RECENT_PURCHASES_KEPT,
     TALLY_FIELDS,
@@ -27,7 +27,7 @@ from loyalty_stream.relationship import (
     state_to_dict,
     window,
 )
-from loyalty_stream.schemas import MAGIC, codec, history_paths, schema_fingerprint
+from schemas import MAGIC, codec, history_paths, schema_fingerprint
 
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z
 WEEK = 7 * DAY_MS

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from loyalty_stream.model import replay
-from loyalty_stream.model.signals import SIGNAL_FIELDS
-from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
+from domain.model import replay
+from domain.model.signals import SIGNAL_FIELDS
+from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 DAY = 86_400_000

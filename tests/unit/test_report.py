@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from loyalty_stream.report import CHARTS, SQL, build_report, render_html, render_text
+from ops.report import CHARTS, SQL, build_report, render_html, render_text
 
 DB = "bi_db"
 

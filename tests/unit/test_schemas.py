@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from loyalty_stream.records import (
+from domain.records import (
     RECORD_FIELDS,
     CallEvent,
     PurchaseEvent,
@@ -15,7 +15,7 @@ from loyalty_stream.records import (
     event_from_dict,
     event_to_dict,
 )
-from loyalty_stream.schemas import (
+from schemas import (
     MAGIC,
     SCHEMA_DIR,
     Codec,
@@ -91,7 +91,7 @@ def test_history_is_compatible_and_an_incompatible_change_is_caught(tmp_path, mo
     for name in ("purchase", "call", "visit", "relationship_state", "dead_letter"):
         assert check_compatibility(name) == [], name
     # A new required field without a default cannot read old data: the checker must say so.
-    from loyalty_stream import schemas
+    import schemas
 
     broken = load_schema("purchase")
     broken = {**broken, "fields": broken["fields"] + [{"name": "loyalty_card", "type": "string", "doc": "x"}]}

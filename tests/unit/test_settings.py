@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from loyalty_stream.settings import Settings
+from config.settings import Settings
 
 
 def test_a_child_environment_loads_exactly_the_same_settings(monkeypatch: pytest.MonkeyPatch):

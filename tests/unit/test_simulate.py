@@ -10,8 +10,8 @@ from dataclasses import asdict
 
 import pytest
 
-from loyalty_stream import simulate
-from loyalty_stream.records import (
+from ops import simulate
+from domain.records import (
     CALL_REASONS,
     CallEvent,
     PurchaseEvent,
@@ -19,9 +19,9 @@ from loyalty_stream.records import (
     VisitEvent,
     event_from_dict,
 )
-from loyalty_stream.schemas import DecodeError, codec
-from loyalty_stream.settings import Settings
-from loyalty_stream.simulate import (
+from schemas import DecodeError, codec
+from config.settings import Settings
+from ops.simulate import (
     DAY_MS,
     DEFAULT_MIX,
     DUPLICATE_MAX_DELAY,
@@ -40,8 +40,8 @@ from loyalty_stream.simulate import (
     to_outgoing,
     write_ledger,
 )
-from loyalty_stream.topics import Topics
-from loyalty_stream.validation import Limits, validate
+from config.topics import Topics
+from domain.validation import Limits, validate
 
 END = 1_750_000_000_000  # 2025-06-15T15:06:40Z
 
@@ -367,7 +367,7 @@ def test_expected_ignores_resends_in_a_generated_stream(day_run: list) -> None:
 
 def test_expected_agrees_with_the_relationship_state(history_run: list) -> None:
     """Cross-check of two independent computations (the oracle is not built on this module)."""
-    from loyalty_stream.relationship import RelationshipState, apply_events
+    from domain.relationship import RelationshipState, apply_events
 
     by_customer = defaultdict(list)
     for ev in history_run:

@@ -8,7 +8,7 @@ import threading
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
-from loyalty_stream.sinks.clickhouse import AsyncSinkRunner, SinkBatch
+from sinks.clickhouse import AsyncSinkRunner, SinkBatch
 
 
 class RecordingSink:

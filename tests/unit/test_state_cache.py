@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loyalty_stream.streams.processing import Message, StateCache
+from streams.processing import Message, StateCache
 
 MSG = Message("t", 0, 0, b"k", b"v", 0)
 

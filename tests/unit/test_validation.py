@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from loyalty_stream.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
-from loyalty_stream.validation import Limits, ValidationError, validate
+from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
+from domain.validation import Limits, ValidationError, validate
 
 NOW = 1_767_225_600_000
 LIMITS = Limits(currency="EUR", future_skew_ms=300_000)

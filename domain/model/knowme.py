@@ -1,0 +1,78 @@
+"""Know-me profile: what staff or the IVR should know when this customer gets in touch. Pure.
+
+The greeting never carries contact details or amounts: only when, what kind of thing, and
+where, which is what a shop assistant would remember.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from domain.relationship import DAY_MS, RelationshipState, favourite, preferred_channel, window
+
+OPEN_ISSUE_DAYS = 90
+"""Unresolved calls this recent count as open issues."""
+GREETING_CATEGORIES = 2
+"""Categories named in the greeting; more are summed up as "and more"."""
+
+_WHERE = {"web": "online", "app": "in the app", "phone": "by phone"}
+
+
+@dataclass(frozen=True, slots=True)
+class KnowMe:
+    last_purchase_at: int | None
+    last_purchase_categories: list[str]
+    last_purchase_skus: list[str]
+    last_purchase_channel: str | None
+    last_purchase_location_id: str | None
+    favourite_category: str | None
+    preferred_channel: str | None
+    open_issues: int
+    greeting_hint: str
+
+
+def know_me(state: RelationshipState, as_of: int) -> KnowMe:
+    """The profile as of ``as_of``."""
+    last = state.last_purchase
+    issues = window(state, OPEN_ISSUE_DAYS, as_of).unresolved_calls
+    return KnowMe(
+        last_purchase_at=None if last is None else last.occurred_at,
+        last_purchase_categories=[] if last is None else list(last.categories),
+        last_purchase_skus=[] if last is None else list(last.skus),
+        last_purchase_channel=None if last is None else last.channel,
+        last_purchase_location_id=None if last is None else last.location_id,
+        favourite_category=favourite(state.categories_bought),
+        preferred_channel=preferred_channel(state),
+        open_issues=issues,
+        greeting_hint=greeting_hint(state, as_of, issues),
+    )
+
+
+def greeting_hint(state: RelationshipState, as_of: int, open_issues: int) -> str:
+    """E.g. "Welcome back! Last time (12 days ago) you bought shoes in store S01."."""
+    last = state.last_purchase
+    if last is None:
+        text = "Welcome! Good to see you."
+    else:
+        days = as_of // DAY_MS - last.occurred_at // DAY_MS  # calendar days, UTC
+        ago = "today" if days <= 0 else "yesterday" if days == 1 else f"{days} days ago"
+        text = f"Welcome back! Last time ({ago}) you bought {_what(last.categories)}{_where(last.channel, last.location_id)}."
+    if open_issues:
+        plural = "call" if open_issues == 1 else "calls"
+        text += f" Open issue: {open_issues} unresolved {plural} in the last {OPEN_ISSUE_DAYS} days."
+    return text
+
+
+def _what(categories: list[str]) -> str:
+    if not categories:
+        return "something"
+    named = categories[:GREETING_CATEGORIES]
+    if len(categories) > GREETING_CATEGORIES:
+        return ", ".join(named) + " and more"
+    return " and ".join(named)
+
+
+def _where(channel: str, location_id: str | None) -> str:
+    if channel == "store":
+        return f" in store {location_id}" if location_id else " in store"
+    return f" {_WHERE[channel]}" if channel in _WHERE else ""

@@ -1,0 +1,140 @@
+"""The loyalty signal of one customer: score, tier, churn risk and know-me profile. Pure.
+
+:func:`score_customer` is the whole model: components (:mod:`.components`), churn risk from
+BG/NBD (:mod:`.churn`), tier rules (:mod:`.tiers`) and the know-me profile (:mod:`.knowme`).
+:func:`signal_to_dict` gives the datum of ``schemas/loyalty_signal.avsc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from domain.model import churn
+from domain.model.churn import BgNbdParams
+from domain.model.components import (
+    compute_components,
+    days_since_last_purchase,
+    loyalty_score,
+    rhythm_gap,
+)
+from domain.model.knowme import know_me
+from domain.model.tiers import TierInputs, assign_tier
+from domain.relationship import DAY_MS, RelationshipState, window
+
+MODEL_VERSION = "loyalty-model-1.0.0"
+"""Recorded in every signal; bump it when weights, rules or the churn model change."""
+DEFAULT_HORIZON_DAYS = 90
+SERVICE_WINDOW_DAYS = 90
+
+
+@dataclass(frozen=True)
+class LoyaltySignal:
+    """Everything the model says about one customer as of ``as_of`` (epoch ms, UTC)."""
+
+    customer_id: str
+    as_of: int
+    model_version: str
+    loyalty_score: float
+    tier: str
+    tier_reason: str
+    components: dict[str, float]
+    churn_risk: float
+    horizon_days: int
+    p_alive: float | None
+    expected_purchases: float
+    expected_next_purchase_at: int | None
+    days_since_last_purchase: float | None
+    purchase_gap_days: float
+    purchase_gap_source: str
+    purchases: int
+    last_purchase_at: int | None
+    last_purchase_categories: list[str] = field(default_factory=list)
+    last_purchase_skus: list[str] = field(default_factory=list)
+    last_purchase_channel: str | None = None
+    last_purchase_location_id: str | None = None
+    favourite_category: str | None = None
+    preferred_channel: str | None = None
+    open_issues: int = 0
+    greeting_hint: str = ""
+    params_source: str = "default"
+
+
+def score_customer(
+    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS
+) -> LoyaltySignal:
+    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only."""
+    if horizon_days <= 0:
+        raise ValueError(f"horizon_days must be positive, not {horizon_days}")
+    rhythm = rhythm_gap(state, params.population_gap_days)
+    components = compute_components(state, as_of, rhythm)
+    score = loyalty_score(components)
+    since_last = days_since_last_purchase(state, as_of)
+
+    summary = churn.summarise(state, as_of)
+    if summary is None:
+        known_since = state.first_seen_at if state.first_seen_at is not None else as_of
+        days_known = max(0, as_of - known_since) / DAY_MS
+        p_alive = None
+        risk = churn.prospect_churn_probability(params, days_known, horizon_days)
+        expected = churn.prospect_expected_purchases(params, days_known, horizon_days)
+    else:
+        p_alive = churn.p_alive(params, summary)
+        risk = churn.churn_probability(params, summary, horizon_days)
+        expected = churn.expected_purchases(params, summary, horizon_days)
+
+    service = window(state, SERVICE_WINDOW_DAYS, as_of)
+    first = state.first_purchase_at
+    tier, reason = assign_tier(TierInputs(
+        purchases=state.lifetime.purchases,
+        days_since_first_purchase=None if first is None else max(0, as_of - first) / DAY_MS,
+        days_since_last_purchase=since_last,
+        gap_days=rhythm.gap_days,
+        p_alive=p_alive,
+        cancel_requests_90d=service.cancel_requests,
+        complaints_90d=service.complaints,
+        unresolved_calls_90d=service.unresolved_calls,
+        score=score,
+        components=components,
+    ))
+    profile = know_me(state, as_of)
+    last_at = profile.last_purchase_at
+    return LoyaltySignal(
+        customer_id=state.customer_id,
+        as_of=as_of,
+        model_version=MODEL_VERSION,
+        loyalty_score=score,
+        tier=tier,
+        tier_reason=reason,
+        components=components,
+        churn_risk=round(min(1.0, max(0.0, risk)), 6),
+        horizon_days=horizon_days,
+        p_alive=None if p_alive is None else round(p_alive, 6),
+        expected_purchases=round(expected, 6),
+        expected_next_purchase_at=None if last_at is None else last_at + round(rhythm.gap_days * DAY_MS),
+        days_since_last_purchase=None if since_last is None else round(since_last, 6),
+        purchase_gap_days=round(rhythm.gap_days, 6),
+        purchase_gap_source=rhythm.source,
+        purchases=state.lifetime.purchases,
+        last_purchase_at=last_at,
+        last_purchase_categories=profile.last_purchase_categories,
+        last_purchase_skus=profile.last_purchase_skus,
+        last_purchase_channel=profile.last_purchase_channel,
+        last_purchase_location_id=profile.last_purchase_location_id,
+        favourite_category=profile.favourite_category,
+        preferred_channel=profile.preferred_channel,
+        open_issues=profile.open_issues,
+        greeting_hint=profile.greeting_hint,
+        params_source=params.source,
+    )
+
+
+SIGNAL_FIELDS = tuple(LoyaltySignal.__dataclass_fields__)
+
+
+def signal_to_dict(signal: LoyaltySignal) -> dict[str, object]:
+    """The JSON-able datum of ``schemas/loyalty_signal.avsc`` (same field names and order)."""
+    data: dict[str, object] = {name: getattr(signal, name) for name in SIGNAL_FIELDS}
+    data["components"] = dict(signal.components)
+    data["last_purchase_categories"] = list(signal.last_purchase_categories)
+    data["last_purchase_skus"] = list(signal.last_purchase_skus)
+    return data

@@ -1,0 +1,93 @@
+"""Kafka topic set-up and consumer-lag figures, through kafka-python's admin client."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from config.settings import Settings
+from config.topics import Topics
+
+logger = logging.getLogger(__name__)
+
+
+def create_topics(settings: Settings) -> list[str]:
+    """Create the input and output topics that do not exist yet; return those created."""
+    topics = Topics(settings.topic_prefix)
+    admin = KafkaAdminClient(**settings.kafka_python_config(), client_id="loyalty-admin")
+    try:
+        existing = set(admin.list_topics())
+        config = {"max.message.bytes": str(settings.max_message_bytes)}
+        wanted = [
+            NewTopic(name, settings.partitions, 1, topic_configs=config)
+            for name in topics.all() if name not in existing
+        ]
+        # The tables' changelogs too: a worker that starts before the broker's metadata lists a
+        # changelog Faust has just created would find it with 0 partitions and crash its agents.
+        compacted = {**config, "cleanup.policy": "compact"}
+        wanted += [
+            NewTopic(name, settings.partitions, 1, topic_configs=compacted)
+            for name in changelog_topics(settings) if name not in existing
+        ]
+        created = []
+        for topic in wanted:
+            try:
+                admin.create_topics([topic])
+                created.append(topic.name)
+            except TopicAlreadyExistsError:
+                pass
+        return created
+    finally:
+        admin.close()
+
+
+def changelog_topics(settings: Settings) -> tuple[str, ...]:
+    """The changelog topics of the worker's tables (Faust names them <app_id>-<table>-changelog)."""
+    return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "due_times"))
+
+
+def consumer_lag(settings: Settings) -> dict[str, dict[str, int]]:
+    """Per input topic: end offsets, committed offsets of the worker's group, and the lag."""
+    topics = Topics(settings.topic_prefix)
+    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=settings.app_id,
+                             enable_auto_commit=False, client_id="loyalty-status")
+    try:
+        report: dict[str, dict[str, int]] = {}
+        for name in topics.inputs:
+            partitions = consumer.partitions_for_topic(name) or set()
+            tps = [TopicPartition(name, p) for p in sorted(partitions)]
+            if not tps:
+                continue
+            ends = consumer.end_offsets(tps)
+            committed = {tp: consumer.committed(tp) or 0 for tp in tps}
+            end = sum(ends.values())
+            done = sum(committed.values())
+            report[name] = {"end": end, "committed": done, "lag": end - done}
+        return report
+    finally:
+        consumer.close()
+
+
+def worker_get(settings: Settings, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+    """Call the running worker's HTTP API; raises URLError when no worker answers."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(settings.web_url + path, data=data,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        detail = exc.read().decode(errors="replace")
+        raise RuntimeError(f"worker answered {exc.code}: {detail}") from exc
+
+
+def worker_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:
+    result = worker_get(settings, "/clickhouse/query", {"sql": sql})
+    return result["columns"], result["rows"]

@@ -1,0 +1,376 @@
+"""The ``loyalty`` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import urllib.error
+from collections.abc import Sequence
+from datetime import UTC
+from pathlib import Path
+from typing import Any
+
+from ops import broker
+from config.settings import Settings, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+def _setup_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "") -> None:
+    """Columns padded to their widest cell, a rule under the header; None prints as blank."""
+    cells = [[str(c) for c in columns]] + [["" if v is None else str(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    for n, row in enumerate(cells):
+        print(indent + "  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if n == 0:
+            print(indent + "  ".join("-" * w for w in widths))
+
+
+# -- ClickHouse reads, wherever the engine lives -------------------------------------------
+
+
+def worker_running(settings: Settings) -> bool:
+    from ops.admin import worker_get
+
+    try:
+        worker_get(settings, "/health", timeout=2.0)
+        return True
+    except (urllib.error.URLError, OSError, RuntimeError):
+        return False
+
+
+def clickhouse_query(settings: Settings, sql: str) -> tuple[list[str], list[Sequence[Any]]]:
+    """Run a read query: through the worker when it owns the embedded engine, else directly."""
+    if settings.embedded_clickhouse and worker_running(settings):
+        from ops.admin import worker_query
+
+        columns, rows = worker_query(settings, sql)
+        return columns, rows
+    from sinks.clickhouse import ClickHouseSink
+
+    sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        columns, tuples = sink.query(sql)
+        return columns, list(tuples)
+    finally:
+        sink.close()
+
+
+# -- commands --------------------------------------------------------------------------------
+
+
+def cmd_kafka(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "start":
+        st = broker.start(settings)
+        print(f"Kafka {'is running' if st.running else 'is NOT running'} at {st.bootstrap}: {st.detail}")
+        return 0 if st.running else 1
+    if args.action == "stop":
+        stopped = broker.stop(settings)
+        print("Kafka stopped" if stopped else "Kafka was not running (or is not managed here)")
+        return 0
+    st = broker.status(settings)
+    print(f"Kafka at {st.bootstrap}: {st.detail}")
+    return 0 if st.running else 3
+
+
+def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.admin import create_topics
+    from sinks.clickhouse import ClickHouseSink
+
+    if settings.uses_local_kafka:
+        broker.start(settings)
+    created = create_topics(settings)
+    print(f"Topics: created {', '.join(created) if created else 'none (all exist)'}")
+    if settings.embedded_clickhouse and worker_running(settings):
+        print("ClickHouse: the running worker owns the embedded engine and migrates it at start")
+        return 0
+    sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+    try:
+        applied = sink.migrate()
+    finally:
+        sink.close()
+    print(f"ClickHouse ({settings.clickhouse_database}): applied {', '.join(applied) if applied else 'nothing (up to date)'}")
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    import faust
+
+    from ops.admin import create_topics
+    from streams.app import Pipeline, tune_garbage_collector
+
+    if settings.uses_local_kafka and not broker.status(settings).running:
+        broker.start(settings)
+    created = create_topics(settings)
+    if created:
+        logger.info("created topics: %s", ", ".join(created))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    pipeline = Pipeline(settings)
+    pipeline.prepare()
+    worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
+                          override_logging=False, redirect_stdouts=False)
+    tune_garbage_collector()
+    worker.execute_from_commandline()
+    return 0
+
+
+def _parse_time(text: str) -> int:
+    """ISO-8601 (UTC when no offset is given) or epoch milliseconds, as epoch milliseconds."""
+    from datetime import datetime
+
+    if text.isdigit():
+        return int(text)
+    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return int(moment.timestamp() * 1000)
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.simulate import generate, simulate_main, write_replay_file
+
+    if args.events_out or args.dry_run:
+        end_ms = int(time.time() * 1000) if args.end is None else _parse_time(args.end)
+        events = generate(args.customers, args.days, args.seed, end_ms, args.history_days, currency=settings.currency)
+        if args.events_out:
+            n = write_replay_file(args.events_out, events)
+            print(f"Wrote {n:,} events of {args.customers:,} customers to {args.events_out}")
+            personas_path = Path(args.events_out).with_suffix(".personas.json")
+            import json as _json
+
+            from ops.simulate import personas
+
+            personas_path.write_text(_json.dumps(personas(args.customers, args.seed), indent=0))
+            print(f"Wrote the customers' personas (ground truth) to {personas_path}")
+        if args.dry_run:
+            return 0
+    report = simulate_main(settings, customers=args.customers, days=args.days, seed=args.seed, rate=args.rate,
+                           ledger_path=Path(args.ledger), history_days=args.history_days,
+                           duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate)
+    print(report)
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from domain.model import DEFAULT_PARAMS
+    from domain.model.replay import run_replay
+
+    as_of = None if args.as_of == "latest" else _parse_time(args.as_of)
+    params = DEFAULT_PARAMS if args.params == "default" else None
+    started = time.monotonic()
+    summary = run_replay(args.events, as_of, args.out, horizon_days=args.horizon_days or settings.churn_horizon_days,
+                         currency=settings.currency, params=params)
+    print(summary.format())
+    print(f"replayed in {time.monotonic() - started:.1f}s")
+    return 0
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from domain.model.backtest import run_backtest
+
+    cutoff, horizon = _parse_time(args.cutoff), args.horizon_days or settings.churn_horizon_days
+    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency)
+    print(report.format())
+    if args.alerts:
+        from domain.alerts import AlertRules
+        from domain.alerts.backtest import backtest_gone_quiet
+        from domain.model.replay import read_events_file
+
+        rules = AlertRules(quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps)
+        print()
+        print(backtest_gone_quiet(read_events_file(args.events, settings.currency).events, cutoff, horizon,
+                                  rules=rules).format())
+    if args.personas:
+        import json as _json
+
+        from domain.model.backtest import persona_confusion
+
+        personas = _json.loads(Path(args.personas).read_text())
+        print()
+        print(persona_confusion(personas, report.tiers).format())
+    return 0
+
+
+def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.deadletters import republish
+
+    def select(letter: dict) -> bool:
+        return ((args.error_type is None or letter["error_type"] == args.error_type)
+                and (args.stage is None or letter["stage"] == args.stage))
+
+    report = republish(settings, select, dry_run=args.action == "list")
+    print(report.format())
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.admin import consumer_lag, worker_get
+
+    st = broker.status(settings)
+    print(f"Kafka at {st.bootstrap}: {st.detail}")
+    if st.running:
+        for topic, figures in consumer_lag(settings).items():
+            print(f"  {topic}: end {figures['end']}, committed {figures['committed']}, lag {figures['lag']}")
+    if worker_running(settings):
+        info = worker_get(settings, "/status")
+        print(f"Worker at {settings.web_url}: up; sink retries {info['sink_retries']}")
+        for kind, totals in info["processed"].items():
+            print(f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+    else:
+        print(f"Worker at {settings.web_url}: not running")
+    try:
+        columns, rows = clickhouse_query(settings, _COUNTS_SQL.format(db=settings.clickhouse_database))
+        print("ClickHouse rows (deduplicated):")
+        print_table(columns, rows)
+    except Exception as exc:  # noqa: BLE001 - status reports what it cannot reach
+        print(f"ClickHouse: not readable ({type(exc).__name__}: {exc})")
+    return 0
+
+
+_COUNTS_SQL = """
+SELECT 'purchases' AS table, count() AS rows FROM {db}.purchases FINAL
+UNION ALL SELECT 'calls', count() FROM {db}.calls FINAL
+UNION ALL SELECT 'visits', count() FROM {db}.visits FINAL
+UNION ALL SELECT 'relationships', count() FROM {db}.relationships FINAL
+UNION ALL SELECT 'dead_letters', count() FROM {db}.dead_letters FINAL
+"""
+
+
+def cmd_query(settings: Settings, args: argparse.Namespace) -> int:
+    columns, rows = clickhouse_query(settings, args.sql)
+    print_table(columns, rows)
+    return 0
+
+
+def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from ops.report import build_report, render_html, render_text
+
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    report = build_report(lambda sql: clickhouse_query(settings, sql), settings.clickhouse_database,
+                          top=args.top, days=args.days, currency=settings.currency, generated_at=stamp)
+    print(render_text(report), end="")
+    if args.html:
+        Path(args.html).write_text(render_html(report), encoding="utf-8")
+        print(f"\nWrote {args.html}")
+    return 0
+
+
+def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    print_table(["variable", "value", "meaning"], settings.described())
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from ops.demo import run_demo
+
+    return run_demo(settings, customers=args.customers, days=args.days, seed=args.seed, once=args.once,
+                    history_days=args.history_days)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="loyalty", description="loyalty-stream: customer interactions in, loyalty signals out.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("kafka", help="start, stop or check the local Kafka broker")
+    p.add_argument("action", choices=["start", "stop", "status"])
+    p.set_defaults(func=cmd_kafka)
+
+    p = sub.add_parser("init", help="create topics and the ClickHouse schema (idempotent)")
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("worker", help="run the stream worker")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("simulate", help="publish a synthetic customer base's interactions")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
+    p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
+    p.add_argument("--ledger", default="var/ledger.jsonl", help="where to write what was sent")
+    p.add_argument("--duplicate-rate", type=float, default=0.0)
+    p.add_argument("--malformed-rate", type=float, default=0.0)
+    p.add_argument("--events-out", help="also write the events as JSON lines for replay/backtest")
+    p.add_argument("--dry-run", action="store_true", help="generate (and write --events-out) without publishing")
+    p.add_argument("--end", help="end of the simulated window (ISO-8601; default now)")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("replay", help="run the loyalty model over a history file, without Kafka")
+    p.add_argument("--events", required=True, help="JSON lines: {type, event_id, customer_id, occurred_at, ...}")
+    p.add_argument("--as-of", required=True, help="ISO-8601 time, or 'latest' (each customer as of their newest event)")
+    p.add_argument("--out", required=True, help="where to write one JSON signal per customer")
+    p.add_argument("--horizon-days", type=int, default=None, help="churn horizon (default LOYALTY_CHURN_HORIZON_DAYS)")
+    p.add_argument("--params", choices=["fit", "default"], default="fit",
+                   help="fit BG/NBD on the file (default) or use the published default parameters")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("backtest", help="score as of a cut-off and compare with the following horizon")
+    p.add_argument("--events", required=True)
+    p.add_argument("--cutoff", required=True, help="ISO-8601 time")
+    p.add_argument("--horizon-days", type=int, default=None)
+    p.add_argument("--personas", help="JSON {customer_id: persona} for a persona x tier confusion matrix")
+    p.add_argument("--alerts", action="store_true", help="also backtest gone_quiet alerts against a naive rule")
+    p.set_defaults(func=cmd_backtest)
+
+    p = sub.add_parser("dead-letters", help="list dead letters, or re-publish them once the cause is fixed")
+    p.add_argument("action", choices=["list", "republish"])
+    p.add_argument("--error-type", help="only this error type, e.g. ValidationError")
+    p.add_argument("--stage", help="only this stage: decode, validate, deliver")
+    p.set_defaults(func=cmd_dead_letters)
+
+    p = sub.add_parser("status", help="consumer lag, events processed, rows in ClickHouse")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("query", help="run a read-only SQL query against ClickHouse")
+    p.add_argument("sql")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("report", help="key loyalty figures as tables; --html writes a page with charts")
+    p.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page with charts")
+    p.add_argument("--top", type=int, default=10, help="customers at risk to list")
+    p.add_argument("--days", type=int, default=30, help="days of daily figures")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("demo", help="the main job: broker, worker, a simulated day, a summary")
+    p.add_argument("--customers", type=int, default=2000)
+    p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
+    p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--once", action="store_true", help="exit after the summary instead of running until Ctrl-C")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = load_settings()
+    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
+        print(f"loyalty: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    _setup_logging(settings)
+    try:
+        return int(args.func(settings, args) or 0)
+    except broker.BrokerError as exc:
+        print(f"loyalty: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,150 @@
+"""The main job: broker, worker, a simulated day of interactions, and a summary of what landed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from ops import broker
+from ops.admin import create_topics, worker_get, worker_query
+from ops.cli import print_table
+from config.settings import Settings
+from ops.simulate import simulate_main
+
+WORKER_START_TIMEOUT = 120.0
+LANDING_TIMEOUT = 600.0
+
+
+def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
+    log_path = settings.data_dir / "worker.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log = open(log_path, "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy())
+    log.close()
+    deadline = time.monotonic() + WORKER_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {proc.returncode}; see {log_path}")
+        try:
+            worker_get(settings, "/health", timeout=2.0)
+            print(f"Worker is up at {settings.web_url} (log: {log_path})", flush=True)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise RuntimeError(f"the worker did not answer within {WORKER_START_TIMEOUT:.0f}s; see {log_path}")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _scalar(settings: Settings, sql: str) -> int:
+    return int(worker_query(settings, sql)[1][0][0])
+
+
+def _wait_landed(settings: Settings, expected_events: int, expected_customers: int) -> float:
+    db = settings.clickhouse_database
+    sql = (f"SELECT (SELECT count() FROM {db}.purchases FINAL) + (SELECT count() FROM {db}.calls FINAL)"
+           f" + (SELECT count() FROM {db}.visits FINAL)")
+    start = time.monotonic()
+    landed = 0
+    while time.monotonic() - start < LANDING_TIMEOUT:
+        landed = _scalar(settings, sql)
+        customers = _scalar(settings, f"SELECT count() FROM {db}.relationships FINAL")
+        print(f"\rLanded in ClickHouse: {landed:,}/{expected_events:,} events, "
+              f"{customers:,}/{expected_customers:,} customers", end="", flush=True)
+        if landed >= expected_events and customers >= expected_customers:
+            print()
+            return time.monotonic() - start
+        time.sleep(1.0)
+    print()
+    raise RuntimeError(f"only {landed:,} of {expected_events:,} events landed within {LANDING_TIMEOUT:.0f}s; "
+                       f"see {settings.data_dir / 'worker.log'}")
+
+
+def print_summary(settings: Settings) -> None:
+    db = settings.clickhouse_database
+    print("\nWhat landed in ClickHouse")
+    cols, rows = worker_query(settings, f"""
+        SELECT 'purchases' AS kind, count() AS events, uniqExact(customer_id) AS customers FROM {db}.purchases FINAL
+        UNION ALL SELECT 'calls', count(), uniqExact(customer_id) FROM {db}.calls FINAL
+        UNION ALL SELECT 'visits', count(), uniqExact(customer_id) FROM {db}.visits FINAL
+        UNION ALL SELECT 'dead letters', count(), 0 FROM {db}.dead_letters FINAL""")
+    print_table(cols, rows, indent="  ")
+    customers = _scalar(settings, f"SELECT count() FROM {db}.relationships FINAL")
+    print(f"\nCustomers with relationship state: {customers:,}")
+    cols, rows = worker_query(settings, f"""
+        SELECT tier, count() AS customers, round(avg(loyalty_score), 1) AS avg_score,
+               round(avg(churn_risk), 3) AS avg_churn_risk
+        FROM {db}.signals_current FINAL GROUP BY tier ORDER BY customers DESC""")
+    print("Loyalty tiers now (a short history leaves most customers 'new'; try --history-days 180):")
+    print_table(cols, rows, indent="  ")
+    cols, rows = worker_query(settings, f"""
+        SELECT customer_id, events, purchases_lifetime AS purchases, spend_lifetime_minor / 100 AS spend,
+               round(discounted_spend_lifetime_minor / greatest(spend_lifetime_minor, 1), 2) AS discounted_share,
+               calls_lifetime AS calls, complaints_lifetime AS complaints, visits_lifetime AS visits,
+               recognized_visits_lifetime AS recognised, preferred_channel, favourite_category,
+               round(mean_gap_days, 1) AS gap_days
+        FROM {db}.relationships FINAL ORDER BY events DESC, customer_id LIMIT 5""")
+    print("A few customers' relationship state (most active first):")
+    print_table(cols, rows, indent="  ")
+
+
+def run_demo(settings: Settings, customers: int, days: float, seed: int, once: bool,
+             history_days: float = 0.0) -> int:
+    started_broker = False
+    if settings.uses_local_kafka:
+        was_running = broker.status(settings).running
+        st = broker.start(settings)
+        started_broker = not was_running
+        print(f"Kafka {settings.kafka_version} {'started' if started_broker else 'already running'} "
+              f"at {st.bootstrap}", flush=True)
+    else:
+        print(f"Using the configured Kafka at {settings.bootstrap}", flush=True)
+    created = create_topics(settings)
+    if created:
+        print(f"Created topics: {', '.join(created)}")
+    proc = _start_worker(settings)
+    try:
+        ledger = settings.data_dir / "ledger.jsonl"
+        print(f"Publishing a simulated {days:g} day(s) of {customers:,} customers (seed {seed}) ...", flush=True)
+        simulate_main(settings, customers=customers, days=days, seed=seed, rate=None,
+                      ledger_path=ledger, history_days=history_days, stream=sys.stdout)
+        print(f"Ledger of what was sent: {ledger}", flush=True)
+        from ops.simulate import read_ledger
+
+        entries = [e for e in read_ledger(ledger) if e.event is not None]
+        unique = {e.event_id for e in entries}
+        people = {e.customer_id for e in entries}
+        took = _wait_landed(settings, len(unique), len(people))
+        print(f"All {len(unique):,} events landed {took:.1f}s after publishing ended.")
+        print_summary(settings)
+        if once:
+            return 0
+        print(f"\nThe worker keeps running at {settings.web_url} (try `loyalty status`). Ctrl-C stops it.")
+        while proc.poll() is None:
+            time.sleep(1.0)
+        return proc.returncode or 0
+    except KeyboardInterrupt:
+        print("\nStopping ...")
+        return 0
+    finally:
+        _stop(proc)
+        if started_broker and once:
+            broker.stop(settings)
+            print("Stopped the Kafka broker this run started.")
+        elif started_broker:
+            print("The local Kafka broker is still running; `loyalty kafka stop` stops it.")
+
+

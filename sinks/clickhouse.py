@@ -1,0 +1,286 @@
+"""ClickHouse sink, on clickhouse-connect's public Client API only.
+
+One DSN selects the engine: ``chdb:///path`` runs ClickHouse in-process through chDB (the
+default), ``http(s)://user:password@host:8123/`` speaks to a server. The schema is created by
+versioned migration files (``migrations/NNNN_name.sql``), each applied once and recorded.
+
+Delivery guarantee: at-least-once. Every insert carries a deterministic
+``insert_deduplication_token`` built from the batch's source offsets, so retrying the same batch
+inserts nothing new (the tables set ``non_replicated_deduplication_window``); rows replayed after
+a crash in different batch boundaries are removed by the ReplacingMergeTree keys, and BI reads
+use FINAL or argMax.
+
+The client is synchronous (chDB certainly is), so the worker calls :meth:`ClickHouseSink.write`
+through :class:`AsyncSinkRunner`, which runs it on one dedicated thread and retries errors that
+can succeed later with bounded exponential back-off, holding the batch (and so its offsets)
+until ClickHouse has acknowledged it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import operator
+import random
+import re
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
+
+logger = logging.getLogger(__name__)
+
+MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class TableRows:
+    """Rows for one table: kept as tuples while a batch is built, turned into columns to insert."""
+
+    def __init__(self, columns: Sequence[str]) -> None:
+        self.columns = tuple(columns)
+        # one C-level call picks a row's values in column order
+        self._pick = operator.itemgetter(*self.columns) if len(self.columns) > 1 else (
+            lambda row, name=self.columns[0]: (row[name],))
+        self._rows: list[tuple[Any, ...]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._rows.append(self._pick(row))
+
+    @property
+    def data(self) -> list[list[Any]]:
+        """Column-oriented data, one list per column."""
+        if not self._rows:
+            return [[] for _ in self.columns]
+        return [list(values) for values in zip(*self._rows)]
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def extend(self, other: TableRows) -> None:
+        if other.columns != self.columns:
+            raise ValueError(f"cannot combine rows of columns {other.columns} with {self.columns}")
+        self._rows.extend(other._rows)
+
+
+@dataclass
+class SinkBatch:
+    """Everything one processed batch writes, and the source offsets it covers."""
+
+    tables: dict[str, TableRows] = field(default_factory=dict)
+    # (topic, partition) -> (first offset, last offset)
+    offsets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+
+    def rows(self, table: str, columns: Sequence[str]) -> TableRows:
+        rows = self.tables.get(table)
+        if rows is None:
+            rows = self.tables[table] = TableRows(columns)
+        return rows
+
+    def cover(self, topic: str, partition: int, offset: int) -> None:
+        lo, hi = self.offsets.get((topic, partition), (offset, offset))
+        self.offsets[(topic, partition)] = (min(lo, offset), max(hi, offset))
+
+    def dedup_token(self, table: str) -> str:
+        """Same batch, same token: ClickHouse then ignores a retried insert."""
+        spans = ",".join(f"{t}/{p}:{lo}-{hi}" for (t, p), (lo, hi) in sorted(self.offsets.items()))
+        return f"{table}|{spans}"
+
+    def __len__(self) -> int:
+        return sum(len(rows) for rows in self.tables.values())
+
+    @classmethod
+    def combine(cls, batches: Sequence[SinkBatch]) -> SinkBatch:
+        """One batch with every row and source offset of ``batches`` (written as one insert per table)."""
+        combined = cls()
+        for batch in batches:
+            for table, rows in batch.tables.items():
+                combined.rows(table, rows.columns).extend(rows)
+            for (topic, partition), (lo, hi) in batch.offsets.items():
+                combined.cover(topic, partition, lo)
+                combined.cover(topic, partition, hi)
+        return combined
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration file, in order."""
+    found = []
+    for entry in resources.files("sinks").joinpath("migrations").iterdir():
+        match = MIGRATION_NAME.match(entry.name)
+        if match:
+            found.append((int(match.group(1)), match.group(2), entry.read_text()))
+    return sorted(found)
+
+
+def split_statements(sql: str) -> list[str]:
+    body = "\n".join(line for line in sql.splitlines() if not line.strip().startswith("--"))
+    return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
+
+
+def retryable(exc: BaseException) -> bool:
+    """Errors that may succeed later: the server is away, busy or timed out."""
+    if isinstance(exc, (OperationalError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, ClickHouseError):
+        text = str(exc)
+        return any(code in text for code in ("TOO_MANY_PARTS", "TIMEOUT", "NETWORK_ERROR", "MEMORY_LIMIT_EXCEEDED"))
+    return False
+
+
+class ClickHouseSink:
+    """Creates the schema and writes batches. Synchronous; see :class:`AsyncSinkRunner`."""
+
+    def __init__(self, dsn: str, database: str) -> None:
+        self.dsn = dsn
+        self.database = database
+        self._client: Client | None = None
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = clickhouse_connect.get_client(dsn=self.dsn)
+        return self._client
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def migrate(self) -> list[str]:
+        """Apply the migrations not yet applied; return their names."""
+        db = self.database
+        self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
+        self.client.command(
+            f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
+            "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
+        )
+        done = {row[0] for row in self.client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows}
+        applied = []
+        for version, name, sql in migrations():
+            if version in done:
+                continue
+            for statement in split_statements(sql.replace("{db}", db)):
+                self.client.command(statement)
+            self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
+            applied.append(f"{version:04d}_{name}")
+            logger.info("applied ClickHouse migration %04d_%s", version, name)
+        return applied
+
+    def write(self, batch: SinkBatch) -> int:
+        """Insert every table of the batch; return the rows written."""
+        written = 0
+        for table, rows in batch.tables.items():
+            if not len(rows):
+                continue
+            self.client.insert(
+                f"{self.database}.{table}", rows.data, column_names=list(rows.columns),
+                column_oriented=True, settings={"insert_deduplication_token": batch.dedup_token(table)},
+            )
+            written += len(rows)
+        return written
+
+    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        result = self.client.query(sql, parameters=parameters)
+        return list(result.column_names), [tuple(r) for r in result.result_rows]
+
+
+class AsyncSinkRunner:
+    """Runs a :class:`ClickHouseSink` off the event loop, on one thread, with retries.
+
+    Read queries (BI, the model refit) go to ``reader``, a second client on a thread of its own,
+    when one is given: they then never wait behind a batch being written, nor delay one.
+    """
+
+    def __init__(self, sink: ClickHouseSink, max_backoff: float = 30.0,
+                 on_retry: Callable[[BaseException, float], None] | None = None,
+                 reader: ClickHouseSink | None = None) -> None:
+        self.sink = sink
+        self.max_backoff = max_backoff
+        self.on_retry = on_retry
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self.reader = reader
+        self._read_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-read")
+                               if reader is not None else None)
+        self._closed = False
+        self.retries = 0
+        self._waiting: list[tuple[SinkBatch, asyncio.Future[int]]] = []
+        self._writing: asyncio.Future[None] | None = None
+
+    async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
+
+    async def write(self, batch: SinkBatch) -> int:
+        """Write the batch, retrying until ClickHouse acknowledges it; return its rows.
+
+        Batches handed in while an insert is running (other agents', typically) wait for it and
+        then go together as one insert per table: fewer, larger inserts cost ClickHouse less
+        (fewer parts to write and merge) and keep a steady load from queueing behind them. Each
+        caller still returns only once its own rows are acknowledged.
+
+        Errors that cannot succeed later (bad SQL, bad data) are raised: they are bugs, and
+        retrying would stall the partition for nothing.
+        """
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[int] = loop.create_future()
+        self._waiting.append((batch, done))
+        if self._writing is None or self._writing.done():
+            self._writing = asyncio.ensure_future(self._write_waiting())
+        return await done
+
+    async def _write_waiting(self) -> None:
+        while self._waiting:
+            group, self._waiting = self._waiting, []
+            combined = group[0][0] if len(group) == 1 else SinkBatch.combine([batch for batch, _ in group])
+            try:
+                await self._write_one(combined)
+            except Exception as exc:  # noqa: BLE001 - handed to every caller, whose agent then stops
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for batch, done in group:
+                if not done.done():
+                    done.set_result(len(batch))
+
+    async def _write_one(self, batch: SinkBatch) -> int:
+        delay = 0.2
+        while True:
+            try:
+                return int(await self.call(self.sink.write, batch))
+            except Exception as exc:
+                if not retryable(exc):
+                    raise
+                self.retries += 1
+                wait = min(delay, self.max_backoff) * (0.5 + random.random() / 2)
+                logger.warning("ClickHouse write failed (%s: %s); retrying in %.1fs", type(exc).__name__, exc, wait)
+                if self.on_retry:
+                    self.on_retry(exc, wait)
+                await asyncio.sleep(wait)
+                delay *= 2
+
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        if self.reader is None or self._read_executor is None:
+            return await self.call(self.sink.query, sql, parameters)  # type: ignore[no-any-return]
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_executor, self.reader.query, sql, parameters)
+
+    def shutdown(self) -> None:
+        """Close the client on its own thread and stop the thread; a second call does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        if self.reader is not None and self._read_executor is not None:
+            self._read_executor.submit(self.reader.close).result(timeout=30)
+            self._read_executor.shutdown(wait=True)
+        self._executor.submit(self.sink.close).result(timeout=30)
+        self._executor.shutdown(wait=True)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,28 @@
+-- The worker's role for a ClickHouse SERVER (chDB has no access control). Apply as an
+-- administrator after `loyalty init`, with {db} replaced by the database, e.g.
+--   sed 's/{db}/loyalty/g' sinks/roles/writer.sql | clickhouse-client --multiquery
+-- Idempotent. Then: GRANT loyalty_writer TO worker.
+
+-- loyalty_writer: what the worker needs against a server once an administrator has run
+-- `loyalty init`: INSERT into the tables it writes, and SELECT of the few columns it reads
+-- back (the applied migration versions, the model parameters, the refit's purchase rhythm).
+-- No SELECT of raw interactions or contact pseudonyms. The materialized views of 0004 run with
+-- their definer's rights, so INSERT into signals_history fills signals_daily and
+-- customer_week_tiers without a grant on them.
+CREATE ROLE IF NOT EXISTS loyalty_writer;
+GRANT INSERT ON {db}.purchases TO loyalty_writer;
+GRANT INSERT ON {db}.calls TO loyalty_writer;
+GRANT INSERT ON {db}.visits TO loyalty_writer;
+GRANT INSERT ON {db}.relationships TO loyalty_writer;
+GRANT INSERT ON {db}.dead_letters TO loyalty_writer;
+GRANT INSERT ON {db}.signals_current TO loyalty_writer;
+GRANT INSERT ON {db}.signals_history TO loyalty_writer;
+GRANT INSERT ON {db}.alerts TO loyalty_writer;
+GRANT INSERT, SELECT ON {db}.model_params TO loyalty_writer;
+-- migrate() at worker start: its idempotent preamble, then the list of applied versions.
+GRANT CREATE DATABASE ON {db}.* TO loyalty_writer;
+GRANT CREATE TABLE ON {db}.schema_migrations TO loyalty_writer;
+GRANT SELECT(version) ON {db}.schema_migrations TO loyalty_writer;
+-- The BG/NBD refit (streams/params.py) reads the purchase rhythm of the relationships.
+GRANT SELECT(customer_id, version, purchases_lifetime, first_purchase_at, last_purchase_at, mean_gap_days)
+    ON {db}.relationships TO loyalty_writer;

@@ -1,1 +1,0 @@
-"""loyalty-stream: customer interactions in, explainable loyalty signals out."""
