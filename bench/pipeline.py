@@ -85,14 +85,14 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ops import broker
-from ops.admin import create_topics
+from config.settings import Settings
+from config.topics import KIND_BY_SUFFIX, Topics
 from domain.model import TIERS
 from domain.records import Event
-from schemas import codec
-from config.settings import Settings
+from ops import broker
+from ops.admin import create_topics
 from ops.simulate import Outgoing, encode_event, generate, send_outgoing
-from config.topics import KIND_BY_SUFFIX, Topics
+from schemas import codec
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "var" / "bench"

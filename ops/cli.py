@@ -12,8 +12,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from ops import broker
 from config.settings import Settings, load_settings
+from ops import broker
 
 logger = logging.getLogger(__name__)
 

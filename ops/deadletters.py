@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from schemas import DecodeError, codec
 from config.settings import Settings
 from config.topics import Topics
+from schemas import DecodeError, codec
 
 logger = logging.getLogger(__name__)
 

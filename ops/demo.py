@@ -8,10 +8,10 @@ import subprocess
 import sys
 import time
 
+from config.settings import Settings
 from ops import broker
 from ops.admin import create_topics, worker_get, worker_query
 from ops.cli import print_table
-from config.settings import Settings
 from ops.simulate import simulate_main
 
 WORKER_START_TIMEOUT = 120.0

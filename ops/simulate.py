@@ -36,6 +36,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol, TextIO
 
+from config.settings import Settings
+from config.topics import Topics
 from domain.records import (
     CallEvent,
     Event,
@@ -47,8 +49,6 @@ from domain.records import (
     event_to_dict,
 )
 from schemas import HEADER_SIZE, DecodeError, codec
-from config.settings import Settings
-from config.topics import Topics
 
 logger = logging.getLogger(__name__)
 

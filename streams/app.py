@@ -25,12 +25,13 @@ from aiokafka.partitioner import murmur2
 from faust.types import EventT
 from mode.supervisors import CrashingSupervisor
 
+from config.settings import Settings
+from config.topics import Topics
 from domain.alerts import AlertRules
 from domain.model import BgNbdParams, score_customer, signal_to_dict
 from domain.records import EventKind
 from domain.relationship import facts
 from schemas import codec
-from config.settings import Settings
 from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
 from sinks.faults import make_sink
 from sinks.webhook import WebhookConfig, WebhookDelivery
@@ -44,7 +45,6 @@ from streams.processing import (
     customer_cache,
     decode_record,
 )
-from config.topics import Topics
 
 logger = logging.getLogger(__name__)
 

@@ -20,15 +20,15 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 
+from config.settings import Settings
 from domain.alerts.state import AlertState, alert_state_from_dict, alert_state_to_dict
 from domain.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
 from domain.pseudonymise import pseudonymise_datum, scrub_bytes, scrub_text
 from domain.records import CallEvent, Event, EventKind, PurchaseEvent, VisitEvent, event_from_dict
 from domain.relationship import RelationshipState, apply_event, facts, state_from_dict, state_to_dict
-from schemas import DecodeError, UnknownSchemaError, codec
-from config.settings import Settings
-from sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
 from domain.validation import Limits, ValidationError, validate
+from schemas import DecodeError, UnknownSchemaError, codec
+from sinks.clickhouse import AsyncSinkRunner, SinkBatch, now_ms
 
 logger = logging.getLogger(__name__)
 

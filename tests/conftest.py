@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from ops import broker
 from config.settings import Settings
+from ops import broker
 from tests.harness import REPO, WorkerProcess, delete_topics, drop_database, isolated_settings
 
 

@@ -23,8 +23,8 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
-from schemas import codec
 from config.settings import Settings
+from schemas import codec
 from sinks.clickhouse import ClickHouseSink
 
 REPO = Path(__file__).resolve().parents[1]

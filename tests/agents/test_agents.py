@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from domain.relationship import state_from_dict
-from schemas import codec
 from config.settings import Settings
+from domain.relationship import state_from_dict
 from ops.simulate import encode_event, expected_by_customer, generate
+from schemas import codec
 from streams.app import Pipeline
 from streams.processing import decode_record
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 
+from config.settings import Settings
 from ops import broker
 from ops.admin import create_topics
-from config.settings import Settings
 from tests.harness import (
     REPO,
     FaultFigures,

@@ -16,11 +16,11 @@ import pytest
 from kafka import KafkaAdminClient
 from kafka.admin import ConfigResource
 
+from config.topics import Topics
 from domain.pseudonymise import scrub_bytes
 from domain.records import PurchaseItem, event_to_dict
-from schemas import Codec, DecodeError, codec, load_schema
 from ops.simulate import encode_event, expected_by_customer, generate
-from config.topics import Topics
+from schemas import Codec, DecodeError, codec, load_schema
 from tests.harness import (
     changelog_states,
     dead_letter_count,

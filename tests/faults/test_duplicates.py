@@ -16,8 +16,8 @@ from collections import defaultdict
 
 import pytest
 
-from ops.simulate import encode_event, expected_by_customer, generate, publish, to_outgoing
 from config.topics import Topics
+from ops.simulate import encode_event, expected_by_customer, generate, publish, to_outgoing
 from tests.harness import (
     changelog_states,
     changelog_states_by_partition,

@@ -11,8 +11,8 @@ import pytest
 
 from domain.records import PurchaseEvent, PurchaseItem
 from domain.relationship import DAY_MS
-from schemas import codec
 from ops.simulate import to_outgoing
+from schemas import codec
 from sinks.webhook_verify import WebhookVerificationError, verify
 from tests.harness import WorkerProcess, direct_query, isolated_settings, read_topic, wait_until
 

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from domain.pseudonymise import scrub_bytes
-from schemas import codec
 from ops.simulate import expected_by_customer, generate, publish, to_outgoing
+from schemas import codec
 from tests.harness import changelog_states, direct_query, read_topic, wait_until
 
 pytestmark = pytest.mark.kafka

@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from ops.deadletters import read_dead_letters, republish
 from domain.pseudonymise import pseudonym
 from domain.records import CallEvent, PurchaseEvent, PurchaseItem
+from ops.deadletters import read_dead_letters, republish
 from ops.simulate import Outgoing, encode_event, publish
 from tests.harness import WorkerProcess, direct_query, isolated_settings, wait_until
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from ops import broker
 from config.settings import Settings
+from ops import broker
 from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from tests.harness import WorkerProcess, free_port, isolated_settings, wait_until
 

@@ -10,7 +10,8 @@ from dataclasses import asdict
 
 import pytest
 
-from ops import simulate
+from config.settings import Settings
+from config.topics import Topics
 from domain.records import (
     CALL_REASONS,
     CallEvent,
@@ -19,8 +20,8 @@ from domain.records import (
     VisitEvent,
     event_from_dict,
 )
-from schemas import DecodeError, codec
-from config.settings import Settings
+from domain.validation import Limits, validate
+from ops import simulate
 from ops.simulate import (
     DAY_MS,
     DEFAULT_MIX,
@@ -40,8 +41,7 @@ from ops.simulate import (
     to_outgoing,
     write_ledger,
 )
-from config.topics import Topics
-from domain.validation import Limits, validate
+from schemas import DecodeError, codec
 
 END = 1_750_000_000_000  # 2025-06-15T15:06:40Z
 
