@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP API listens on.")
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
-    batch_max_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch, seconds.")
+    batch_max_seconds: float = Field(0.25, gt=0, description="Longest wait of the state worker to fill a batch, seconds.")
     state_cache_customers: int = Field(
         100_000, ge=0,
         description="Customers whose decoded state (and alert state) the worker keeps in memory, least recently used "
@@ -82,6 +82,12 @@ class Settings(BaseSettings):
         "Unset: a random key kept in <data_dir>/pseudonymisation.key (fine for a laptop, not for production).",
     )
     sink_retry_max_seconds: float = Field(30.0, gt=0, description="Longest back-off between ClickHouse write retries.")
+    sink_batch_max_records: int = Field(
+        50_000, ge=1, description="Records the ClickHouse sink copies per batch at most (one insert per table per batch).")
+    sink_batch_max_seconds: float = Field(
+        0.25, gt=0, description="Longest time the ClickHouse sink gathers a batch before inserting it, seconds.")
+    model_params_check_seconds: float = Field(
+        30.0, gt=0, description="How often a state worker looks for newly fitted BG/NBD parameters on the model-params topic.")
     churn_horizon_days: int = Field(
         90, ge=1, le=730, description="Horizon of churn_risk: probability of no purchase within this many days.")
     model_refit_minutes: float = Field(

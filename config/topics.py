@@ -40,6 +40,11 @@ class Topics:
         """Internal: customers whose gone-quiet time has passed, keyed like the inputs."""
         return f"{self.prefix}alert-due"
 
+    @property
+    def model_params(self) -> str:
+        """Internal, one partition: the BG/NBD parameters the sink fitted, newest last."""
+        return f"{self.prefix}model-params"
+
     def for_kind(self, kind: EventKind) -> str:
         return {"purchase": self.purchases, "call": self.calls, "visit": self.visits}[kind]
 
@@ -52,7 +57,7 @@ class Topics:
         return (self.dead_letters, self.signals, self.alerts)
 
     def all(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs + (self.alert_due,)
+        return self.inputs + self.outputs + (self.alert_due, self.model_params)
 
 
 KIND_BY_SUFFIX: dict[str, EventKind] = {"purchases": "purchase", "calls": "call", "visits": "visit"}

@@ -26,7 +26,7 @@ def create_topics(settings: Settings) -> list[str]:
         existing = set(admin.list_topics())
         config = {"max.message.bytes": str(settings.max_message_bytes)}
         wanted = [
-            NewTopic(name, settings.partitions, 1, topic_configs=config)
+            NewTopic(name, 1 if name == topics.model_params else settings.partitions, 1, topic_configs=config)
             for name in topics.all() if name not in existing
         ]
         # The tables' changelogs too: a worker that starts before the broker's metadata lists a

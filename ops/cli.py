@@ -113,8 +113,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     created = create_topics(settings)
     if created:
         logger.info("created topics: %s", ", ".join(created))
+    if args.role == "sink":
+        import asyncio
+
+        from streams.app import serve_sink
+
+        asyncio.run(serve_sink(settings))
+        return 0
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(settings)
+    pipeline = Pipeline(settings, role=args.role)
     pipeline.prepare()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False, redirect_stdouts=False)
@@ -290,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("worker", help="run the stream worker")
+    p.add_argument("--role", choices=("state", "sink", "all"), default="all",
+                   help="state: the Faust state worker only (any number join one group); sink: the ClickHouse "
+                   "sink only (one per embedded engine); all: both in one process (default)")
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("simulate", help="publish a synthetic customer base's interactions")

@@ -1,8 +1,22 @@
-"""The Faust application: topics, the relationships table, thin agents and the HTTP API.
+"""The worker: the Faust state application, the ClickHouse sink, and their HTTP API.
 
-Agents take raw bytes in batches (``Stream.take_events``), hand them to
-:class:`~streams.processing.BatchProcessor`, and return; Faust acks the batch
-after the loop body has run, so offsets never pass what ClickHouse acknowledged.
+Roles (``loyalty worker --role``): ``state`` runs the Faust application only: one agent,
+``track_customers``, reads the three input topics and the gone-quiet topic, folds, scores and
+stores each customer once per batch, and produces signals, alerts and dead letters. ``sink``
+runs the ClickHouse sink only (:mod:`streams.sink`). ``all`` runs both in one process.
+
+The order of a batch's effects in the state worker:
+
+1. records are decoded and folded; each changed customer is scored and its record written to
+   the ``relationships`` table (RocksDB, and its changelog through Faust's producer);
+2. the batch's signals, alerts, dead letters and forwarded records are handed to the producer
+   and their acknowledgements awaited (webhook deliveries are queued, never awaited);
+3. the agent returns from its loop body, which acks the batch's events; Faust flushes its
+   producer (changelog included) and commits the input offsets on its commit interval.
+
+A crash before 3 re-reads the batch: the customer records may already hold its events, and
+their remembered event ids make the repeats count once; signals and alerts may be produced
+twice (the sink's keys collapse them; alert ids are deterministic).
 """
 
 from __future__ import annotations
@@ -15,8 +29,8 @@ import os
 import secrets
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Literal
 
 import faust
 import faust.streams
@@ -28,27 +42,23 @@ from mode.supervisors import CrashingSupervisor
 from config.settings import Settings
 from config.topics import Topics
 from domain.alerts import AlertRules
-from domain.model import BgNbdParams, score_customer, signal_to_dict
-from domain.records import EventKind
+from domain.model import score_customer, signal_to_dict
 from domain.relationship import facts
 from schemas import codec
-from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
+from sinks.clickhouse import now_ms
 from sinks.faults import make_sink
 from sinks.webhook import WebhookConfig, WebhookDelivery
 from streams.alerting import Alerting
-from streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
-from streams.processing import (
-    BatchProcessor,
-    DeadLetter,
-    Message,
-    ModelParams,
-    customer_cache,
-    decode_record,
-)
+from streams.decoding import EventDecoder
+from streams.messages import DeadLetter, Message
+from streams.processor import CustomerProcessor, Effects, ModelParams
+from streams.sink import ClickHouseSinkService, latest_model_params
+from streams.state import customer_cache, decode_record
 
 logger = logging.getLogger(__name__)
 
 READ_ONLY_PREFIXES = ("select", "with", "show", "describe", "desc", "exists")
+Role = Literal["state", "sink", "all"]
 
 
 @contextlib.contextmanager
@@ -108,9 +118,18 @@ def pseudonymisation_key(settings: Settings) -> bytes:
     path = settings.data_dir / "pseudonymisation.key"
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        # Written aside, then linked into place: a state worker and a sink starting together
+        # both end up with the one key that won, never with a half-written file.
+        draft = path.with_name(f".{path.name}.{os.getpid()}")
+        fd = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             out.write(secrets.token_bytes(32))
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
         logger.warning("LOYALTY_PSEUDONYMISATION_KEY is not set: generated a random key in %s "
                        "(set the variable in production, or pseudonyms change with the data directory)", path)
     return path.read_bytes()
@@ -129,11 +148,20 @@ def broker_credentials(settings: Settings) -> Any:
     return faust.SSLCredentials(context)
 
 
-class Pipeline:
-    """The worker's parts, built from settings."""
+def make_sink_service(settings: Settings) -> ClickHouseSinkService:
+    """The ClickHouse sink of these settings (with the test-only fault switches when configured)."""
+    sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir)
+    return ClickHouseSinkService(settings, pseudonymisation_key(settings), sink)
 
-    def __init__(self, settings: Settings, store: str = "rocksdb://") -> None:
+
+class Pipeline:
+    """The worker's parts, built from settings, for the ``state`` or ``all`` role."""
+
+    def __init__(self, settings: Settings, store: str = "rocksdb://", role: Role = "all") -> None:
+        if role not in ("state", "all"):
+            raise ValueError(f"a Faust pipeline runs the 'state' or 'all' role, not {role!r}")
         self.settings = settings
+        self.role = role
         self.topics = Topics(settings.topic_prefix)
         self.app = faust.App(
             settings.app_id,
@@ -163,21 +191,11 @@ class Pipeline:
             table_standby_replicas=0,
             logging_config=None,
         )
-        self.sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir)
-        self.runner = AsyncSinkRunner(self.sink, max_backoff=settings.sink_retry_max_seconds,
-                                      reader=ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database))
+        self.sink = make_sink_service(settings) if role == "all" else None
         self.relationships = self.app.Table(
             "relationships", default=None, partitions=settings.partitions,
             key_type=bytes, value_type=bytes,
             help="Per-customer relationship state (Avro RelationshipState), changelog-backed.",
-        )
-        self.dead_letter_topic = self.app.topic(
-            self.topics.dead_letters, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-            key_serializer="raw", value_serializer="raw",
-        )
-        self.alert_topic = self.app.topic(
-            self.topics.alerts, key_type=bytes, value_type=bytes, partitions=settings.partitions,
-            key_serializer="raw", value_serializer="raw",
         )
         self.due_times = self.app.Table(
             "due_times", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes,
@@ -197,30 +215,47 @@ class Pipeline:
                 backoff_cap_seconds=settings.webhook_backoff_cap_seconds,
             ), on_give_up=self.webhook_gave_up)
         self.dead_letter_codec = codec("dead_letter")
-        self.signal_codec = codec("loyalty_signal")
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
-        self.processors: dict[EventKind, BatchProcessor] = {}
-        key = pseudonymisation_key(settings)
-        for kind in ("purchase", "call", "visit"):
-            self.processors[kind] = BatchProcessor(settings, kind, self.states, self.runner, self.publish_dead_letter,
-                                                   pseudonymisation_key=key,
-                                                   partition_of=self.partition_of, forward=self.forward,
-                                                   model=self.model, publish_signals=self.publish_signals,
-                                                   alerting=self.alerting, publish_alert=self.publish_alert)
-            self._add_agent(kind)
-        self._add_quiet_check()
+        self.processor = CustomerProcessor(
+            settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
+            model=self.model, alerting=self.alerting, partition_of=self.partition_of)
+        self.due_topic = self.app.topic(self.topics.alert_due, key_type=bytes, value_type=bytes,
+                                        key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+        self._add_agent()
+        self._add_timers()
         self._forget_cached_states_on_rebalance()
         self._add_pages()
-        self.app.service(self._startup_service())
+        self.app.service(self._lifecycle_service())
 
-        @self.app.timer(interval=settings.model_refit_minutes * 60.0)
-        async def refit_model_parameters() -> None:
-            await self.refit_model()
+    # -- producing ----------------------------------------------------------------------------
 
-    async def publish_dead_letter(self, letter: DeadLetter) -> None:
-        value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
-        await self.dead_letter_topic.send(key=letter.message.key, value=value)
+    async def produce(self, effects: Effects) -> None:
+        """Hand a batch's records to the producer, then await their acknowledgements once."""
+        producer, topics = self.app.producer, self.topics
+        pending = []
+        for message, home in effects.forwards:
+            logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
+            pending.append(await producer.send(message.topic, message.key, message.value, home, None, None))
+        for letter in effects.dead_letters:
+            value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
+            pending.append(await producer.send(topics.dead_letters, letter.message.key, value, None, None, None))
+        for key, signal in effects.signals:
+            pending.append(await producer.send(topics.signals, key, signal, None, None, None))
+        for key, alert in effects.alerts:
+            pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
+        if pending:
+            await asyncio.gather(*pending)
+        if self.webhook is not None:
+            for _, alert in effects.alerts:
+                self.webhook.submit(alert)  # never waits: delivery runs in the background
+
+    async def webhook_gave_up(self, alert: dict[str, Any], reason: str) -> None:
+        message = Message(self.topics.alerts, -1, -1, str(alert["customer_id"]).encode(),
+                          self.alert_codec.encode(alert), now_ms())
+        effects = Effects(dead_letters=[DeadLetter("deliver", message, "WebhookGaveUp", reason, now_ms(),
+                                                   payload=message.value)])
+        await self.produce(effects)
 
     def partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
@@ -229,17 +264,51 @@ class Pipeline:
             return None
         return (murmur2(key) & 0x7FFFFFFF) % count
 
-    async def forward(self, message: Message, partition: int) -> None:
-        """Re-send a record to the partition of its key; waits for the broker's acknowledgement."""
-        await self.app.producer.send_and_wait(message.topic, message.key, message.value, partition,
-                                              None, None)
+    # -- the agent and timers -----------------------------------------------------------------
 
-    async def publish_signals(self, signals: Sequence[tuple[bytes, dict[str, Any]]]) -> None:
-        """Send a batch's signals straight to the producer, then wait for the broker's
-        acknowledgements once for all of them (not once per record)."""
-        producer, topic, encode = self.app.producer, self.topics.signals, self.signal_codec.encode
-        pending = [await producer.send(topic, key, encode(signal), None, None, None) for key, signal in signals]
-        await asyncio.gather(*pending)
+    def _add_agent(self) -> None:
+        topics, settings, pipeline = self.topics, self.settings, self
+        channel = self.app.topic(*topics.inputs, topics.alert_due, key_type=bytes, value_type=bytes,
+                                 key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
+
+        async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
+            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
+                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
+                await pipeline.produce(effects)
+                logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
+                             dict(effects.outcomes))
+                yield None
+
+        # A crashed agent stops the worker (it exits non-zero) so a supervisor restarts it from the
+        # last committed offsets, instead of a live process whose partitions no longer move.
+        self.app.agent(channel, name="track_customers", supervisor_strategy=CrashingSupervisor)(track_customers)
+
+    def _add_timers(self) -> None:
+        app, pipeline, settings = self.app, self, self.settings
+
+        @app.timer(interval=settings.alert_check_seconds)
+        async def find_quiet_customers() -> None:
+            for customer_id, due in pipeline.alerting.due_now():
+                await pipeline.due_topic.send(key=customer_id.encode(), value=str(due).encode())
+
+        @app.on_rebalance_complete.connect
+        async def rebuild_quiet_timers(sender: Any = None, **kwargs: Any) -> None:
+            pipeline.alerting.rebuild(pipeline.due_times.items())
+
+        @app.timer(interval=settings.model_params_check_seconds)
+        async def follow_model_params() -> None:
+            await pipeline.load_model_params()
+
+    async def load_model_params(self) -> None:
+        """Use the newest parameters the sink published, if they differ from those in use."""
+        try:
+            latest = await latest_model_params(self.settings)
+        except Exception as exc:  # noqa: BLE001 - the next check tries again; the old parameters stay
+            logger.warning("could not read the model parameters topic: %s: %s", type(exc).__name__, exc)
+            return
+        if latest is not None and latest != self.model.current:
+            self.model.current = latest
+            logger.info("model parameters from %s: %s", latest.source, latest.as_dict())
 
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self
@@ -252,128 +321,60 @@ class Pipeline:
         self.app.on_partitions_revoked.connect(forget_cached_states)
         self.app.on_partitions_assigned.connect(forget_cached_states)
 
-    async def publish_alert(self, key: bytes, alert: dict[str, Any]) -> None:
-        await self.alert_topic.send(key=key, value=self.alert_codec.encode(alert))
-        if self.webhook is not None:
-            self.webhook.submit(alert)  # never waits: delivery runs in the background
-
-    async def webhook_gave_up(self, alert: dict[str, Any], reason: str) -> None:
-        message = Message(self.topics.alerts, -1, -1, str(alert["customer_id"]).encode(),
-                          self.alert_codec.encode(alert), now_ms())
-        await self.publish_dead_letter(DeadLetter("deliver", message, "WebhookGaveUp", reason, now_ms(),
-                                                  payload=message.value))
-
-    def _add_quiet_check(self) -> None:
-        """The gone-quiet timers: a timer finds due customers, an agent on their partition scores them."""
-        app, pipeline, settings = self.app, self, self.settings
-        due_topic = app.topic(self.topics.alert_due, key_type=bytes, value_type=bytes, key_serializer="raw",
-                              value_serializer="raw", partitions=settings.partitions)
-
-        @app.timer(interval=settings.alert_check_seconds)
-        async def find_quiet_customers() -> None:
-            for customer_id, due in pipeline.alerting.due_now():
-                await due_topic.send(key=customer_id.encode(), value=str(due).encode())
-
-        @app.on_rebalance_complete.connect
-        async def rebuild_quiet_timers(sender: Any = None, **kwargs: Any) -> None:
-            pipeline.alerting.rebuild(pipeline.due_times.items())
-
-        async def check_quiet_customers(stream: faust.StreamT) -> AsyncIterator[None]:
-            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
-                batch = SinkBatch()
-                alerts: list[tuple[bytes, dict[str, Any]]] = []
-                now = now_ms()
-                for e in events:
-                    message = message_of(e)
-                    batch.cover(message.topic, message.partition, message.offset)
-                    record = pipeline.states.get(message.key, message)
-                    if record is None:
-                        continue
-                    as_of = max(int(message.value), record.state.last_seen_at or 0)
-                    scored = score_customer(record.state, as_of, pipeline.model.current, pipeline.model.horizon_days)
-                    alerts += [(message.key, a) for a in pipeline.alerting.evaluate(
-                        message.key, message, record, scored, batch, now, store_due_time=True)]
-                    pipeline.states.put(message.key, record, message)
-                await pipeline.runner.write(batch)
-                for key, alert in alerts:
-                    await pipeline.publish_alert(key, alert)
-                yield None
-
-        check_quiet_customers.__name__ = check_quiet_customers.__qualname__ = "check_quiet_customers"
-        app.agent(due_topic, name="check_quiet_customers", supervisor_strategy=CrashingSupervisor)(check_quiet_customers)
-
-    def _add_agent(self, kind: EventKind) -> None:
-        topic = self.app.topic(self.topics.for_kind(kind), key_type=bytes, value_type=bytes,
-                               key_serializer="raw", value_serializer="raw", partitions=self.settings.partitions)
-        processor = self.processors[kind]
-        settings = self.settings
-
-        async def agent(stream: faust.StreamT) -> AsyncIterator[None]:
-            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
-                messages = [message_of(e) for e in events]
-                report = await processor.process(messages)
-                logger.debug("%s batch: %d messages, %s", kind, report.messages, dict(report.outcomes))
-                yield None
-
-        name = {"purchase": "track_purchases", "call": "track_calls", "visit": "track_visits"}[kind]
-        agent.__name__ = agent.__qualname__ = name
-        # A crashed agent stops the worker (it exits non-zero) so a supervisor restarts it from the
-        # last committed offsets, instead of a live process whose partitions no longer move.
-        self.app.agent(topic, name=name, supervisor_strategy=CrashingSupervisor)(agent)
-
-    def _startup_service(self) -> Any:
+    def _lifecycle_service(self) -> Any:
         pipeline = self
 
-        class SinkSetup(faust.Service):
-            """Closes the ClickHouse client when the worker stops."""
+        class Lifecycle(faust.Service):
+            """Starts and stops what lives beside the agents: the webhook and, in ``all``, the sink."""
 
             async def on_start(self) -> None:
+                if pipeline.sink is not None:
+                    await pipeline.sink.start()
                 if pipeline.webhook is not None:
                     await pipeline.webhook.start()
+                await pipeline.load_model_params()
 
             async def on_stop(self) -> None:
                 if pipeline.webhook is not None:
                     await pipeline.webhook.stop(10.0)
-                await asyncio.get_running_loop().run_in_executor(None, pipeline.runner.shutdown)
+                if pipeline.sink is not None:
+                    await pipeline.sink.stop()
 
-        return SinkSetup()
+        return Lifecycle()
 
     def prepare(self) -> None:
-        """Apply ClickHouse migrations and load the newest model parameters; called before the
-        worker starts, so agents find their tables and score with the fitted population."""
-        applied = self.sink.migrate()
-        if applied:
-            logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
-        latest = load_params(self.sink)
-        if latest is not None:
-            self.model.current = latest
-            logger.info("model parameters from %s: %s", latest.source, latest.as_dict())
+        """Apply the ClickHouse migrations when this process owns the sink (before the worker starts)."""
+        if self.sink is not None:
+            self.sink.prepare()
 
-    async def refit_model(self) -> BgNbdParams:
-        """Refit BG/NBD on (a sample of) the buyers in ClickHouse and use the result from now on."""
-        now = now_ms()
-        _, rows = await self.runner.query(REFIT_SQL.format(db=self.settings.clickhouse_database, now=now,
-                                                           sample=REFIT_SAMPLE))
-        loop = asyncio.get_running_loop()
-        params = await loop.run_in_executor(None, fit_from_rows, rows)
-        self.model.current = params
-        await self.runner.call(store_params, self.sink, params, now)
-        logger.info("refitted BG/NBD on %d buyers: %s", params.buyers, params.as_dict())
-        return params
+    # -- HTTP ---------------------------------------------------------------------------------
 
     def profile(self, stored: bytes, now: int) -> dict[str, Any]:
         """What staff or an IVR needs to recognise a returning customer, with the signal behind it."""
         state = decode_record(stored).state
         signal = signal_to_dict(score_customer(state, max(now, state.last_seen_at or 0), self.model.current,
                                                self.model.horizon_days))
-        know_me = {k: signal[k] for k in (
-            "greeting_hint", "last_purchase_at", "last_purchase_categories", "last_purchase_skus",
-            "last_purchase_channel", "last_purchase_location_id", "favourite_category", "preferred_channel",
-            "open_issues")}
+        know_me = {k: signal[k] for k in KNOW_ME_FIELDS}
         return {"customer_id": state.customer_id, "know_me": know_me, "signal": signal, "facts": facts(state)}
 
-    def totals(self) -> dict[str, dict[str, int]]:
-        return {kind: dict(p.totals) for kind, p in self.processors.items()}
+    def status(self) -> dict[str, Any]:
+        app = self.app
+        status = {
+            "app_id": self.settings.app_id,
+            "role": self.role,
+            "processed": dict(self.processor.totals),
+            "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
+            if app.consumer else [],
+        }
+        if self.sink is not None:
+            status["sink"] = self.sink.status()
+        return status
+
+    def crashed(self) -> list[str]:
+        crashed = sorted(name for name, agent in self.app.agents.items() if agent.crashed)
+        if self.sink is not None and self.sink.crashed is not None:
+            crashed.append("clickhouse_sink")
+        return crashed
 
     def _add_pages(self) -> None:
         app = self.app
@@ -381,21 +382,14 @@ class Pipeline:
 
         @app.page("/health")
         async def health(web: Any, request: Any) -> Any:
-            crashed = sorted(name for name, agent in app.agents.items()
-                             if agent.crashed or any(actor.crashed for actor in getattr(agent, "_actors", ())))
+            crashed = pipeline.crashed()
             if crashed:
                 return web.json({"status": "crashed", "agents": crashed}, status=503)
-            return web.json({"status": "ok", "app_id": pipeline.settings.app_id})
+            return web.json({"status": "ok", "app_id": pipeline.settings.app_id, "role": pipeline.role})
 
         @app.page("/status")
         async def status(web: Any, request: Any) -> Any:
-            return web.json({
-                "app_id": pipeline.settings.app_id,
-                "processed": pipeline.totals(),
-                "sink_retries": pipeline.runner.retries,
-                "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
-                if app.consumer else [],
-            })
+            return web.json(pipeline.status())
 
         @app.page("/customers/{customer_id}")
         class Customer(faust.web.View):
@@ -411,20 +405,34 @@ class Pipeline:
                     return self.json({"error": f"unknown customer {customer_id}"}, status=404)
                 return self.json(pipeline.profile(bytes(stored), now_ms()))
 
+        if self.sink is None:
+            return
+        sink = self.sink
+
         @app.page("/clickhouse/query")
         class ClickHouseQuery(faust.web.View):
-            """Read queries for other processes: the worker owns the embedded engine's directory."""
+            """Read queries for other processes: this process owns the embedded engine's directory."""
 
             async def post(self, request: Any) -> Any:
-                body = await request.json()
-                sql = str(body.get("sql", "")).strip().rstrip(";")
-                if not sql.lower().startswith(READ_ONLY_PREFIXES):
-                    return self.json({"error": "only read queries (SELECT, WITH, SHOW, DESCRIBE, EXISTS)"}, status=400)
-                try:
-                    columns, rows = await pipeline.runner.query(sql)
-                except Exception as exc:  # noqa: BLE001 - reported to the caller, who sent the SQL
-                    return self.json({"error": f"{type(exc).__name__}: {exc}"}, status=400)
-                return self.json({"columns": columns, "rows": [list(map(_jsonable, r)) for r in rows]})
+                payload, code = await answer_query(sink, await request.json())
+                return self.json(payload, status=code)
+
+
+KNOW_ME_FIELDS = ("greeting_hint", "last_purchase_at", "last_purchase_categories", "last_purchase_skus",
+                  "last_purchase_channel", "last_purchase_location_id", "favourite_category", "preferred_channel",
+                  "open_issues")
+
+
+async def answer_query(sink: ClickHouseSinkService, body: Any) -> tuple[dict[str, Any], int]:
+    """The answer (and HTTP status) to a ``{"sql": ...}`` read query."""
+    sql = str(body.get("sql", "") if isinstance(body, dict) else "").strip().rstrip(";")
+    if not sql.lower().startswith(READ_ONLY_PREFIXES):
+        return {"error": "only read queries (SELECT, WITH, SHOW, DESCRIBE, EXISTS)"}, 400
+    try:
+        columns, rows = await sink.query(sql)
+    except Exception as exc:  # noqa: BLE001 - reported to the caller, who sent the SQL
+        return {"error": f"{type(exc).__name__}: {exc}"}, 400
+    return {"columns": columns, "rows": [list(map(_jsonable, r)) for r in rows]}, 200
 
 
 def _jsonable(value: Any) -> Any:
@@ -435,3 +443,47 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return str(value)
+
+
+async def serve_sink(settings: Settings) -> None:
+    """The ``sink`` role: the ClickHouse sink and its HTTP API (health, status, read queries),
+    until SIGINT or SIGTERM."""
+    import signal
+
+    from aiohttp import web
+
+    service = make_sink_service(settings)
+    await asyncio.get_running_loop().run_in_executor(None, service.prepare)
+
+    async def health(request: web.Request) -> web.Response:
+        if service.crashed is not None:
+            return web.json_response({"status": "crashed", "agents": ["clickhouse_sink"]}, status=503)
+        return web.json_response({"status": "ok", "app_id": settings.app_id, "role": "sink"})
+
+    async def status(request: web.Request) -> web.Response:
+        return web.json_response({"app_id": settings.app_id, "role": "sink", "sink": service.status()})
+
+    async def query(request: web.Request) -> web.Response:
+        payload, code = await answer_query(service, await request.json())
+        return web.json_response(payload, status=code)
+
+    web_app = web.Application()
+    web_app.add_routes([web.get("/health", health), web.get("/status", status), web.post("/clickhouse/query", query)])
+    runner = web.AppRunner(web_app)
+    await runner.setup()
+    await web.TCPSite(runner, settings.web_host, settings.web_port).start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await service.start()
+    logger.info("ClickHouse sink running (group %s), HTTP on %s", service.group_id, settings.web_url)
+    try:
+        while not stop.is_set():
+            if service.crashed is not None:
+                raise RuntimeError(f"the ClickHouse sink crashed: {service.crashed!r}")
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=1.0)
+    finally:
+        await service.stop()
+        await runner.cleanup()

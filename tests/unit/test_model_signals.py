@@ -11,7 +11,7 @@ from domain.model import DEFAULT_PARAMS, MODEL_VERSION, TIERS, WEIGHTS, score_cu
 from domain.model.churn import BgNbdParams
 from domain.model.signals import SIGNAL_FIELDS
 from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
-from domain.relationship import DAY_MS, RelationshipState, apply_event
+from domain.relationship import DAY_MS, RelationshipState, apply_event, facts
 from schemas import Codec, load_schema
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
@@ -153,8 +153,12 @@ def sample_signals() -> list:
 def test_signal_to_dict_matches_the_avro_schema_field_for_field() -> None:
     schema = load_schema("loyalty_signal")
     assert (schema["name"], schema["namespace"]) == ("LoyaltySignal", "loyalty_stream.pipeline")
-    assert [f["name"] for f in schema["fields"]] == list(SIGNAL_FIELDS)
+    # the signal's own fields, then the relationship facts the worker attaches (relationship.facts)
+    assert [f["name"] for f in schema["fields"]] == [*SIGNAL_FIELDS, "relationship"]
     assert all(f.get("doc") for f in schema["fields"])
+    facts_record = next(f for f in schema["fields"] if f["name"] == "relationship")["type"][1]
+    rich = state_of(buy("p1", T0), visit("v1", T0))
+    assert [f["name"] for f in facts_record["fields"]] == [k for k in facts(rich) if k != "customer_id"]
     tier = next(f for f in schema["fields"] if f["name"] == "tier")
     assert tier["type"]["symbols"] == list(TIERS)
     for signal in sample_signals():
@@ -165,7 +169,7 @@ def test_every_signal_encodes_decodes_and_is_json() -> None:
     codec = Codec("loyalty_signal")
     for signal in sample_signals():
         datum = signal_to_dict(signal)
-        assert codec.decode(codec.encode(datum)) == datum
+        assert codec.decode(codec.encode(datum)) == {**datum, "relationship": None}
         assert json.loads(json.dumps(datum)) == datum
         assert list(datum["components"]) == list(WEIGHTS)  # type: ignore[call-overload]
 

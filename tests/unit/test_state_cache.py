@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from streams.processing import Message, StateCache
+from streams.messages import Message
+from streams.state import StateCache
 
 MSG = Message("t", 0, 0, b"k", b"v", 0)
 

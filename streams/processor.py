@@ -1,0 +1,167 @@
+"""What the state worker does with one batch of records, with Faust kept at arm's length.
+
+The one agent reads the three input topics and the gone-quiet topic together, so each
+customer has one ordered writer. A batch is worked at three grains:
+
+* per record: find the customer's home partition (forward a misplaced record there), decode,
+  pseudonymise, validate (or dead-letter with the reason);
+* per customer: fold every new event into the state, then score once, evaluate the alert rules
+  once, write the record once (table and changelog) and emit one signal that carries the
+  relationship facts;
+* per batch: the produced records (signals, alerts, dead letters, forwards) are handed to the
+  producer together and their acknowledgements awaited once, by the caller.
+
+Nothing here writes ClickHouse: the sink process stores what the worker produces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from config.settings import Settings
+from domain.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
+from domain.pseudonymise import scrub_text
+from domain.records import Event
+from domain.relationship import RelationshipState, apply_event, facts
+from schemas import codec
+from streams.alerting import Alerting
+from streams.decoding import EventDecoder
+from streams.messages import DeadLetter, Message
+from streams.state import CustomerRecord, StateCache
+
+logger = logging.getLogger(__name__)
+
+# Between customers the batch loop lets the event loop serve HTTP requests, heartbeats and fetches.
+YIELD_EVERY_CUSTOMERS = 50
+
+
+class ModelParams:
+    """The BG/NBD parameters in use; replaced as a whole when new ones arrive."""
+
+    def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90) -> None:
+        self.current = params
+        self.horizon_days = horizon_days
+
+
+@dataclass
+class Effects:
+    """What one batch produces, in the order it is to be sent."""
+
+    forwards: list[tuple[Message, int]] = field(default_factory=list)
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+    signals: list[tuple[bytes, bytes]] = field(default_factory=list)
+    alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    customers: int = 0
+
+
+# A customer's items in a batch: (message, event) for an input record, (message, None) for a
+# gone-quiet check (its value is the due time, epoch ms as ASCII digits).
+Item = tuple[Message, Event | None]
+
+
+class CustomerProcessor:
+    """Folds batches of mixed input records into customer records and derives their signals."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        states: StateCache[CustomerRecord],
+        decoder: EventDecoder,
+        due_topic: str,
+        model: ModelParams | None = None,
+        alerting: Alerting | None = None,
+        partition_of: Callable[[str, bytes], int | None] | None = None,
+    ) -> None:
+        self.states = states
+        self.decoder = decoder
+        self.due_topic = due_topic
+        self.model = model or ModelParams(horizon_days=settings.churn_horizon_days)
+        self.alerting = alerting
+        # Where a key belongs (the default partitioner's choice): a record on another partition
+        # is forwarded there, so one customer's state lives in one place.
+        self.partition_of = partition_of
+        self.dedup_horizon_ms = settings.dedup_horizon_ms
+        self.signal_codec = codec("loyalty_signal")
+        self.totals: Counter[str] = Counter()
+
+    def group(self, messages: Sequence[Message], now: int, effects: Effects) -> dict[tuple[bytes, int], list[Item]]:
+        """Route every record: forwarded, dead-lettered, or grouped under its customer (in order)."""
+        by_customer: dict[tuple[bytes, int], list[Item]] = {}
+        for message in messages:
+            key = message.key
+            if key is not None and self.partition_of is not None:
+                home = self.partition_of(message.topic, key)
+                if home is not None and home != message.partition:
+                    effects.forwards.append((message, home))
+                    continue
+            if message.topic == self.due_topic:
+                if key is not None:
+                    by_customer.setdefault((key, message.partition), []).append((message, None))
+                continue
+            decoded = self.decoder.decode(message, now)
+            if isinstance(decoded, DeadLetter):
+                logger.warning("dead-lettering %s: %s: %s", message.where, decoded.error_type, scrub_text(decoded.reason))
+                effects.dead_letters.append(decoded)
+                continue
+            by_customer.setdefault((decoded.customer_id.encode(), message.partition), []).append((message, decoded))
+        return by_customer
+
+    async def process(self, messages: Sequence[Message], now: int) -> Effects:
+        """Fold, score and store one batch; return what is to be produced."""
+        effects = Effects()
+        by_customer = self.group(messages, now, effects)
+        for done, ((key, _), items) in enumerate(by_customer.items()):
+            if done % YIELD_EVERY_CUSTOMERS == YIELD_EVERY_CUSTOMERS - 1:
+                await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
+            self.customer(key, items, effects)
+        effects.customers = len(by_customer)
+        effects.outcomes["dead_lettered"] = len(effects.dead_letters)
+        effects.outcomes["forwarded"] = len(effects.forwards)
+        effects.outcomes["alerts"] = len(effects.alerts)
+        self.totals.update(effects.outcomes)
+        self.totals["messages"] += len(messages)
+        return effects
+
+    def customer(self, key: bytes, items: list[Item], effects: Effects) -> None:
+        """One customer's share of a batch: fold, score once, evaluate once, write once, one signal."""
+        first, last = items[0][0], items[-1][0]
+        record = self.states.get(key, first)
+        events = [(m, e) for m, e in items if e is not None]
+        if record is None:
+            if not events:
+                return  # a gone-quiet check for a customer this worker has no state for
+            record = CustomerRecord(RelationshipState(events[0][1].customer_id))
+        state = record.state
+        for message, event in events:
+            outcome = apply_event(state, event, self.dedup_horizon_ms, message.timestamp_ms)
+            effects.outcomes[outcome.value] += 1
+        checks = [int(m.value) for m, e in items if e is None]
+        params, horizon = self.model.current, self.model.horizon_days
+        if events:
+            # Scored as of the customer's newest event: deterministic, so a replay of the same
+            # events (loyalty replay --as-of latest) gives the same signal.
+            scored = score_customer(state, state.last_seen_at, params, horizon)
+            signal = signal_to_dict(scored)
+            signal["relationship"] = relationship_facts(state)
+            effects.signals.append((key, self.signal_codec.encode(signal)))
+        else:
+            scored = score_customer(state, max(max(checks), state.last_seen_at or 0), params, horizon)
+        if self.alerting is not None:
+            if events:
+                self.alerting.observe(state.last_seen_at)
+            effects.alerts.extend((key, a) for a in self.alerting.evaluate(key, last, record, scored,
+                                                                          store_due_time=bool(checks)))
+        self.states.put(key, record, last)
+
+
+def relationship_facts(state: RelationshipState) -> dict[str, Any]:
+    """The facts a signal carries (``RelationshipFacts`` in ``schemas/loyalty_signal.avsc``)."""
+    row = facts(state)
+    del row["customer_id"]
+    return row

@@ -1,0 +1,326 @@
+"""The ClickHouse sink: a plain Kafka consumer group that copies the topics into ClickHouse.
+
+It reads the input topics (raw interaction rows, decoded and validated by the same
+:class:`~streams.decoding.EventDecoder` as the state worker, so it stores exactly the events the
+worker accepted), the signals topic (``signals_current``, ``signals_history`` and, from the facts
+each signal carries, ``relationships``), the alerts topic and the dead-letter topic.
+
+One loop, batch after batch:
+
+1. fetch up to ``sink_batch_max_records`` records, waiting at most ``sink_batch_max_seconds``;
+2. build one columnar insert per table, each with a deduplication token made of the batch's
+   topic/partition/offset ranges (a retried batch inserts nothing new);
+3. insert, retrying what can succeed later with bounded back-off (the batch, and so its
+   offsets, is held meanwhile);
+4. commit the batch's offsets, only after ClickHouse acknowledged every table.
+
+A crash between 3 and 4 replays the batch: the same records in the same ranges give the same
+tokens, and records replayed in other boundaries collapse on the ReplacingMergeTree keys.
+
+The sink also owns the embedded engine's reads (BI, the report, ``loyalty query``) and refits
+the BG/NBD parameters on a timer, publishing them on the model-params topic for the state workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import Counter
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from config.settings import Settings
+from config.topics import Topics
+from domain.model import BgNbdParams
+from schemas import DecodeError, codec
+from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
+from sinks.rows import (
+    ALERT_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    RAW_COLUMNS,
+    RAW_TABLE,
+    SIGNAL_COLUMNS,
+    SOURCE_COLUMNS,
+    alert_row,
+    dead_letter_row,
+    raw_row,
+    relationship_row,
+    signal_row,
+)
+from streams.decoding import EventDecoder
+from streams.messages import DeadLetter, Message
+from streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
+
+logger = logging.getLogger(__name__)
+
+
+def aiokafka_config(settings: Settings) -> dict[str, Any]:
+    """Connection settings in aiokafka's names."""
+    config: dict[str, Any] = {"bootstrap_servers": settings.bootstrap,
+                              "security_protocol": settings.kafka_security_protocol}
+    if settings.kafka_security_protocol.startswith("SASL"):
+        config["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        config["sasl_plain_username"] = settings.kafka_sasl_username
+        config["sasl_plain_password"] = (settings.kafka_sasl_password.get_secret_value()
+                                         if settings.kafka_sasl_password else None)
+    if settings.kafka_security_protocol.endswith("SSL"):
+        config["ssl_context"] = ssl.create_default_context(
+            cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None)
+    return config
+
+
+def params_to_bytes(params: BgNbdParams) -> bytes:
+    return orjson.dumps(params.as_dict())
+
+
+def params_from_bytes(data: bytes) -> BgNbdParams:
+    values = orjson.loads(data)
+    return BgNbdParams(values["r"], values["alpha"], values["a"], values["b"], source=values["source"],
+                       buyers=int(values["buyers"]), log_likelihood=values.get("log_likelihood"),
+                       population_gap_days=values["population_gap_days"])
+
+
+async def latest_model_params(settings: Settings) -> BgNbdParams | None:
+    """The newest parameters on the model-params topic (None when none were published)."""
+    topic = Topics(settings.topic_prefix).model_params
+    consumer = AIOKafkaConsumer(**aiokafka_config(settings), group_id=None, enable_auto_commit=False,
+                                client_id=f"{settings.app_id}-params")
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        end = (await consumer.end_offsets([tp]))[tp]
+        if end == 0:
+            return None
+        consumer.seek(tp, end - 1)
+        records = (await consumer.getmany(tp, timeout_ms=5000)).get(tp, [])
+        return params_from_bytes(records[-1].value) if records and records[-1].value else None
+    finally:
+        await consumer.stop()
+
+
+class ClickHouseSinkService:
+    """Consumes the topics into ClickHouse; see the module docstring for the order of effects."""
+
+    def __init__(self, settings: Settings, pseudonymisation_key: bytes, sink: ClickHouseSink) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.sink = sink
+        self.runner = AsyncSinkRunner(sink, max_backoff=settings.sink_retry_max_seconds,
+                                      reader=ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database))
+        self.decoder = EventDecoder(settings, pseudonymisation_key)
+        self.partitioner = DefaultPartitioner()
+        self.signal_codec = codec("loyalty_signal")
+        self.alert_codec = codec("alert")
+        self.dead_letter_codec = codec("dead_letter")
+        self.group_id = f"{settings.app_id}-clickhouse-sink"
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.totals: Counter[str] = Counter()
+        self.batches = 0
+        self.last_committed_at = 0.0
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def prepare(self) -> None:
+        """Apply the ClickHouse migrations (before anything is consumed)."""
+        applied = self.sink.migrate()
+        if applied:
+            logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
+
+    async def start(self) -> None:
+        config = aiokafka_config(self.settings)
+        self.consumer = AIOKafkaConsumer(
+            *self.topics.inputs, self.topics.signals, self.topics.alerts, self.topics.dead_letters,
+            **config, group_id=self.group_id, client_id=self.group_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", max_partition_fetch_bytes=self.settings.max_message_bytes,
+            fetch_max_bytes=max(self.settings.max_message_bytes, 52_428_800),
+            session_timeout_ms=int(self.settings.kafka_session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(max(1.0, self.settings.kafka_session_timeout_seconds / 3) * 1000),
+            max_poll_interval_ms=600_000,
+        )
+        self.producer = AIOKafkaProducer(**config, client_id=f"{self.group_id}-params")
+        await self.producer.start()
+        await self.consumer.start()
+        self._tasks = [asyncio.ensure_future(self._consume_forever()), asyncio.ensure_future(self._refit_forever())]
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - stopping; errors were logged
+                pass
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        await asyncio.get_running_loop().run_in_executor(None, self.runner.shutdown)
+
+    @property
+    def crashed(self) -> BaseException | None:
+        for task in self._tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                return task.exception()
+        return None
+
+    # -- the copy loop ------------------------------------------------------------------------
+
+    async def _consume_forever(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                await self.copy_once()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            logger.exception("the ClickHouse sink stopped")
+            raise
+
+    async def fetch(self) -> dict[TopicPartition, list[Any]]:
+        """Records for one batch: as many as arrive within the batch time, up to the batch size."""
+        assert self.consumer is not None
+        limit, wait = self.settings.sink_batch_max_records, self.settings.sink_batch_max_seconds
+        deadline = time.monotonic() + wait
+        fetched: dict[TopicPartition, list[Any]] = {}
+        count = 0
+        while count < limit:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            more = await self.consumer.getmany(timeout_ms=int(left * 1000), max_records=limit - count)
+            for tp, records in more.items():
+                fetched.setdefault(tp, []).extend(records)
+                count += len(records)
+        return fetched
+
+    async def copy_once(self) -> int:
+        """Fetch, insert and commit one batch; return its record count."""
+        assert self.consumer is not None
+        fetched = await self.fetch()
+        if not fetched:
+            return 0
+        batch = self.rows(fetched, now_ms())
+        await self.runner.write(batch)
+        await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in fetched.items()})
+        self.batches += 1
+        self.last_committed_at = time.time()
+        count = sum(len(records) for records in fetched.values())
+        self.totals["records"] += count
+        return count
+
+    def rows(self, fetched: dict[TopicPartition, list[Any]], now: int) -> SinkBatch:
+        """The batch's rows, table by table."""
+        batch = SinkBatch()
+        topics = self.topics
+        for tp, records in fetched.items():
+            for record in records:
+                batch.cover(tp.topic, tp.partition, record.offset)
+            if tp.topic in self.decoder.kinds:
+                self._raw_rows(batch, tp, records, now)
+            elif tp.topic == topics.signals:
+                self._signal_rows(batch, records, now)
+            elif tp.topic == topics.alerts:
+                rows = batch.rows("alerts", ALERT_COLUMNS)
+                for record in self._decoded(self.alert_codec, records):
+                    rows.append(alert_row(record, now))
+            elif tp.topic == topics.dead_letters:
+                rows = batch.rows("dead_letters", DEAD_LETTER_COLUMNS)
+                for record in self._decoded(self.dead_letter_codec, records):
+                    rows.append(dead_letter_row(record))
+        return batch
+
+    def _raw_rows(self, batch: SinkBatch, tp: TopicPartition, records: list[Any], now: int) -> None:
+        kind = self.decoder.kinds[tp.topic]
+        rows = batch.rows(RAW_TABLE[kind], RAW_COLUMNS[kind] + SOURCE_COLUMNS)
+        partitions = self.consumer.partitions_for_topic(tp.topic) if self.consumer else None
+        all_partitions = sorted(partitions) if partitions else None
+        for record in records:
+            if record.key is not None and all_partitions is not None:
+                # The state worker forwards a misplaced record to its key's partition; the copy
+                # that arrives there is the one stored.
+                if self.partitioner(record.key, all_partitions, all_partitions) != tp.partition:
+                    self.totals["skipped_misplaced"] += 1
+                    continue
+            message = Message(tp.topic, tp.partition, record.offset, record.key, record.value or b"",
+                              record.timestamp)
+            event = self.decoder.decode(message, now)
+            if isinstance(event, DeadLetter):
+                self.totals["skipped_invalid"] += 1  # the state worker dead-letters it, with its reason
+                continue
+            row = raw_row(event)
+            row.update(source_topic=tp.topic, source_partition=tp.partition, source_offset=record.offset,
+                       ingested_at=now)
+            rows.append(row)
+
+    def _signal_rows(self, batch: SinkBatch, records: list[Any], now: int) -> None:
+        current = batch.rows("signals_current", SIGNAL_COLUMNS)
+        history = batch.rows("signals_history", SIGNAL_COLUMNS)
+        for signal in self._decoded(self.signal_codec, records):
+            facts = relationship_row(signal, now)
+            if facts is None:
+                continue  # written before signals carried their facts: nothing to version it by
+            row = signal_row(signal, facts["version"], facts["spend_365d_minor"], now)
+            current.append(row)
+            history.append(row)
+            batch.rows("relationships", tuple(facts)).append(facts)
+
+    def _decoded(self, avro: Any, records: list[Any]) -> list[dict[str, Any]]:
+        out = []
+        for record in records:
+            try:
+                out.append(avro.decode(record.value or b""))
+            except DecodeError as exc:
+                # Written by this project's own workers: a record that does not decode is a bug
+                # or a foreign producer; it is logged and skipped, never retried forever.
+                logger.error("skipping %s[%s]@%s: %s", record.topic, record.partition, record.offset, exc)
+                self.totals["skipped_undecodable"] += 1
+        return out
+
+    # -- the model refit ----------------------------------------------------------------------
+
+    async def _refit_forever(self) -> None:
+        latest = await self.runner.call(load_params, self.sink)
+        if latest is not None:
+            await self.publish_params(latest)
+        while not self._stopping.is_set():
+            await asyncio.sleep(self.settings.model_refit_minutes * 60.0)
+            try:
+                await self.refit_model()
+            except Exception:  # noqa: BLE001 - the next refit tries again; the old parameters stay in use
+                logger.exception("BG/NBD refit failed")
+
+    async def refit_model(self) -> BgNbdParams:
+        """Refit BG/NBD on (a sample of) the buyers in ClickHouse, store and publish the result."""
+        now = now_ms()
+        _, rows = await self.runner.query(REFIT_SQL.format(db=self.settings.clickhouse_database, now=now,
+                                                           sample=REFIT_SAMPLE))
+        params = await asyncio.get_running_loop().run_in_executor(None, fit_from_rows, rows)
+        await self.runner.call(store_params, self.sink, params, now)
+        await self.publish_params(params)
+        logger.info("refitted BG/NBD on %d buyers: %s", params.buyers, params.as_dict())
+        return params
+
+    async def publish_params(self, params: BgNbdParams) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.topics.model_params, params_to_bytes(params), key=b"bgnbd",
+                                          partition=0)
+
+    # -- reads --------------------------------------------------------------------------------
+
+    async def query(self, sql: str) -> tuple[list[str], list[tuple]]:
+        return await self.runner.query(sql)
+
+    def status(self) -> dict[str, Any]:
+        assignment = sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment()) if self.consumer else []
+        return {"role": "sink", "group": self.group_id, "batches": self.batches, "copied": dict(self.totals),
+                "sink_retries": self.runner.retries, "assignment": assignment,
+                "last_committed_at": self.last_committed_at}
