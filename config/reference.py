@@ -43,7 +43,8 @@ Tests read two more: `LOYALTY_TEST_KAFKA_PORT` (the test broker's port, default 
 """
 
 
-def _is_secret(info: FieldInfo) -> bool:
+def is_secret(info: FieldInfo) -> bool:
+    """Whether a field holds a secret (``SecretStr``, optional or not): its value is never shown."""
     annotation = info.annotation
     return annotation is SecretStr or SecretStr in getattr(annotation, "__args__", ())
 
@@ -65,7 +66,7 @@ def _default(info: FieldInfo) -> str:
         return "*required*"
     if value is None:
         return "*unset*"
-    if _is_secret(info):
+    if is_secret(info):
         return "`***`"  # a secret's value is never written down, as in `loyalty config`
     return _shown(value)
 
