@@ -334,7 +334,7 @@ class BatchProcessor:
         dead: list[DeadLetter] = []
         # By customer and partition: a state is read from and written to the partition its
         # records arrive on. (A producer that sends one customer's records to two partitions
-        # splits that customer's state in two; see README, "Delivery guarantees".)
+        # splits that customer's state in two; see docs/guarantees.md.)
         by_customer: dict[tuple[str, int], list[tuple[Message, Event]]] = {}
         signals: list[tuple[bytes, dict[str, Any]]] = []
         alerts: list[tuple[bytes, dict[str, Any]]] = []
