@@ -294,18 +294,17 @@ class ClickHouseSinkService:
         while not self._stopping.is_set():
             await asyncio.sleep(self.settings.model_refit_minutes * 60.0)
             try:
-                await self.refit_model()
+                await self.publish_params(await self.refit_model())
             except Exception:  # noqa: BLE001 - the next refit tries again; the old parameters stay in use
                 logger.exception("BG/NBD refit failed")
 
     async def refit_model(self) -> BgNbdParams:
-        """Refit BG/NBD on (a sample of) the buyers in ClickHouse, store and publish the result."""
+        """Refit BG/NBD on (a sample of) the buyers in ClickHouse and store the result."""
         now = now_ms()
         _, rows = await self.runner.query(REFIT_SQL.format(db=self.settings.clickhouse_database, now=now,
                                                            sample=REFIT_SAMPLE))
         params = await asyncio.get_running_loop().run_in_executor(None, fit_from_rows, rows)
         await self.runner.call(store_params, self.sink, params, now)
-        await self.publish_params(params)
         logger.info("refitted BG/NBD on %d buyers: %s", params.buyers, params.as_dict())
         return params
 

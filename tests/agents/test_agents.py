@@ -1,67 +1,80 @@
-"""The Faust agents through ``agent.test_context()``: memory table store, real chDB sink."""
+"""The state agent through ``agent.test_context()`` (memory table store), and the sink's rows
+and refit against a real chDB without Kafka."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiokafka import TopicPartition
+from aiokafka.structs import ConsumerRecord
+from faust.types import Message as FaustMessage
 
 from config.settings import Settings
-from domain.relationship import state_from_dict
+from config.topics import Topics
+from domain.relationship import RelationshipState, apply_event, state_from_dict
 from ops.simulate import encode_event, expected_by_customer, generate
 from schemas import codec
-from streams.app import Pipeline
-from streams.processing import decode_record
+from streams.app import Pipeline, make_sink_service
+from streams.processor import Effects
+from streams.state import decode_record
+
+TOPIC_OF_KIND = {"purchase": "purchases", "call": "calls", "visit": "visits"}
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path) -> Pipeline:
-    settings = Settings(data_dir=tmp_path, clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
-                        batch_max_seconds=0.01, kafka_bootstrap="127.0.0.1:1")
-    pipeline = Pipeline(settings, store="memory://")
-    pipeline.prepare()
-    yield pipeline
-    pipeline.runner.shutdown()
+def settings(tmp_path: Path) -> Settings:
+    return Settings(data_dir=tmp_path, clickhouse_dsn=f"chdb://{tmp_path / 'clickhouse'}",
+                    batch_max_seconds=0.01, kafka_bootstrap="127.0.0.1:1")
 
 
-def _events(kind: str):
-    events = generate(customers=30, days=2, seed=5, end_ms=int(time.time() * 1000) - 60_000)
-    return [e for e in events if e.kind == kind]
+@pytest.fixture
+def pipeline(settings: Settings) -> Pipeline:
+    return Pipeline(settings, store="memory://", role="state")
 
 
-@pytest.mark.parametrize("kind, agent_name, table", [
-    ("purchase", "track_purchases", "purchases"),
-    ("call", "track_calls", "calls"),
-    ("visit", "track_visits", "visits"),
-])
-def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent_name, table):
-    events = _events(kind)
-    assert len(events) >= 5
+def _events():
+    return generate(customers=30, days=2, seed=5, end_ms=int(time.time() * 1000) - 60_000)
+
+
+async def put_on(agent: Any, topic: str, key: bytes, value: bytes) -> None:
+    """``agent.put`` for an agent over several topics: the record names the topic it came from."""
+    stream = agent.stream()
+    message = agent.to_message(key, value, offset=agent.sent_offset)
+    message = FaustMessage(topic=topic, partition=0, offset=message.offset, timestamp=message.timestamp,
+                           timestamp_type=0, headers=None, key=key, value=value, checksum=b"",
+                           generation_id=message.generation_id)
+    event = await stream.channel.decode(message)
+    await stream.channel.put(event)
+    agent.sent_offset += 1
+    async with agent.new_value_processed:
+        await agent.new_value_processed.wait()
+
+
+def test_one_agent_folds_every_kind_and_emits_one_signal_per_customer_and_batch(pipeline: Pipeline):
+    events = _events()
+    assert {e.kind for e in events} == {"purchase", "call", "visit"}
     expected = expected_by_customer(events)
-    emitted: list[tuple[bytes, dict]] = []
+    produced: list[Effects] = []
 
-    async def collect(signals) -> None:  # stands in for the signals topic
-        emitted.extend(signals)
+    async def collect(effects: Effects) -> None:  # stands in for the producer
+        produced.append(effects)
 
-    raised: list[dict] = []
-
-    async def collect_alert(key: bytes, alert: dict) -> None:  # stands in for the alerts topic
-        raised.append(alert)
-
-    pipeline.processors[kind].publish_signals = collect
-    pipeline.processors[kind].publish_alert = collect_alert
+    pipeline.produce = collect  # type: ignore[method-assign]
+    topics = Topics(pipeline.settings.topic_prefix)
 
     async def run() -> None:
-        async with pipeline.app.agents[agent_name].test_context() as agent:
+        async with pipeline.app.agents["track_customers"].test_context() as agent:
             for event in events:
-                await agent.put(key=event.customer_id.encode(), value=encode_event(event))
+                await put_on(agent, topics.for_kind(event.kind), event.customer_id.encode(), encode_event(event))
             # a resend of the first event: counted once
-            await agent.put(key=events[0].customer_id.encode(), value=encode_event(events[0]))
+            await put_on(agent, topics.for_kind(events[0].kind), events[0].customer_id.encode(), encode_event(events[0]))
 
     asyncio.run(run())
-    totals = pipeline.processors[kind].totals
+    totals = pipeline.processor.totals
     assert (totals["applied"], totals["duplicate"], totals["dead_lettered"]) == (len(events), 1, 0)
 
     state_codec = codec("relationship_state")
@@ -70,30 +83,117 @@ def test_agent_folds_state_and_writes_clickhouse(pipeline: Pipeline, kind, agent
                   s.lifetime.visits) for cid, s in states.items()} == {
         cid: (x.events, x.purchases, x.spend_minor, x.calls, x.visits) for cid, x in expected.items()}
 
-    _, rows = pipeline.sink.query(f"SELECT count(), uniqExact(event_id) FROM loyalty.{table} FINAL")
-    assert rows == [(len(events), len(events))]
-    _, rows = pipeline.sink.query("SELECT customer_id, events FROM loyalty.relationships FINAL ORDER BY customer_id")
-    assert rows == sorted((cid, x.events) for cid, x in expected.items())
-
-    # One signal per touched customer and batch; the newest per customer is in signals_current.
-    assert len(emitted) == len(events) + 1
-    latest = {key.decode(): signal for key, signal in emitted}
-    _, rows = pipeline.sink.query(
-        "SELECT customer_id, version, tier, loyalty_score, churn_risk FROM loyalty.signals_current FINAL ORDER BY customer_id")
-    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
-        (cid, latest[cid]["tier"], latest[cid]["loyalty_score"], latest[cid]["churn_risk"]) for cid in sorted(latest)]
-    assert [r[1] for r in rows] == [expected[cid].events for cid in sorted(latest)]
-    _, rows = pipeline.sink.query("SELECT count() FROM loyalty.signals_history FINAL")
-    assert rows == [(len(events),)]  # the resend re-emits an existing version, which collapses
-    _, rows = pipeline.sink.query("SELECT alert_id FROM loyalty.alerts FINAL ORDER BY alert_id")
-    assert [r[0] for r in rows] == sorted(a["alert_id"] for a in raised)
+    # One signal per touched customer and batch (one record a batch here), carrying its facts;
+    # the last one per customer is the newest version.
+    signal_codec = codec("loyalty_signal")
+    signals = [(key.decode(), signal_codec.decode(value)) for e in produced for key, value in e.signals]
+    assert len(signals) == len(events) + 1
+    latest: dict[str, dict[str, Any]] = {}
+    for cid, signal in signals:
+        assert signal["relationship"]["version"] >= latest.get(cid, {"relationship": {"version": 0}})["relationship"]["version"]
+        latest[cid] = signal
+    assert {cid: s["relationship"]["events"] for cid, s in latest.items()} == {cid: x.events for cid, x in expected.items()}
+    assert {cid: s["relationship"]["spend_lifetime_minor"] for cid, s in latest.items()} == {
+        cid: x.spend_minor for cid, x in expected.items()}
 
 
-def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(pipeline: Pipeline):
+def test_a_bad_record_is_dead_lettered_and_the_batch_goes_on(pipeline: Pipeline):
+    events = [e for e in _events() if e.kind == "purchase"][:3]
+    produced: list[Effects] = []
+
+    async def collect(effects: Effects) -> None:
+        produced.append(effects)
+
+    pipeline.produce = collect  # type: ignore[method-assign]
+    topics = Topics(pipeline.settings.topic_prefix)
+
+    async def run() -> None:
+        async with pipeline.app.agents["track_customers"].test_context() as agent:
+            await put_on(agent, topics.purchases, b"C1", b"not avro at all")
+            for event in events:
+                await put_on(agent, topics.purchases, event.customer_id.encode(), encode_event(event))
+
+    asyncio.run(run())
+    letters = [d for e in produced for d in e.dead_letters]
+    assert [(d.error_type, d.message.topic, d.message.offset) for d in letters] == [("DecodeError", topics.purchases, 0)]
+    assert sum(len(e.signals) for e in produced) == 3
+
+
+def test_cached_records_are_forgotten_when_partitions_move(pipeline: Pipeline):
+    # Another worker may write a customer's record while this one does not own the partition:
+    # after a rebalance the next read must come from the table, not from the cache.
+    events = [e for e in _events() if e.kind == "purchase"]
+
+    async def discard(effects: Effects) -> None:
+        return None
+
+    pipeline.produce = discard  # type: ignore[method-assign]
+    topics = Topics(pipeline.settings.topic_prefix)
+
+    async def run() -> None:
+        async with pipeline.app.agents["track_customers"].test_context() as agent:
+            for event in events:
+                await put_on(agent, topics.purchases, event.customer_id.encode(), encode_event(event))
+        cached = len(pipeline.states)
+        await pipeline.app.on_partitions_revoked.send(set())
+        assert cached == len({e.customer_id for e in events}) and len(pipeline.states) == 0
+        key = events[0].customer_id.encode()
+        assert decode_record(bytes(pipeline.relationships[key])).state.events_applied >= 1
+
+    asyncio.run(run())
+
+
+def _records(topic: str, values: list[tuple[bytes, bytes]], start: int = 0) -> list[ConsumerRecord]:
+    return [ConsumerRecord(topic, 0, start + n, int(time.time() * 1000), 0, key, value, None, len(key), len(value), ())
+            for n, (key, value) in enumerate(values)]
+
+
+def test_sink_stores_raw_rows_signals_facts_and_is_replay_safe(settings: Settings):
+    """The sink's rows from topic records, written to chDB twice (a replayed batch): stored once."""
+    topics = Topics(settings.topic_prefix)
+    events = _events()
+    expected = expected_by_customer(events)
+    states: dict[str, RelationshipState] = {}
+    signals = []
+    from domain.model import DEFAULT_PARAMS, score_customer, signal_to_dict
+    from streams.processor import relationship_facts
+
+    for event in events:
+        state = states.setdefault(event.customer_id, RelationshipState(event.customer_id))
+        apply_event(state, event, settings.dedup_horizon_ms)
+        signal = signal_to_dict(score_customer(state, state.last_seen_at, DEFAULT_PARAMS))
+        signal["relationship"] = relationship_facts(state)
+        signals.append((event.customer_id.encode(), codec("loyalty_signal").encode(signal)))
+    fetched = {TopicPartition(topics.signals, 0): _records(topics.signals, signals)}
+    for kind in ("purchase", "call", "visit"):
+        mine = [(e.customer_id.encode(), encode_event(e)) for e in events if e.kind == kind]
+        fetched[TopicPartition(topics.for_kind(kind), 0)] = _records(topics.for_kind(kind), mine)
+
+    service = make_sink_service(settings)
+    service.prepare()
+    try:
+        for _ in range(2):
+            service.sink.write(service.rows(fetched, int(time.time() * 1000)))
+        query = service.sink.query
+        db = settings.clickhouse_database
+        assert query(f"SELECT count() FROM {db}.purchases")[1] == [(sum(e.kind == "purchase" for e in events),)]
+        assert query(f"SELECT count() FROM {db}.signals_history")[1] == [(len(events),)]
+        rows = query(f"SELECT customer_id, events, spend_lifetime_minor FROM {db}.relationships FINAL ORDER BY customer_id")[1]
+        assert rows == sorted((cid, x.events, x.spend_minor) for cid, x in expected.items())
+        rows = query(f"SELECT customer_id, version FROM {db}.signals_current FINAL ORDER BY customer_id")[1]
+        assert rows == sorted((cid, x.events) for cid, x in expected.items())
+    finally:
+        service.runner.shutdown()
+
+
+def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(settings: Settings):
     from domain.model import fit_bgnbd
-    from domain.relationship import RelationshipState, apply_event, facts
+    from domain.relationship import facts
     from sinks.clickhouse import SinkBatch
+    from streams.params import load_params
 
+    service = make_sink_service(settings)
+    service.prepare()
     end_ms = int(time.time() * 1000) - 60_000
     states: dict[str, RelationshipState] = {}
     for event in generate(customers=300, days=1, seed=8, end_ms=end_ms, history_days=180):
@@ -104,42 +204,19 @@ def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(pipeline: Pi
         row = {**facts(state), "updated_at": end_ms}
         batch.rows("relationships", tuple(row)).append(row)
         batch.cover("test", 0, n)
-    pipeline.sink.write(batch)
+    service.sink.write(batch)
 
-    params = asyncio.run(pipeline.refit_model())
+    params = asyncio.run(service.refit_model())
     buyers = [s for s in states.values() if s.lifetime.purchases > 0]
     assert params.source == "fitted" and params.buyers == len(buyers)
     # Independently: the same fit from the folded states as of (about) now agrees closely.
     direct = fit_bgnbd(states.values(), int(time.time() * 1000))
     assert params.r == pytest.approx(direct.r, rel=0.02) and params.b == pytest.approx(direct.b, rel=0.02)
-    assert pipeline.model.current is params
+    service.runner.shutdown()
 
-    pipeline.runner.shutdown()
-    again = Pipeline(pipeline.settings, store="memory://")
-    again.prepare()
-    assert (again.model.current.r, again.model.current.source) == (params.r, "fitted")
-    again.runner.shutdown()
-
-
-def test_cached_records_are_forgotten_when_partitions_move(pipeline: Pipeline):
-    # Another worker may write a customer's record while this one does not own the partition:
-    # after a rebalance the next read must come from the table, not from the cache.
-    events = _events("purchase")
-
-    async def discard(*args) -> None:  # stands in for the signals and alerts topics
-        return None
-
-    pipeline.processors["purchase"].publish_signals = discard
-    pipeline.processors["purchase"].publish_alert = discard
-
-    async def run() -> None:
-        async with pipeline.app.agents["track_purchases"].test_context() as agent:
-            for event in events:
-                await agent.put(key=event.customer_id.encode(), value=encode_event(event))
-        cached = len(pipeline.states)
-        await pipeline.app.on_partitions_revoked.send(set())
-        assert cached == len({e.customer_id for e in events}) and len(pipeline.states) == 0
-        key = events[0].customer_id.encode()
-        assert decode_record(bytes(pipeline.relationships[key])).state.events_applied >= 1
-
-    asyncio.run(run())
+    again = make_sink_service(settings)
+    try:
+        stored = load_params(again.sink)
+        assert stored is not None and (stored.r, stored.source) == (params.r, "fitted")
+    finally:
+        again.runner.shutdown()
