@@ -53,10 +53,11 @@ def changelog_topics(settings: Settings) -> tuple[str, ...]:
     return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "due_times"))
 
 
-def consumer_lag(settings: Settings) -> dict[str, dict[str, int]]:
-    """Per input topic: end offsets, committed offsets of the worker's group, and the lag."""
+def consumer_lag(settings: Settings, group: str | None = None) -> dict[str, dict[str, int]]:
+    """Per input topic: end offsets, committed offsets of a consumer group (by default the state
+    workers'), and the lag."""
     topics = Topics(settings.topic_prefix)
-    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=settings.app_id,
+    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=group or settings.app_id,
                              enable_auto_commit=False, client_id="loyalty-status")
     try:
         report: dict[str, dict[str, int]] = {}

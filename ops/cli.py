@@ -225,13 +225,21 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     st = broker.status(settings)
     print(f"Kafka at {st.bootstrap}: {st.detail}")
     if st.running:
-        for topic, figures in consumer_lag(settings).items():
-            print(f"  {topic}: end {figures['end']}, committed {figures['committed']}, lag {figures['lag']}")
+        from streams.sink import sink_group_id
+
+        for group in (settings.app_id, sink_group_id(settings)):
+            print(f"  consumer group {group}:")
+            for topic, figures in consumer_lag(settings, group).items():
+                print(f"    {topic}: end {figures['end']}, committed {figures['committed']}, lag {figures['lag']}")
     if worker_running(settings):
         info = worker_get(settings, "/status")
-        print(f"Worker at {settings.web_url}: up; sink retries {info['sink_retries']}")
-        for kind, totals in info["processed"].items():
-            print(f"  {kind}: " + ", ".join(f"{k} {v}" for k, v in sorted(totals.items())))
+        print(f"Worker at {settings.web_url}: up, role {info.get('role')}")
+        if "processed" in info:
+            print("  processed: " + ", ".join(f"{k} {v}" for k, v in sorted(info["processed"].items())))
+        if "sink" in info:
+            sink = info["sink"]
+            print(f"  ClickHouse sink: {sink['batches']} batches, retries {sink['sink_retries']}, "
+                  + ", ".join(f"{k} {v}" for k, v in sorted(sink["copied"].items())))
     else:
         print(f"Worker at {settings.web_url}: not running")
     try:

@@ -104,6 +104,11 @@ async def latest_model_params(settings: Settings) -> BgNbdParams | None:
         await consumer.stop()
 
 
+def sink_group_id(settings: Settings) -> str:
+    """The consumer group of the ClickHouse sinks (the state workers' group is the app id)."""
+    return f"{settings.app_id}-clickhouse-sink"
+
+
 class ClickHouseSinkService:
     """Consumes the topics into ClickHouse; see the module docstring for the order of effects."""
 
@@ -118,7 +123,7 @@ class ClickHouseSinkService:
         self.signal_codec = codec("loyalty_signal")
         self.alert_codec = codec("alert")
         self.dead_letter_codec = codec("dead_letter")
-        self.group_id = f"{settings.app_id}-clickhouse-sink"
+        self.group_id = sink_group_id(settings)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.totals: Counter[str] = Counter()

@@ -26,6 +26,7 @@ from kafka import KafkaConsumer, TopicPartition
 from config.settings import Settings
 from schemas import codec
 from sinks.clickhouse import ClickHouseSink
+from streams.sink import sink_group_id
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -322,11 +323,12 @@ def changelog_states_by_partition(settings: Settings) -> dict[tuple[int, str], d
     return {(p, k.decode()): state_codec.decode(v) for (p, k), v in latest.items() if v is not None}
 
 
-def committed_offsets(settings: Settings) -> dict[tuple[str, int], int]:
-    """The worker's consumer group's committed offset of every input topic partition (0: none)."""
+def committed_offsets(settings: Settings, group: str | None = None) -> dict[tuple[str, int], int]:
+    """A consumer group's committed offset of every input topic partition (0: none); by default
+    the state workers' group."""
     from config.topics import Topics
 
-    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=settings.app_id,
+    consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=group or settings.app_id,
                              enable_auto_commit=False, client_id="fault-test-offsets")
     try:
         result: dict[tuple[str, int], int] = {}
@@ -462,7 +464,8 @@ def wait_drained(worker: WorkerProcess, valid_events: int, dead_letters: int = 0
 
     def drained() -> bool:
         committed = committed_offsets(settings)
-        return (all(committed.get(tp, 0) >= end for tp, end in ends.items())
+        copied = committed_offsets(settings, sink_group_id(settings))
+        return (all(committed.get(tp, 0) >= end and copied.get(tp, 0) >= end for tp, end in ends.items())
                 and landed_events(worker.query, db) >= valid_events
                 and relationship_event_sum(worker.query, db) >= valid_events
                 and dead_letter_count(worker.query, db) >= dead_letters)
@@ -473,6 +476,6 @@ def wait_drained(worker: WorkerProcess, valid_events: int, dead_letters: int = 0
 
 def worker_processed(worker: WorkerProcess) -> int:
     """Messages this worker process has taken from the input topics since it started."""
-    return sum(int(kind.get("messages", 0)) for kind in worker.get("/status", timeout=5)["processed"].values())
+    return int(worker.get("/status", timeout=5)["processed"].get("messages", 0))
 
 

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ops.simulate import expected_by_customer, generate, publish, to_outgoing
+from streams.sink import sink_group_id
 from tests.harness import (
     changelog_states,
     committed_offsets,
@@ -47,7 +48,7 @@ def test_clickhouse_down_30s_offsets_never_pass_what_clickhouse_acknowledged(mak
     worker.start()
     publish(settings, before)
     wait_drained(worker, len(valid_before))
-    committed = committed_offsets(settings)
+    committed = committed_offsets(settings, sink_group_id(settings))
     stored = landed_events(worker.query, db)
     assert stored == len(valid_before)
 
@@ -57,12 +58,13 @@ def test_clickhouse_down_30s_offsets_never_pass_what_clickhouse_acknowledged(mak
     outage_ends = time.monotonic() + OUTAGE_SECONDS
     while time.monotonic() < outage_ends:
         # What ClickHouse acknowledged bounds what Kafka may consider consumed.
-        assert committed_offsets(settings) == committed, "offsets were committed past what ClickHouse stored"
+        assert committed_offsets(settings, sink_group_id(settings)) == committed, \
+            "the sink committed offsets past what ClickHouse stored"
         assert landed_events(worker.query, db) == stored
         samples += 1
         time.sleep(1.0)
     status = worker.get("/status")
-    assert status["sink_retries"] > 0, "the switch was never hit"
+    assert status["sink"]["sink_retries"] > 0, "the switch was never hit"
     assert worker.proc.poll() is None
 
     (switches / "clickhouse_down").unlink()
@@ -104,7 +106,7 @@ def test_lost_insert_acknowledgement_retry_inserts_no_duplicate_rows(make_worker
         wait_until(lambda: not switch.exists(), timeout=60, what="the acknowledgement-lost switch used")  # noqa: B023
         landed.update((o.event.customer_id, o.event.event_id) for o in chunk if o.event is not None)
         wait_drained(worker, len(landed))
-    retries = worker.get("/status")["sink_retries"]
+    retries = worker.get("/status")["sink"]["sink_retries"]
     # Read while the same engine session runs: merged-away insert parts are still listed then.
     inserted = rows_inserted(worker.query, db)
     without_final = raw_rows_without_final(worker.query, db)
