@@ -8,12 +8,33 @@ README's configuration table lists them with their defaults.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def parse_time_ms(text: str) -> int:
+    """ISO-8601 (UTC when no offset is given) or epoch milliseconds, as epoch milliseconds.
+
+    Raises ValueError naming both accepted forms.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2024-05-01T12:00:00Z) "
+                         "nor epoch milliseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 class Settings(BaseSettings):
@@ -76,6 +97,11 @@ class Settings(BaseSettings):
         "EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
     max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
     future_skew_seconds: int = Field(300, ge=0, description="How far in the future (by the worker's clock) an event time may be.")
+    earliest_event_time: str = Field(
+        "2000-01-01T00:00:00Z",
+        description="Oldest event time accepted (ISO-8601, UTC when no offset is given, or epoch milliseconds); "
+        "older events are dead-lettered as a bad clock. Set it earlier to import older purchase history.",
+    )
     pseudonymisation_key: SecretStr | None = Field(
         None,
         description="Secret key of the HMAC that pseudonymises e-mail addresses and phone numbers at ingestion. "
@@ -110,6 +136,12 @@ class Settings(BaseSettings):
         "Unset: chdb:///<data_dir>/clickhouse.",
     )
     clickhouse_database: str = Field("loyalty", description="ClickHouse database of every table and view.")
+
+    @field_validator("earliest_event_time")
+    @classmethod
+    def _earliest_event_time_parses(cls, value: str) -> str:
+        parse_time_ms(value)
+        return value
 
     @field_validator("topic_prefix")
     @classmethod
@@ -147,6 +179,11 @@ class Settings(BaseSettings):
     @property
     def dedup_horizon_ms(self) -> int:
         return int(self.dedup_horizon_days * 86_400_000)
+
+    @property
+    def earliest_event_ms(self) -> int:
+        """``earliest_event_time`` in epoch milliseconds."""
+        return parse_time_ms(self.earliest_event_time)
 
     @property
     def web_url(self) -> str:

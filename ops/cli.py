@@ -168,7 +168,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     params = DEFAULT_PARAMS if args.params == "default" else None
     started = time.monotonic()
     summary = run_replay(args.events, as_of, args.out, horizon_days=args.horizon_days or settings.churn_horizon_days,
-                         currency=settings.currency, params=params)
+                         currency=settings.currency, params=params, earliest_ms=settings.earliest_event_ms)
     print(summary.format())
     print(f"replayed in {time.monotonic() - started:.1f}s")
     return 0
@@ -178,7 +178,7 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from domain.model.backtest import run_backtest
 
     cutoff, horizon = _parse_time(args.cutoff), args.horizon_days or settings.churn_horizon_days
-    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency)
+    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency, earliest_ms=settings.earliest_event_ms)
     print(report.format())
     if args.alerts:
         from domain.alerts import AlertRules
@@ -187,8 +187,8 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
         rules = AlertRules(quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps)
         print()
-        print(backtest_gone_quiet(read_events_file(args.events, settings.currency).events, cutoff, horizon,
-                                  rules=rules).format())
+        events = read_events_file(args.events, settings.currency, settings.earliest_event_ms).events
+        print(backtest_gone_quiet(events, cutoff, horizon, rules=rules).format())
     if args.personas:
         import json as _json
 
