@@ -7,6 +7,7 @@ README's configuration table lists them with their defaults.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -83,6 +84,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Root of local data: broker data, table state, embedded ClickHouse.")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP API listens on.")
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token required by every route of the worker's HTTP API but /health; never logged. "
+        "The worker refuses to start on a non-loopback LOYALTY_WEB_HOST without one.",
+    )
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
     batch_max_seconds: float = Field(0.5, gt=0, description="Longest wait to fill a batch, seconds.")
     state_cache_customers: int = Field(
@@ -184,6 +190,16 @@ class Settings(BaseSettings):
     def earliest_event_ms(self) -> int:
         """``earliest_event_time`` in epoch milliseconds."""
         return parse_time_ms(self.earliest_event_time)
+
+    @property
+    def web_is_loopback(self) -> bool:
+        """True when the HTTP API listens on a loopback address, so only this host can reach it."""
+        if self.web_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.web_host).is_loopback
+        except ValueError:  # a host name other than localhost may resolve to any address
+            return False
 
     @property
     def web_url(self) -> str:

@@ -78,8 +78,10 @@ def consumer_lag(settings: Settings) -> dict[str, dict[str, int]]:
 def worker_get(settings: Settings, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
     """Call the running worker's HTTP API; raises URLError when no worker answers."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(settings.web_url + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    request = urllib.request.Request(settings.web_url + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
