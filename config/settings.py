@@ -18,6 +18,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 def parse_time_ms(text: str) -> int:
@@ -147,6 +148,13 @@ class Settings(BaseSettings):
     @classmethod
     def _earliest_event_time_parses(cls, value: str) -> str:
         parse_time_ms(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_known(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
 
     @field_validator("topic_prefix")
