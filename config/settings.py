@@ -7,13 +7,36 @@ README's configuration table lists them with their defaults.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def parse_time_ms(text: str) -> int:
+    """ISO-8601 (UTC when no offset is given) or epoch milliseconds, as epoch milliseconds.
+
+    Raises ValueError naming both accepted forms.
+    """
+    text = text.strip()
+    if text.isdigit():
+        return int(text)
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not an ISO-8601 time (e.g. 2024-05-01T12:00:00Z) "
+                         "nor epoch milliseconds") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
 
 
 class Settings(BaseSettings):
@@ -62,6 +85,11 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("var"), description="Root of local data: broker data, table state, embedded ClickHouse.")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP API listens on.")
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
+    api_token: SecretStr | None = Field(
+        None,
+        description="Bearer token required by every route of the worker's HTTP API but /health; never logged. "
+        "The worker refuses to start on a non-loopback LOYALTY_WEB_HOST without one.",
+    )
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
     batch_max_seconds: float = Field(0.25, gt=0, description="Longest wait of the state worker to fill a batch, seconds.")
     state_cache_customers: int = Field(
@@ -76,6 +104,11 @@ class Settings(BaseSettings):
         "EUR", min_length=3, max_length=3, description="Reporting currency; purchases in another currency are dead-lettered.")
     max_event_bytes: int = Field(65_536, ge=256, description="Byte cap on one input event, checked before decoding.")
     future_skew_seconds: int = Field(300, ge=0, description="How far in the future (by the worker's clock) an event time may be.")
+    earliest_event_time: str = Field(
+        "2000-01-01T00:00:00Z",
+        description="Oldest event time accepted (ISO-8601, UTC when no offset is given, or epoch milliseconds); "
+        "older events are dead-lettered as a bad clock. Set it earlier to import older purchase history.",
+    )
     pseudonymisation_key: SecretStr | None = Field(
         None,
         description="Secret key of the HMAC that pseudonymises e-mail addresses and phone numbers at ingestion. "
@@ -117,6 +150,19 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field("loyalty", description="ClickHouse database of every table and view.")
 
+    @field_validator("earliest_event_time")
+    @classmethod
+    def _earliest_event_time_parses(cls, value: str) -> str:
+        parse_time_ms(value)
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level_known(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value
+
     @field_validator("topic_prefix")
     @classmethod
     def _topic_prefix_chars(cls, value: str) -> str:
@@ -153,6 +199,21 @@ class Settings(BaseSettings):
     @property
     def dedup_horizon_ms(self) -> int:
         return int(self.dedup_horizon_days * 86_400_000)
+
+    @property
+    def earliest_event_ms(self) -> int:
+        """``earliest_event_time`` in epoch milliseconds."""
+        return parse_time_ms(self.earliest_event_time)
+
+    @property
+    def web_is_loopback(self) -> bool:
+        """True when the HTTP API listens on a loopback address, so only this host can reach it."""
+        if self.web_host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.web_host).is_loopback
+        except ValueError:  # a host name other than localhost may resolve to any address
+            return False
 
     @property
     def web_url(self) -> str:

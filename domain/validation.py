@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from domain.records import (
     CALL_DIRECTIONS,
@@ -21,7 +22,9 @@ from domain.records import (
 )
 
 CUSTOMER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
-EARLIEST_EVENT_MS = 946_684_800_000  # 2000-01-01T00:00:00Z: anything older is a bad clock, not history
+# 2000-01-01T00:00:00Z: by default anything older is a bad clock, not history
+# (LOYALTY_EARLIEST_EVENT_TIME moves it for a business importing older purchases)
+EARLIEST_EVENT_MS = 946_684_800_000
 MAX_ID_CHARS = 128
 MAX_TEXT_CHARS = 256
 MAX_ITEMS = 500
@@ -39,6 +42,7 @@ class ValidationError(ValueError):
 class Limits:
     currency: str
     future_skew_ms: int
+    earliest_ms: int = EARLIEST_EVENT_MS  # the oldest event time accepted, epoch milliseconds
 
 
 def validate(event: Event, limits: Limits, now_ms: int) -> None:
@@ -46,7 +50,8 @@ def validate(event: Event, limits: Limits, now_ms: int) -> None:
     _check(bool(CUSTOMER_ID.match(event.customer_id)), "customer_id: must be 1-64 letters, digits or _.:- "
            "and start with a letter or digit")
     _check(0 < len(event.event_id) <= MAX_ID_CHARS, f"event_id: must be 1-{MAX_ID_CHARS} characters")
-    _check(event.occurred_at >= EARLIEST_EVENT_MS, "occurred_at: before 2000-01-01")
+    _check(event.occurred_at >= limits.earliest_ms,
+           f"occurred_at: before {format_moment(limits.earliest_ms)} (LOYALTY_EARLIEST_EVENT_TIME)")
     _check(event.occurred_at <= now_ms + limits.future_skew_ms,
            f"occurred_at: more than {limits.future_skew_ms // 1000}s in the future")
     if isinstance(event, PurchaseEvent):
@@ -95,6 +100,14 @@ def _validate_visit(event: VisitEvent) -> None:
            f"categories_viewed: more than {MAX_CATEGORIES_VIEWED} entries")
     for category in event.categories_viewed:
         _check(0 < len(category) <= MAX_TEXT_CHARS, f"categories_viewed: entries must be 1-{MAX_TEXT_CHARS} characters")
+
+
+def format_moment(epoch_ms: int) -> str:
+    """An epoch-millisecond time as ISO-8601 UTC: the date alone at midnight, else to the millisecond."""
+    moment = datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+    if epoch_ms % 86_400_000 == 0:
+        return moment.date().isoformat()
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def _check(ok: bool, reason: str) -> None:

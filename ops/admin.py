@@ -76,17 +76,32 @@ def consumer_lag(settings: Settings, group: str | None = None) -> dict[str, dict
         consumer.close()
 
 
+class WorkerError(RuntimeError):
+    """The worker answered with an error status; the message is the error it reported."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def worker_get(settings: Settings, path: str, body: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
-    """Call the running worker's HTTP API; raises URLError when no worker answers."""
+    """Call the running worker's HTTP API; raises URLError when no worker answers, WorkerError when
+    it answers with an error."""
     data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(settings.web_url + path, data=data,
-                                     headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if settings.api_token is not None:
+        headers["Authorization"] = f"Bearer {settings.api_token.get_secret_value()}"
+    request = urllib.request.Request(settings.web_url + path, data=data, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as exc:
         detail = exc.read().decode(errors="replace")
-        raise RuntimeError(f"worker answered {exc.code}: {detail}") from exc
+        try:
+            detail = str(json.loads(detail)["error"])
+        except (ValueError, KeyError, TypeError):
+            pass  # not the API's {"error": ...}: report the body as it came
+        raise WorkerError(exc.code, f"the worker answered {exc.code}: {detail}") from exc
 
 
 def worker_query(settings: Settings, sql: str) -> tuple[list[str], list[list[Any]]]:

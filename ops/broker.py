@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 LOG4J_VERSION = "2.24.3"
 START_TIMEOUT_SECONDS = 90.0
 STOP_TIMEOUT_SECONDS = 30.0
+PROBE_TIMEOUT_SECONDS = 5.0
 
 
 class BrokerError(RuntimeError):
@@ -212,15 +213,27 @@ def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-def broker_answers(settings: Settings, timeout: float = 5.0) -> bool:
-    """True when a Kafka client can fetch cluster metadata from the bootstrap servers."""
+def _host_port(server: str) -> tuple[str, int]:
+    host, _, port = server.strip().rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def broker_answers(settings: Settings, timeout: float = PROBE_TIMEOUT_SECONDS) -> bool:
+    """True when a Kafka client can fetch cluster metadata from the bootstrap servers, within ``timeout``."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
     try:
+        servers = [_host_port(server) for server in settings.bootstrap.split(",")]
+    except ValueError:
+        return False
+    # A refused connection is known at once; the Kafka client would retry it until its timeout.
+    if not any(port_open(host, port, timeout=min(timeout, 2.0)) for host, port in servers):
+        return False
+    try:
         admin = KafkaAdminClient(
             **settings.kafka_python_config(), request_timeout_ms=int(timeout * 1000),
-            client_id="loyalty-probe",
+            bootstrap_timeout_ms=int(timeout * 1000), client_id="loyalty-probe",
         )
     except (KafkaError, OSError, ValueError):
         return False
@@ -243,6 +256,17 @@ def status(settings: Settings) -> BrokerStatus:
     up = pid is not None and port_open("127.0.0.1", settings.local_kafka_port)
     detail = f"local broker pid {pid}, logs in {paths['logs']}" if up else "local broker is not running"
     return BrokerStatus(up, True, settings.bootstrap, pid if up else None, detail)
+
+
+def require(settings: Settings) -> None:
+    """Raise a BrokerError saying what to do unless the broker answers (within a few seconds)."""
+    if settings.uses_local_kafka:
+        if not status(settings).running:
+            raise BrokerError(f"the local Kafka broker ({settings.bootstrap}) is not running; start it with "
+                              "`loyalty kafka start`, or set LOYALTY_KAFKA_BOOTSTRAP to use another broker")
+    elif not broker_answers(settings):
+        raise BrokerError(f"cannot reach Kafka at {settings.bootstrap} (LOYALTY_KAFKA_BOOTSTRAP) within "
+                          f"{PROBE_TIMEOUT_SECONDS:g}s; is the broker up and the address right?")
 
 
 def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerStatus:

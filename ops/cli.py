@@ -1,28 +1,62 @@
-"""The ``loyalty`` command."""
+"""The ``loyalty`` command.
+
+Errors a user can act on (bad arguments or settings, a missing file, SQL that ClickHouse refuses,
+a broker, ClickHouse or worker that cannot be reached) end the command with one line on stderr,
+``loyalty <command>: <what is wrong>``, and the exit code of :data:`EPILOG`; :func:`explain` is
+the one place that turns them into that line. Anything else is a bug and keeps its traceback;
+``--debug`` (or LOYALTY_LOG_LEVEL=DEBUG) shows the traceback of every error.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import re
 import sys
 import time
+import traceback
 import urllib.error
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from config.settings import Settings, load_settings
+from config.settings import Settings, load_settings, parse_time_ms
 from ops import broker
 
 logger = logging.getLogger(__name__)
 
+EXIT_BAD_INPUT = 2  # as argparse's own usage errors
+EXIT_UNREACHABLE = 1
 
-def _setup_logging(settings: Settings) -> None:
-    logging.basicConfig(level=settings.log_level.upper(),
+EPILOG = """\
+exit codes:
+  0    done
+  2    bad input: an argument, a setting (LOYALTY_*), a file, or SQL that ClickHouse refuses
+  1    something the command needs failed or cannot be reached: Kafka, ClickHouse, the worker
+  3    `kafka status`: the broker is not running
+  130  interrupted
+Errors are one line on stderr; --debug (or LOYALTY_LOG_LEVEL=DEBUG) adds the traceback."""
+
+
+class CliError(Exception):
+    """An error the message fully explains; ``exit_code`` as in :data:`EPILOG`."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_BAD_INPUT) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _setup_logging(settings: Settings, debug: bool = False) -> None:
+    logging.basicConfig(level="DEBUG" if debug else settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("kafka", "aiokafka", "faust", "mode", "urllib3"):
+    for noisy in ("kafka", "aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # Their warnings on an unreachable server repeat the error the command reports in one line
+    # (clickhouse_connect sets the "urllib3" logger itself when imported, hence the child's name).
+    for noisy in ("urllib3.connectionpool", "clickhouse_connect"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if debug else max(logging.ERROR, logging.getLogger().level))
 
 
 def print_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "") -> None:
@@ -88,6 +122,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.uses_local_kafka:
         broker.start(settings)
+    broker.require(settings)
     created = create_topics(settings)
     print(f"Topics: created {', '.join(created) if created else 'none (all exist)'}")
     if settings.embedded_clickhouse and worker_running(settings):
@@ -110,6 +145,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     if settings.uses_local_kafka and not broker.status(settings).running:
         broker.start(settings)
+    broker.require(settings)
     created = create_topics(settings)
     if created:
         logger.info("created topics: %s", ", ".join(created))
@@ -130,23 +166,19 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_time(text: str) -> int:
+def _parse_time(text: str, option: str) -> int:
     """ISO-8601 (UTC when no offset is given) or epoch milliseconds, as epoch milliseconds."""
-    from datetime import datetime
-
-    if text.isdigit():
-        return int(text)
-    moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return int(moment.timestamp() * 1000)
+    try:
+        return parse_time_ms(text)
+    except ValueError as exc:
+        raise CliError(f"{option}: {exc}") from exc
 
 
 def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
     from ops.simulate import generate, simulate_main, write_replay_file
 
+    end_ms = int(time.time() * 1000) if args.end is None else _parse_time(args.end, "--end")
     if args.events_out or args.dry_run:
-        end_ms = int(time.time() * 1000) if args.end is None else _parse_time(args.end)
         events = generate(args.customers, args.days, args.seed, end_ms, args.history_days, currency=settings.currency)
         if args.events_out:
             n = write_replay_file(args.events_out, events)
@@ -160,9 +192,10 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
             print(f"Wrote the customers' personas (ground truth) to {personas_path}")
         if args.dry_run:
             return 0
+    broker.require(settings)
     report = simulate_main(settings, customers=args.customers, days=args.days, seed=args.seed, rate=args.rate,
                            ledger_path=Path(args.ledger), history_days=args.history_days,
-                           duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate)
+                           duplicate_rate=args.duplicate_rate, malformed_rate=args.malformed_rate, end_ms=end_ms)
     print(report)
     return 0
 
@@ -171,11 +204,11 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
     from domain.model import DEFAULT_PARAMS
     from domain.model.replay import run_replay
 
-    as_of = None if args.as_of == "latest" else _parse_time(args.as_of)
+    as_of = None if args.as_of == "latest" else _parse_time(args.as_of, "--as-of")
     params = DEFAULT_PARAMS if args.params == "default" else None
     started = time.monotonic()
     summary = run_replay(args.events, as_of, args.out, horizon_days=args.horizon_days or settings.churn_horizon_days,
-                         currency=settings.currency, params=params)
+                         currency=settings.currency, params=params, earliest_ms=settings.earliest_event_ms)
     print(summary.format())
     print(f"replayed in {time.monotonic() - started:.1f}s")
     return 0
@@ -184,8 +217,9 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from domain.model.backtest import run_backtest
 
-    cutoff, horizon = _parse_time(args.cutoff), args.horizon_days or settings.churn_horizon_days
-    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency)
+    cutoff, horizon = _parse_time(args.cutoff, "--cutoff"), args.horizon_days or settings.churn_horizon_days
+    personas = _read_json(args.personas, "--personas") if args.personas else None
+    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency, earliest_ms=settings.earliest_event_ms)
     print(report.format())
     if args.alerts:
         from domain.alerts import AlertRules
@@ -194,17 +228,23 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
 
         rules = AlertRules(quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps)
         print()
-        print(backtest_gone_quiet(read_events_file(args.events, settings.currency).events, cutoff, horizon,
-                                  rules=rules).format())
-    if args.personas:
-        import json as _json
-
+        events = read_events_file(args.events, settings.currency, settings.earliest_event_ms).events
+        print(backtest_gone_quiet(events, cutoff, horizon, rules=rules).format())
+    if personas is not None:
         from domain.model.backtest import persona_confusion
 
-        personas = _json.loads(Path(args.personas).read_text())
         print()
         print(persona_confusion(personas, report.tiers).format())
     return 0
+
+
+def _read_json(path: str, option: str) -> Any:
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise CliError(f"{option} {path}: not JSON ({exc})") from exc
 
 
 def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
@@ -214,6 +254,7 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
         return ((args.error_type is None or letter["error_type"] == args.error_type)
                 and (args.stage is None or letter["stage"] == args.stage))
 
+    broker.require(settings)
     report = republish(settings, select, dry_run=args.action == "list")
     print(report.format())
     return 0
@@ -222,9 +263,12 @@ def cmd_dead_letters(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from ops.admin import consumer_lag, worker_get
 
+    problems = []
     st = broker.status(settings)
     print(f"Kafka at {st.bootstrap}: {st.detail}")
-    if st.running:
+    if not st.running:
+        problems.append(f"Kafka at {st.bootstrap}: {st.detail}")
+    else:
         from streams.sink import sink_group_id
 
         for group in (settings.app_id, sink_group_id(settings)):
@@ -246,8 +290,14 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         columns, rows = clickhouse_query(settings, _COUNTS_SQL.format(db=settings.clickhouse_database))
         print("ClickHouse rows (deduplicated):")
         print_table(columns, rows)
-    except Exception as exc:  # noqa: BLE001 - status reports what it cannot reach
-        print(f"ClickHouse: not readable ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001 - status reports what it cannot reach, then fails below
+        explained = explain(exc, settings)
+        if explained is None:
+            raise
+        print(f"ClickHouse: not readable: {explained[1]}")
+        problems.append(explained[1])
+    if problems:
+        raise CliError("; ".join(problems), EXIT_UNREACHABLE)
     return 0
 
 
@@ -271,6 +321,8 @@ def cmd_report(settings: Settings, args: argparse.Namespace) -> int:
 
     from ops.report import build_report, render_html, render_text
 
+    if args.html and not Path(args.html).resolve().parent.is_dir():
+        raise CliError(f"--html {args.html}: the directory {Path(args.html).resolve().parent} does not exist")
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     report = build_report(lambda sql: clickhouse_query(settings, sql), settings.clickhouse_database,
                           top=args.top, days=args.days, currency=settings.currency, generated_at=stamp)
@@ -293,24 +345,34 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
                     history_days=args.history_days)
 
 
+def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
+    """A sub-command that also takes --debug after its name (SUPPRESS keeps the top-level value)."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    return sub.add_parser(name, help=help, parents=[common], epilog=EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="loyalty", description="loyalty-stream: customer interactions in, loyalty signals out.")
+    parser = argparse.ArgumentParser(prog="loyalty", description="loyalty-stream: customer interactions in, loyalty signals out.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="debug logging, and the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("kafka", help="start, stop or check the local Kafka broker")
+    p = _command(sub, "kafka", help="start, stop or check the local Kafka broker")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.set_defaults(func=cmd_kafka)
 
-    p = sub.add_parser("init", help="create topics and the ClickHouse schema (idempotent)")
+    p = _command(sub, "init", help="create topics and the ClickHouse schema (idempotent)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("worker", help="run the stream worker")
+    p = _command(sub, "worker", help="run the stream worker")
     p.add_argument("--role", choices=("state", "sink", "all"), default="all",
                    help="state: the Faust state worker only (any number join one group); sink: the ClickHouse "
                    "sink only (one per embedded engine); all: both in one process (default)")
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("simulate", help="publish a synthetic customer base's interactions")
+    p = _command(sub, "simulate", help="publish a synthetic customer base's interactions")
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
     p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
@@ -324,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--end", help="end of the simulated window (ISO-8601; default now)")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("replay", help="run the loyalty model over a history file, without Kafka")
+    p = _command(sub, "replay", help="run the loyalty model over a history file, without Kafka")
     p.add_argument("--events", required=True, help="JSON lines: {type, event_id, customer_id, occurred_at, ...}")
     p.add_argument("--as-of", required=True, help="ISO-8601 time, or 'latest' (each customer as of their newest event)")
     p.add_argument("--out", required=True, help="where to write one JSON signal per customer")
@@ -333,7 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fit BG/NBD on the file (default) or use the published default parameters")
     p.set_defaults(func=cmd_replay)
 
-    p = sub.add_parser("backtest", help="score as of a cut-off and compare with the following horizon")
+    p = _command(sub, "backtest", help="score as of a cut-off and compare with the following horizon")
     p.add_argument("--events", required=True)
     p.add_argument("--cutoff", required=True, help="ISO-8601 time")
     p.add_argument("--horizon-days", type=int, default=None)
@@ -341,29 +403,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alerts", action="store_true", help="also backtest gone_quiet alerts against a naive rule")
     p.set_defaults(func=cmd_backtest)
 
-    p = sub.add_parser("dead-letters", help="list dead letters, or re-publish them once the cause is fixed")
+    p = _command(sub, "dead-letters", help="list dead letters, or re-publish them once the cause is fixed")
     p.add_argument("action", choices=["list", "republish"])
     p.add_argument("--error-type", help="only this error type, e.g. ValidationError")
     p.add_argument("--stage", help="only this stage: decode, validate, deliver")
     p.set_defaults(func=cmd_dead_letters)
 
-    p = sub.add_parser("status", help="consumer lag, events processed, rows in ClickHouse")
+    p = _command(sub, "status", help="consumer lag, events processed, rows in ClickHouse")
     p.set_defaults(func=cmd_status)
 
-    p = sub.add_parser("query", help="run a read-only SQL query against ClickHouse")
+    p = _command(sub, "query", help="run a read-only SQL query against ClickHouse")
     p.add_argument("sql")
     p.set_defaults(func=cmd_query)
 
-    p = sub.add_parser("report", help="key loyalty figures as tables; --html writes a page with charts")
+    p = _command(sub, "report", help="key loyalty figures as tables; --html writes a page with charts")
     p.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page with charts")
     p.add_argument("--top", type=int, default=10, help="customers at risk to list")
     p.add_argument("--days", type=int, default=30, help="days of daily figures")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("config", help="print the effective configuration (secrets masked)")
+    p = _command(sub, "config", help="print the effective configuration (secrets masked)")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("demo", help="the main job: broker, worker, a simulated day, a summary")
+    p = _command(sub, "demo", help="the main job: broker, worker, a simulated day, a summary")
     p.add_argument("--customers", type=int, default=2000)
     p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
     p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
@@ -375,19 +437,119 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    debug = bool(args.debug)
+    settings: Settings | None = None
     try:
         settings = load_settings()
-    except Exception as exc:  # noqa: BLE001 - pydantic's message names the variable
-        print(f"loyalty: invalid configuration: {exc}", file=sys.stderr)
-        return 2
-    _setup_logging(settings)
-    try:
+        debug = debug or settings.log_level.upper() == "DEBUG"
+        _setup_logging(settings, debug)
         return int(args.func(settings, args) or 0)
-    except broker.BrokerError as exc:
-        print(f"loyalty: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        explained = explain(exc, settings)
+        if explained is None:
+            raise  # not an error of the input or the surroundings: a bug, with its traceback
+        if debug:
+            traceback.print_exc()
+        code, message = explained
+        print(f"loyalty {args.command}: {message}", file=sys.stderr)
+        return code
+
+
+# -- errors, in one line -------------------------------------------------------------------------
+
+
+def explain(exc: BaseException, settings: Settings | None) -> tuple[int, str] | None:
+    """(exit code, one-line message) for an error the user can act on; None for anything else."""
+    from pydantic import ValidationError
+
+    clickhouse_error = _loaded("clickhouse_connect.driver.exceptions", "ClickHouseError")
+    clickhouse_unreachable = _loaded("clickhouse_connect.driver.exceptions", "OperationalError")
+    kafka_error = _loaded("kafka.errors", "KafkaError")
+    worker_error = _loaded("ops.admin", "WorkerError")
+    publish_errors = (_loaded("ops.simulate", "BrokerUnavailableError"), _loaded("ops.simulate", "PublishError"))
+
+    if isinstance(exc, CliError):
+        return exc.exit_code, _one_line(str(exc))
+    if isinstance(exc, ValidationError):
+        return EXIT_BAD_INPUT, "invalid configuration: " + _settings_errors(exc)
+    if isinstance(exc, (broker.BrokerError, publish_errors)):
+        return EXIT_UNREACHABLE, _one_line(str(exc))
+    if isinstance(exc, kafka_error):
+        where = f" at {settings.bootstrap}" if settings is not None else ""
+        return EXIT_UNREACHABLE, _one_line(f"Kafka{where}: {exc}")  # str() starts with the class name
+    if isinstance(exc, clickhouse_unreachable):
+        where = f" at {_without_password(settings.clickhouse_url)}" if settings is not None else ""
+        return EXIT_UNREACHABLE, f"cannot reach ClickHouse{where}: {_connection_reason(str(exc))}"
+    if isinstance(exc, clickhouse_error):
+        return EXIT_BAD_INPUT, _clickhouse_message(str(exc))
+    if isinstance(exc, worker_error):
+        detail = _clickhouse_message(str(exc)) if "DB::Exception" in str(exc) else _one_line(str(exc))
+        return (EXIT_BAD_INPUT if 400 <= exc.status < 500 else EXIT_UNREACHABLE), detail
+    if isinstance(exc, urllib.error.URLError):
+        where = f" at {settings.web_url}" if settings is not None else ""
+        return EXIT_UNREACHABLE, f"cannot reach the worker{where}: {exc.reason}"
+    if isinstance(exc, (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)):
+        return EXIT_BAD_INPUT, f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, OSError):  # connection refused, timed out, ...
+        return EXIT_UNREACHABLE, _one_line(str(exc) or type(exc).__name__)
+    if isinstance(exc, ValueError):  # the project's own checks of an argument's value
+        return EXIT_BAD_INPUT, _one_line(str(exc))
+    return None
+
+
+def _loaded(module: str, name: str) -> Any:
+    """An exception class of a module already imported, else ``()``, of which nothing is an instance.
+
+    A module never imported raised nothing; importing the clients here would cost a failing
+    command half a second.
+    """
+    loaded = sys.modules.get(module)
+    return getattr(loaded, name) if loaded is not None else ()
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[:limit - 3] + "..."
+
+
+def _settings_errors(exc: Any) -> str:
+    """pydantic's errors as ``LOYALTY_<NAME>: <problem> (got <value>)``; secrets are never echoed."""
+    from pydantic import SecretStr
+
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error.get("loc") else ""
+        field = Settings.model_fields.get(name)
+        secret = (field is not None and "SecretStr" in str(field.annotation)) or isinstance(error.get("input"), SecretStr)
+        message = error["msg"].removeprefix("Value error, ")
+        got = "" if secret or "input" not in error or isinstance(error["input"], dict) else f" (got {error['input']!r})"
+        parts.append(f"LOYALTY_{name.upper()}: {message}{got}" if name else message)
+    return _one_line("; ".join(parts), limit=500)
+
+
+def _clickhouse_message(text: str) -> str:
+    """``ClickHouse: <what it said> (<ERROR_NAME>)`` from a server or chDB error."""
+    names = re.findall(r"\(([A-Z][A-Z0-9_]+)\)", text)
+    body = text.rsplit("DB::Exception: ", 1)[-1]
+    body = re.split(r"\n|\. Expected one of:| \(version ", body)[0]
+    body = re.sub(r"\s*\([A-Z][A-Z0-9_]+\)\s*$", "", body).rstrip(". ")
+    name = names[-1] if names else ""
+    hint = "; `loyalty init` creates the schema" if name in ("UNKNOWN_DATABASE", "UNKNOWN_TABLE") else ""
+    return _one_line(f"ClickHouse: {body}" + (f" ({name})" if name else "") + hint)
+
+
+def _connection_reason(text: str) -> str:
+    match = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    return match.group(1).strip() if match else _one_line(text, limit=200)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
 if __name__ == "__main__":

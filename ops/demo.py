@@ -11,7 +11,7 @@ import time
 from config.settings import Settings
 from ops import broker
 from ops.admin import create_topics, worker_get, worker_query
-from ops.cli import print_table
+from ops.cli import EXIT_UNREACHABLE, CliError, print_table
 from ops.simulate import simulate_main
 
 WORKER_START_TIMEOUT = 120.0
@@ -28,7 +28,7 @@ def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
     deadline = time.monotonic() + WORKER_START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {proc.returncode}; see {log_path}")
+            raise CliError(f"the worker exited with code {proc.returncode}; see {log_path}", EXIT_UNREACHABLE)
         try:
             worker_get(settings, "/health", timeout=2.0)
             print(f"Worker is up at {settings.web_url} (log: {log_path})", flush=True)
@@ -36,7 +36,7 @@ def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
         except OSError:
             time.sleep(0.5)
     proc.terminate()
-    raise RuntimeError(f"the worker did not answer within {WORKER_START_TIMEOUT:.0f}s; see {log_path}")
+    raise CliError(f"the worker did not answer within {WORKER_START_TIMEOUT:.0f}s; see {log_path}", EXIT_UNREACHABLE)
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -69,8 +69,8 @@ def _wait_landed(settings: Settings, expected_events: int, expected_customers: i
             return time.monotonic() - start
         time.sleep(1.0)
     print()
-    raise RuntimeError(f"only {landed:,} of {expected_events:,} events landed within {LANDING_TIMEOUT:.0f}s; "
-                       f"see {settings.data_dir / 'worker.log'}")
+    raise CliError(f"only {landed:,} of {expected_events:,} events landed within {LANDING_TIMEOUT:.0f}s; "
+                   f"see {settings.data_dir / 'worker.log'}", EXIT_UNREACHABLE)
 
 
 def print_summary(settings: Settings) -> None:
@@ -112,6 +112,7 @@ def run_demo(settings: Settings, customers: int, days: float, seed: int, once: b
               f"at {st.bootstrap}", flush=True)
     else:
         print(f"Using the configured Kafka at {settings.bootstrap}", flush=True)
+        broker.require(settings)
     created = create_topics(settings)
     if created:
         print(f"Created topics: {', '.join(created)}")

@@ -184,8 +184,9 @@ class ClickHouseSink:
             written += len(rows)
         return written
 
-    def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
-        result = self.client.query(sql, parameters=parameters)
+    def query(self, sql: str, parameters: dict[str, Any] | None = None,
+              settings: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+        result = self.client.query(sql, parameters=parameters, settings=settings)
         return list(result.column_names), [tuple(r) for r in result.result_rows]
 
 
@@ -264,11 +265,12 @@ class AsyncSinkRunner:
                 await asyncio.sleep(wait)
                 delay *= 2
 
-    async def query(self, sql: str, parameters: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
+    async def query(self, sql: str, parameters: dict[str, Any] | None = None,
+                    settings: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:
         if self.reader is None or self._read_executor is None:
-            return await self.call(self.sink.query, sql, parameters)  # type: ignore[no-any-return]
+            return await self.call(self.sink.query, sql, parameters, settings)  # type: ignore[no-any-return]
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._read_executor, self.reader.query, sql, parameters)
+        return await loop.run_in_executor(self._read_executor, self.reader.query, sql, parameters, settings)
 
     def shutdown(self) -> None:
         """Close the client on its own thread and stop the thread; a second call does nothing."""

@@ -26,7 +26,8 @@ class EventDecoder:
         self.codecs = {kind: codec(kind) for kind in self.kinds.values()}
         self.key = pseudonymisation_key
         self.max_event_bytes = settings.max_event_bytes
-        self.limits = Limits(currency=settings.currency, future_skew_ms=settings.future_skew_seconds * 1000)
+        self.limits = Limits(currency=settings.currency, future_skew_ms=settings.future_skew_seconds * 1000,
+                             earliest_ms=settings.earliest_event_ms)
 
     def decode(self, message: Message, now: int) -> Event | DeadLetter:
         """The event of ``message`` (a record of an input topic), or why it can never be one.

@@ -39,6 +39,7 @@ from config.topics import Topics
 from domain.model import BgNbdParams
 from schemas import DecodeError, codec
 from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
+from sinks.readonly import check_read_query, read_settings
 from sinks.rows import (
     ALERT_COLUMNS,
     DEAD_LETTER_COLUMNS,
@@ -321,7 +322,10 @@ class ClickHouseSinkService:
     # -- reads --------------------------------------------------------------------------------
 
     async def query(self, sql: str) -> tuple[list[str], list[tuple]]:
-        return await self.runner.query(sql)
+        """A read query from outside: checked (one read statement of this database's tables, no
+        table functions) and run with ClickHouse's read-only settings; :class:`QueryRefused` else."""
+        statement = check_read_query(sql, self.settings.clickhouse_database)
+        return await self.runner.query(statement, settings=read_settings())
 
     def status(self) -> dict[str, Any]:
         assignment = sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment()) if self.consumer else []

@@ -30,6 +30,7 @@ from domain.model.replay import (
 from domain.model.tiers import TIERS
 from domain.records import Event, PurchaseEvent
 from domain.relationship import DAY_MS
+from domain.validation import EARLIEST_EVENT_MS
 
 RELIABILITY_BINS = 10
 
@@ -126,10 +127,11 @@ def backtest_events(events: Sequence[Event], cutoff_ms: int, horizon_days: int =
 
 
 def run_backtest(
-    events_path: str | Path, cutoff_ms: int, horizon_days: int = 90, *, currency: str = DEFAULT_CURRENCY
+    events_path: str | Path, cutoff_ms: int, horizon_days: int = 90, *, currency: str = DEFAULT_CURRENCY,
+    earliest_ms: int = EARLIEST_EVENT_MS,
 ) -> BacktestReport:
     """Backtest the events of a JSON-lines file (the format :mod:`.replay` reads)."""
-    parsed = read_events_file(events_path, currency)
+    parsed = read_events_file(events_path, currency, earliest_ms)
     report = backtest_events(parsed.events, cutoff_ms, horizon_days)
     return BacktestReport(**{**report.__dict__, "invalid_count": parsed.invalid_count, "invalid": parsed.invalid})
 

@@ -41,7 +41,7 @@ from domain.model.churn import BgNbdParams, fit_bgnbd
 from domain.model.signals import DEFAULT_HORIZON_DAYS, LoyaltySignal, score_customer, signal_to_dict
 from domain.records import CallEvent, Event, PurchaseEvent, PurchaseItem, VisitEvent
 from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event
-from domain.validation import Limits, ValidationError, validate
+from domain.validation import EARLIEST_EVENT_MS, Limits, ValidationError, validate
 
 DEFAULT_CURRENCY = "EUR"
 """Currency a replay accepts unless told otherwise (the worker's default, LOYALTY_CURRENCY)."""
@@ -120,10 +120,11 @@ class ReplaySummary:
 # Reading.
 
 
-def read_events(lines: Iterable[str], currency: str = DEFAULT_CURRENCY) -> ParsedEvents:
+def read_events(lines: Iterable[str], currency: str = DEFAULT_CURRENCY,
+                earliest_ms: int = EARLIEST_EVENT_MS) -> ParsedEvents:
     """Parse and validate JSON lines; invalid ones are reported, not raised. Blank lines are skipped."""
     parsed = ParsedEvents()
-    limits = Limits(currency=currency, future_skew_ms=0)
+    limits = Limits(currency=currency, future_skew_ms=0, earliest_ms=earliest_ms)
     for line_no, line in enumerate(lines, start=1):
         if not line.strip():
             continue
@@ -140,9 +141,10 @@ def read_events(lines: Iterable[str], currency: str = DEFAULT_CURRENCY) -> Parse
     return parsed
 
 
-def read_events_file(path: str | Path, currency: str = DEFAULT_CURRENCY) -> ParsedEvents:
+def read_events_file(path: str | Path, currency: str = DEFAULT_CURRENCY,
+                     earliest_ms: int = EARLIEST_EVENT_MS) -> ParsedEvents:
     with open(path, encoding="utf-8") as handle:
-        return read_events(handle, currency)
+        return read_events(handle, currency, earliest_ms)
 
 
 def _load(line: str) -> dict[str, Any]:
@@ -389,13 +391,14 @@ def run_replay(
     horizon_days: int = DEFAULT_HORIZON_DAYS,
     currency: str = DEFAULT_CURRENCY,
     params: BgNbdParams | None = None,
+    earliest_ms: int = EARLIEST_EVENT_MS,
 ) -> ReplaySummary:
     """Replay a JSON-lines event file as of ``as_of_ms`` and write one signal per line to ``out_path``.
 
     ``as_of_ms=None`` ("latest") scores each customer as of their own newest event, like the
     stream; ``params`` pins the BG/NBD parameters instead of fitting them on the file.
     """
-    parsed = read_events_file(events_path, currency)
+    parsed = read_events_file(events_path, currency, earliest_ms)
     folded = fold_events(parsed.events, as_of_ms if as_of_ms is not None else 2**62)
     params, signals = score_states(folded.states, as_of_ms, horizon_days, params)
     with open(out_path, "w", encoding="utf-8") as out:

@@ -192,3 +192,12 @@ def test_seventy_thousand_events(tmp_path: Path) -> None:
     assert (summary.lines, summary.events_applied, summary.invalid_count) == (70_000, 70_000, 0)
     assert summary.customers == 7000 == len(text.splitlines())
     assert summary.params.source == "fitted"
+
+
+def test_older_history_is_read_once_the_earliest_time_is_moved() -> None:
+    old = line(type="purchase", event_id="p1", customer_id="c1", occurred_at="1995-06-09T00:00:00Z",
+               amount="10", currency="EUR")
+    refused = replay.read_events([old])
+    assert refused.events == [] and refused.invalid[0].reason.startswith("occurred_at: before 2000-01-01")
+    accepted = replay.read_events([old], earliest_ms=631_152_000_000)  # 1990-01-01
+    assert [e.occurred_at for e in accepted.events] == [802_656_000_000]

@@ -69,3 +69,38 @@ def test_reason_never_echoes_the_value():
     with pytest.raises(ValidationError) as caught:
         validate(dataclasses.replace(PURCHASE, customer_id=secret), LIMITS, NOW)
     assert secret not in str(caught.value)
+
+
+# -- the earliest accepted time (LOYALTY_EARLIEST_EVENT_TIME) ---------------------------------
+
+Y1990 = 631_152_000_000  # 1990-01-01T00:00:00Z
+Y1995_JUNE = 802_656_000_000  # 1995-06-09T00:00:00Z
+Y2000 = 946_684_800_000  # 2000-01-01T00:00:00Z
+
+
+@pytest.mark.parametrize(
+    "earliest_ms, occurred_at, reason",
+    [
+        (Y2000, Y2000, None),  # the default bound itself is accepted
+        (Y2000, Y2000 - 1, "occurred_at: before 2000-01-01 (LOYALTY_EARLIEST_EVENT_TIME)"),
+        (Y2000, Y1995_JUNE, "occurred_at: before 2000-01-01 (LOYALTY_EARLIEST_EVENT_TIME)"),
+        (Y1990, Y1995_JUNE, None),  # older purchase history, once the bound is moved
+        (Y1990, Y1990, None),
+        (Y1990, Y1990 - 1, "occurred_at: before 1990-01-01 (LOYALTY_EARLIEST_EVENT_TIME)"),
+        (Y1990 + 45_296_789, Y1990 + 45_296_788,
+         "occurred_at: before 1990-01-01T12:34:56.789Z (LOYALTY_EARLIEST_EVENT_TIME)"),
+    ],
+)
+def test_the_earliest_time_is_a_limit(earliest_ms, occurred_at, reason):
+    limits = Limits(currency="EUR", future_skew_ms=300_000, earliest_ms=earliest_ms)
+    event = dataclasses.replace(PURCHASE, occurred_at=occurred_at)
+    if reason is None:
+        validate(event, limits, NOW)
+        return
+    with pytest.raises(ValidationError) as caught:
+        validate(event, limits, NOW)
+    assert str(caught.value) == reason
+
+
+def test_the_default_earliest_time_is_2000():
+    assert Limits(currency="EUR", future_skew_ms=0).earliest_ms == Y2000
