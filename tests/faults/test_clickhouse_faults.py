@@ -77,7 +77,7 @@ def test_clickhouse_down_30s_offsets_never_pass_what_clickhouse_acknowledged(mak
     valid = {(e.customer_id, e.event_id) for e in events}
     row = figures(measure_figures(
         "ClickHouse down 30 s", settings, query, len(outgoing), valid, recovery_seconds=recovery,
-        note=f"{status['sink_retries']} write retries; offsets held in {samples} checks during the outage",
+        note=f"{status['sink']['sink_retries']} write retries; offsets held in {samples} checks during the outage",
     ))
     assert (row.lost, row.duplicates) == (0, 0)
     assert row.stored == row.counted == row.counted_ch == len(valid)
