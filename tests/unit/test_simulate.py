@@ -35,6 +35,7 @@ from ops.simulate import (
     expected_by_customer,
     generate,
     ledger_entries,
+    load_personas,
     personas,
     read_ledger,
     send_outgoing,
@@ -149,6 +150,56 @@ def test_generated_customers_have_the_requested_personas() -> None:
 def test_unknown_persona_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown personas"):
         personas(10, seed=1, mix={"vip": 1})
+
+
+PERSONA_FILE_ENTRY = """
+[personas.occasional]
+description = "Buys now and then."
+purchase_every_days = [20, 40]
+rhythm_sigma = 0.5
+visits_per_day = 0.1
+calls_per_day = 0.01
+purchase_channels = { web = 0.7, store = 0.3 }
+visit_channels = { web = 1.0 }
+discounted_share = 0.2
+return_share = 0.05
+max_lines = 2
+recognized_share = 0.2
+call_reasons = { billing = 0.5, other = 0.5 }
+resolved_share = 0.9
+sentiment_mean = 0.0
+effort_mean = 3.0
+nps_range = [5, 9]
+anchor = "visit"
+"""
+
+
+def test_a_personas_file_is_read_in_order_with_defaults() -> None:
+    found, mix = load_personas("[mix]\noccasional = 2\n" + PERSONA_FILE_ENTRY)
+    (occasional,) = found.values()
+    assert occasional.name == "occasional" and mix == {"occasional": 2.0}
+    assert occasional.purchase_every_days == (20, 40) and occasional.nps_range == (5, 9)
+    assert list(occasional.purchase_channels) == ["web", "store"]  # drawn in the order written
+    assert (occasional.shape, occasional.dropout_per_year) == ("steady", 0.0)
+    assert list(PERSONAS) == list(DEFAULT_MIX) == [
+        "fiercely_loyal", "loyal", "transactional", "lapsing", "new", "complaint_prone",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("max_lines = 2", "max_lines = 2\nfavourite_colour = 'red'"), r"unknown fields \['favourite_colour'\]"),
+        (("max_lines = 2\n", ""), r"missing fields \['max_lines'\]"),
+        (('anchor = "visit"', 'anchor = "email"'), "anchor must be one of"),
+        (('anchor = "visit"', 'anchor = "visit"\nshape = "seasonal"'), "shape must be one of"),
+        (("nps_range = [5, 9]", "nps_range = [5]"), r"nps_range must be \[low, high\]"),
+        (("[personas.", "[mix]\nvip = 1\n[personas."), r"mix names unknown personas \['vip'\]"),
+    ],
+)
+def test_a_personas_file_with_a_mistake_is_refused(change: tuple[str, str], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        load_personas(PERSONA_FILE_ENTRY.replace(*change))
 
 
 def test_a_one_day_run_reaches_every_customer(day_run: list) -> None:
@@ -531,7 +582,7 @@ def test_simulate_main_generates_writes_the_ledger_and_publishes(tmp_path, monke
         progress(len(outgoing), len(outgoing))
         return simulate.PublishReport(total=len(outgoing), sent=len(outgoing))
 
-    monkeypatch.setattr(simulate, "publish", fake_publish)
+    monkeypatch.setattr(simulate.main, "publish", fake_publish)  # where simulate_main looks it up
     stderr = io.StringIO()
     ledger = tmp_path / "ledger.jsonl"
     simulate_main(
