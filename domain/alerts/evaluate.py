@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from domain.alerts.record import Alert, AlertContext, alert_id, top_changes
 from domain.alerts.rules import DEFAULT_RULES, AlertRules, severity, tier_rank
 from domain.alerts.state import AlertState
+from domain.model.knowme import know_me_values
 from domain.model.signals import LoyaltySignal
 from domain.relationship import DAY_MS, RelationshipState, window
 
@@ -222,15 +223,11 @@ def _price_shift(f: AlertFacts, rules: AlertRules) -> float | None:
 
 
 def _context(signal: LoyaltySignal) -> AlertContext:
+    shared = know_me_values(signal)
+    del shared["last_purchase_skus"]  # an alert names categories, not SKUs (alert.avsc)
+    shared["last_purchase_categories"] = list(signal.last_purchase_categories)
     return AlertContext(
-        last_purchase_at=signal.last_purchase_at,
-        last_purchase_categories=list(signal.last_purchase_categories),
-        last_purchase_channel=signal.last_purchase_channel,
-        last_purchase_location_id=signal.last_purchase_location_id,
-        favourite_category=signal.favourite_category,
-        preferred_channel=signal.preferred_channel,
-        open_issues=signal.open_issues,
-        greeting_hint=signal.greeting_hint,
+        **shared,
         expected_next_purchase_at=signal.expected_next_purchase_at,
         churn_risk=signal.churn_risk,
     )

@@ -6,7 +6,8 @@ where, which is what a shop assistant would remember.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from domain.relationship import DAY_MS, RelationshipState, favourite, preferred_channel, window
 
@@ -20,6 +21,9 @@ _WHERE = {"web": "online", "app": "in the app", "phone": "by phone"}
 
 @dataclass(frozen=True, slots=True)
 class KnowMe:
+    """The profile; the loyalty signal carries the same fields under the same names."""
+
+    greeting_hint: str  # first: it is what staff read
     last_purchase_at: int | None
     last_purchase_categories: list[str]
     last_purchase_skus: list[str]
@@ -28,7 +32,16 @@ class KnowMe:
     favourite_category: str | None
     preferred_channel: str | None
     open_issues: int
-    greeting_hint: str
+
+
+KNOW_ME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(KnowMe))
+"""The know-me fields in the order they are shown: on the loyalty signal, in the HTTP profile
+and, all but the SKUs, in an alert's context."""
+
+
+def know_me_values(profile: object) -> dict[str, Any]:
+    """The know-me fields of a profile or a loyalty signal, by name, in :data:`KNOW_ME_FIELDS` order."""
+    return {name: getattr(profile, name) for name in KNOW_ME_FIELDS}
 
 
 def know_me(state: RelationshipState, as_of: int) -> KnowMe:

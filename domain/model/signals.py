@@ -17,7 +17,7 @@ from domain.model.components import (
     loyalty_score,
     rhythm_gap,
 )
-from domain.model.knowme import know_me
+from domain.model.knowme import know_me, know_me_values
 from domain.model.tiers import TierInputs, assign_tier
 from domain.relationship import DAY_MS, RelationshipState, window
 
@@ -115,15 +115,7 @@ def score_customer(
         purchase_gap_days=round(rhythm.gap_days, 6),
         purchase_gap_source=rhythm.source,
         purchases=state.lifetime.purchases,
-        last_purchase_at=last_at,
-        last_purchase_categories=profile.last_purchase_categories,
-        last_purchase_skus=profile.last_purchase_skus,
-        last_purchase_channel=profile.last_purchase_channel,
-        last_purchase_location_id=profile.last_purchase_location_id,
-        favourite_category=profile.favourite_category,
-        preferred_channel=profile.preferred_channel,
-        open_issues=profile.open_issues,
-        greeting_hint=profile.greeting_hint,
+        **know_me_values(profile),
         params_source=params.source,
     )
 

@@ -25,7 +25,7 @@ from domain.alerts import (
     evaluate,
     quiet_due_at,
 )
-from domain.model import MODEL_VERSION, LoyaltySignal
+from domain.model import KNOW_ME_FIELDS, MODEL_VERSION, LoyaltySignal
 from domain.relationship import DAY_MS
 from schemas import Codec, load_schema
 
@@ -413,10 +413,9 @@ def test_alert_encodes_and_decodes(with_context: bool) -> None:
 
 
 def test_alert_context_fields_mirror_the_signal() -> None:
-    assert list(AlertContext.__dataclass_fields__) == [
-        "last_purchase_at", "last_purchase_categories", "last_purchase_channel", "last_purchase_location_id",
-        "favourite_category", "preferred_channel", "open_issues", "greeting_hint", "expected_next_purchase_at",
-        "churn_risk"]
+    # the know-me profile but the SKUs, then when the next purchase was due and the churn risk
+    know_me_but_skus = set(KNOW_ME_FIELDS) - {"last_purchase_skus"}
+    assert set(AlertContext.__dataclass_fields__) == know_me_but_skus | {"expected_next_purchase_at", "churn_risk"}
 
 
 def test_gone_quiet_after_a_late_purchase_counts_from_that_purchase() -> None:

@@ -7,7 +7,17 @@ import json
 
 import pytest
 
-from domain.model import DEFAULT_PARAMS, MODEL_VERSION, TIERS, WEIGHTS, score_customer, signal_to_dict
+from domain.model import (
+    DEFAULT_PARAMS,
+    KNOW_ME_FIELDS,
+    MODEL_VERSION,
+    TIERS,
+    WEIGHTS,
+    know_me,
+    know_me_values,
+    score_customer,
+    signal_to_dict,
+)
 from domain.model.churn import BgNbdParams
 from domain.model.signals import SIGNAL_FIELDS
 from domain.records import CallEvent, PurchaseEvent, PurchaseItem, VisitEvent
@@ -163,6 +173,19 @@ def test_signal_to_dict_matches_the_avro_schema_field_for_field() -> None:
     assert tier["type"]["symbols"] == list(TIERS)
     for signal in sample_signals():
         assert list(signal_to_dict(signal)) == list(SIGNAL_FIELDS)
+
+
+def test_the_signal_carries_the_know_me_profile_field_for_field() -> None:
+    assert KNOW_ME_FIELDS == (
+        "greeting_hint", "last_purchase_at", "last_purchase_categories", "last_purchase_skus", "last_purchase_channel",
+        "last_purchase_location_id", "favourite_category", "preferred_channel", "open_issues")
+    assert set(KNOW_ME_FIELDS) <= set(SIGNAL_FIELDS)
+    rich = state_of(buy("p1", T0), buy("p2", T0 + 10 * DAY_MS, categories=("bags", "shoes")), call("k1", T0, resolved=False))
+    as_of = T0 + 20 * DAY_MS
+    profile = know_me_values(know_me(rich, as_of))
+    assert list(profile) == list(KNOW_ME_FIELDS)
+    assert know_me_values(score_customer(rich, as_of, P)) == profile
+    assert profile["last_purchase_categories"] == ["bags", "shoes"] and profile["open_issues"] == 1
 
 
 def test_every_signal_encodes_decodes_and_is_json() -> None:
