@@ -122,14 +122,53 @@ def split_statements(sql: str) -> list[str]:
     return [stmt.strip() for stmt in body.split(";") if stmt.strip()]
 
 
+RETRYABLE_CODES: dict[int, str] = {
+    159: "TIMEOUT_EXCEEDED",
+    202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    209: "SOCKET_TIMEOUT",
+    210: "NETWORK_ERROR",
+    241: "MEMORY_LIMIT_EXCEEDED",
+    242: "TABLE_IS_READ_ONLY",  # a replica that lost its coordinator; it comes back
+    252: "TOO_MANY_PARTS",
+    285: "TOO_FEW_LIVE_REPLICAS",
+    319: "UNKNOWN_STATUS_OF_INSERT",  # the deduplication token makes the second try harmless
+    745: "SERVER_OVERLOADED",
+    999: "KEEPER_EXCEPTION",
+}
+"""ClickHouse error codes (``system.errors``) after which the same insert can succeed: the server
+is busy, short of memory or briefly cut off. Any other server error (a wrong query, a missing
+table, a type mismatch) fails again the same way, so retrying would only hold the batch."""
+
+_ERROR_CODE = re.compile(r"\bCode:\s*(\d+)")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code of ``exc``: the driver's ``code``, else the message's ``Code: NNN``.
+
+    clickhouse-connect sets ``code`` on its errors from the HTTP header or, on chDB, from the
+    message; the message is read only for an error raised without it.
+    """
+    code = getattr(exc, "code", None)
+    if isinstance(code, int):
+        return code
+    match = _ERROR_CODE.search(str(exc))
+    return int(match.group(1)) if match else None
+
+
 def retryable(exc: BaseException) -> bool:
-    """Errors that may succeed later: the server is away, busy or timed out."""
-    if isinstance(exc, (OperationalError, ConnectionError, TimeoutError)):
+    """Errors that may succeed later: the server is away, busy or timed out.
+
+    A server error is judged by its code (:data:`RETRYABLE_CODES`); an error without one is a
+    failed connection when the driver calls it operational.
+    """
+    if isinstance(exc, (ConnectionError, TimeoutError)):
         return True
-    if isinstance(exc, ClickHouseError):
-        text = str(exc)
-        return any(code in text for code in ("TOO_MANY_PARTS", "TIMEOUT", "NETWORK_ERROR", "MEMORY_LIMIT_EXCEEDED"))
-    return False
+    if not isinstance(exc, ClickHouseError):
+        return False
+    code = error_code(exc)
+    if code is not None:
+        return code in RETRYABLE_CODES
+    return isinstance(exc, OperationalError)
 
 
 class ClickHouseSink:
@@ -139,6 +178,7 @@ class ClickHouseSink:
         self.dsn = dsn
         self.database = database
         self._client: Client | None = None
+        self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> type name
 
     @property
     def client(self) -> Client:
@@ -172,15 +212,31 @@ class ClickHouseSink:
         return applied
 
     def write(self, batch: SinkBatch) -> int:
-        """Insert every table of the batch; return the rows written."""
+        """Insert every table of the batch; return the rows written.
+
+        The column types are read once per table (``DESCRIBE TABLE``) and given to every insert:
+        without them clickhouse-connect describes the table again before each insert. A failed
+        insert forgets them, so a table altered meanwhile is described afresh on the retry.
+        """
         written = 0
         for table, rows in batch.tables.items():
             if not len(rows):
                 continue
-            self.client.insert(
-                f"{self.database}.{table}", rows.data, column_names=list(rows.columns),
-                column_oriented=True, settings={"insert_deduplication_token": batch.dedup_token(table)},
-            )
+            full = f"{self.database}.{table}"
+            types = self._column_types.get(table)
+            if types is None or not types.keys() >= set(rows.columns):
+                described = self.client.query(f"DESCRIBE TABLE {full}").named_results()
+                types = self._column_types[table] = {col["name"]: col["type"] for col in described}
+            # a column the table lacks: no types, so the driver describes the table and names it
+            type_names = [types[c] for c in rows.columns] if types.keys() >= set(rows.columns) else None
+            try:
+                self.client.insert(
+                    full, rows.data, column_names=list(rows.columns), column_type_names=type_names,
+                    column_oriented=True, settings={"insert_deduplication_token": batch.dedup_token(table)},
+                )
+            except ClickHouseError:
+                self._column_types.pop(table, None)
+                raise
             written += len(rows)
         return written
 
