@@ -11,6 +11,7 @@ is kept as a float here and turned into integer thousandths where it is summed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any, Literal
 
 EventKind = Literal["purchase", "call", "visit"]
@@ -123,8 +124,8 @@ def event_to_dict(event: Event) -> dict[str, Any]:
     return data
 
 
-def _init_fields(cls: type) -> frozenset[str]:
-    return frozenset(name for name, f in cls.__dataclass_fields__.items() if f.init)
+def _init_fields(cls: type[Any]) -> frozenset[str]:
+    return frozenset(f.name for f in dataclass_fields(cls) if f.init)
 
 
 _PURCHASE_FIELDS = _init_fields(PurchaseEvent)

@@ -88,7 +88,7 @@ def clickhouse_query(settings: Settings, sql: str) -> tuple[list[str], list[Sequ
         from ops.admin import worker_query
 
         columns, rows = worker_query(settings, sql)
-        return columns, rows
+        return columns, list(rows)
     from sinks.clickhouse import ClickHouseSink
 
     sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)

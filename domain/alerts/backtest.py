@@ -82,10 +82,12 @@ def backtest_gone_quiet(events: Sequence[Event], cutoff_ms: int, horizon_days: i
     stopped = {s.customer_id for s in buyers if s.customer_id not in bought_after}
     quiet, naive = [], []
     for s in buyers:
+        last = s.last_purchase_at
+        assert last is not None  # a buyer has a last purchase (see buyers above)
         due = quiet_due_at(s, rules)
         if due is not None and window_start <= due < cutoff_ms:
-            quiet.append((s.customer_id, s.purchases, (due - s.last_purchase_at) / DAY_MS))
-        naive_due = s.last_purchase_at + naive_days * DAY_MS
+            quiet.append((s.customer_id, s.purchases, (due - last) / DAY_MS))
+        naive_due = last + naive_days * DAY_MS
         if window_start <= naive_due < cutoff_ms:
             naive.append((s.customer_id, s.purchases, float(naive_days)))
     return QuietBacktest(
