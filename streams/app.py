@@ -181,6 +181,9 @@ class Pipeline:
         self.topics = Topics(settings.topic_prefix)
         self.app = faust.App(
             settings.app_id,
+            # Faust would let its own variables (WEB_PORT, APP_DATADIR, BROKER_URL, ...) override
+            # what is passed here: an empty environment makes the project's settings the only source.
+            env={},
             broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
             broker_credentials=broker_credentials(settings),
             store=store,
