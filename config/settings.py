@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # -- worker -------------------------------------------------------------------------------
     app_id: str = Field("loyalty-stream", description="Faust application id: consumer group and changelog topic prefix.")
     data_dir: Path = Field(Path("var"), description="Root of local data: broker data, table state, embedded ClickHouse.")
+    state_path: Path | None = Field(
+        None, description="Where this state worker keeps its tables (RocksDB). Unset: <data_dir>/state. Several "
+        "state workers sharing one data directory each need their own.")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP API listens on.")
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
     api_token: SecretStr | None = Field(
@@ -190,7 +193,7 @@ class Settings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        return self.data_dir / "state"
+        return self.state_path or self.data_dir / "state"
 
     @property
     def kafka_dir(self) -> Path:
