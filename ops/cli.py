@@ -140,7 +140,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from ops.admin import create_topics
+    from ops.admin import create_topics, start_groups_at_the_beginning
     from streams.app import Pipeline, tune_garbage_collector
 
     if settings.uses_local_kafka and not broker.status(settings).running:
@@ -149,6 +149,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     created = create_topics(settings)
     if created:
         logger.info("created topics: %s", ", ".join(created))
+    from streams.sink import sink_group_id
+
+    start_groups_at_the_beginning(settings, (settings.app_id, sink_group_id(settings)))
     if args.role == "sink":
         import asyncio
 
