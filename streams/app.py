@@ -165,7 +165,8 @@ def authorized(settings: Settings, header: str | None) -> bool:
 
 def make_sink_service(settings: Settings) -> ClickHouseSinkService:
     """The ClickHouse sink of these settings (with the test-only fault switches when configured)."""
-    sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir)
+    sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir,
+                     settings.clickhouse_cluster)
     return ClickHouseSinkService(settings, pseudonymisation_key(settings), sink)
 
 
