@@ -14,7 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # -- worker -------------------------------------------------------------------------------
     app_id: str = Field("loyalty-stream", description="Faust application id: consumer group and changelog topic prefix.")
     data_dir: Path = Field(Path("var"), description="Root of local data: broker data, table state, embedded ClickHouse.")
+    state_path: Path | None = Field(
+        None, description="Where this state worker keeps its tables (RocksDB). Unset: <data_dir>/state. Several "
+        "state workers sharing one data directory each need their own.")
     web_host: str = Field("127.0.0.1", description="Address the worker's HTTP API listens on.")
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")
     api_token: SecretStr | None = Field(
@@ -149,6 +152,10 @@ class Settings(BaseSettings):
         "Unset: chdb:///<data_dir>/clickhouse.",
     )
     clickhouse_database: str = Field("loyalty", description="ClickHouse database of every table and view.")
+    clickhouse_cluster: str | None = Field(
+        None, description="Name of a ClickHouse cluster (a server DSN only): the migrations then create replicated "
+        "<table>_local tables ON CLUSTER and a Distributed <table> over them for inserts and reads (docs/scaling.md). "
+        "Unset: single-node tables.")
 
     @field_validator("earliest_event_time")
     @classmethod
@@ -162,6 +169,13 @@ class Settings(BaseSettings):
         if value.upper() not in LOG_LEVELS:
             raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
         return value
+
+    @model_validator(mode="after")
+    def _cluster_needs_a_server(self) -> Settings:
+        if self.clickhouse_cluster is not None and self.embedded_clickhouse:
+            raise ValueError("LOYALTY_CLICKHOUSE_CLUSTER needs a ClickHouse server (LOYALTY_CLICKHOUSE_DSN=http(s)://...): "
+                             "the embedded engine is one process")
+        return self
 
     @field_validator("topic_prefix")
     @classmethod
@@ -190,7 +204,7 @@ class Settings(BaseSettings):
 
     @property
     def state_dir(self) -> Path:
-        return self.data_dir / "state"
+        return self.state_path or self.data_dir / "state"
 
     @property
     def kafka_dir(self) -> Path:

@@ -48,6 +48,44 @@ def create_topics(settings: Settings) -> list[str]:
         admin.close()
 
 
+def start_groups_at_the_beginning(settings: Settings, groups: tuple[str, ...]) -> dict[str, int]:
+    """Commit the log start offset for every input partition on which a consumer group has no
+    committed offset yet; return how many partitions were set per group.
+
+    A partition without a committed offset is where records can slip through a rebalance: a
+    worker that fetched its first records and then lost or changed its assignment skips them as
+    stale, and seeking "to the committed offset" then leaves its position where it was, so the
+    next records acked make Kafka consider the skipped ones consumed. With an explicit starting
+    offset, every assignment seeks back to it. Only an empty group accepts these commits: for a
+    group already running this is a no-op (its members committed when they started).
+    """
+    from kafka.errors import KafkaError
+    from kafka.structs import OffsetAndMetadata
+
+    topics = Topics(settings.topic_prefix)
+    done: dict[str, int] = {}
+    for group in groups:
+        consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=group, enable_auto_commit=False,
+                                 client_id="loyalty-admin-offsets")
+        try:
+            tps = [TopicPartition(name, p) for name in (*topics.inputs, topics.alert_due)
+                   for p in sorted(consumer.partitions_for_topic(name) or ())]
+            missing = [tp for tp in tps if consumer.committed(tp) is None]
+            if not missing:
+                done[group] = 0
+                continue
+            starts = consumer.beginning_offsets(missing)
+            try:
+                consumer.commit({tp: OffsetAndMetadata(starts[tp], "", -1) for tp in missing})
+                done[group] = len(missing)
+            except KafkaError as exc:
+                logger.info("consumer group %s is running already (%s): its offsets stay as they are", group, exc)
+                done[group] = 0
+        finally:
+            consumer.close()
+    return done
+
+
 def changelog_topics(settings: Settings) -> tuple[str, ...]:
     """The changelog topics of the worker's tables (Faust names them <app_id>-<table>-changelog)."""
     return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "due_times"))

@@ -140,7 +140,7 @@ def cmd_init(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
-    from ops.admin import create_topics
+    from ops.admin import create_topics, start_groups_at_the_beginning
     from streams.app import Pipeline, tune_garbage_collector
 
     if settings.uses_local_kafka and not broker.status(settings).running:
@@ -149,6 +149,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     created = create_topics(settings)
     if created:
         logger.info("created topics: %s", ", ".join(created))
+    from streams.sink import sink_group_id
+
+    start_groups_at_the_beginning(settings, (settings.app_id, sink_group_id(settings)))
     if args.role == "sink":
         import asyncio
 
@@ -341,7 +344,10 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from ops.demo import run_demo
 
+    if args.workers < 1:
+        raise CliError(f"--workers must be at least 1, not {args.workers}")
     return run_demo(settings, customers=args.customers, days=args.days, seed=args.seed, once=args.once,
+                    workers=args.workers,
                     history_days=args.history_days)
 
 
@@ -431,6 +437,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--once", action="store_true", help="exit after the summary instead of running until Ctrl-C")
+    p.add_argument("--workers", type=int, default=1,
+                   help="state workers to start beside the ClickHouse sink (each its own process; default 1)")
     p.set_defaults(func=cmd_demo)
     return parser
 

@@ -18,25 +18,47 @@ WORKER_START_TIMEOUT = 120.0
 LANDING_TIMEOUT = 600.0
 
 
-def _start_worker(settings: Settings) -> subprocess.Popen[bytes]:
-    log_path = settings.data_dir / "worker.log"
+def _start(settings: Settings, role: str, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start ``loyalty worker --role <role>`` and wait until its HTTP API answers."""
+    log_path = settings.data_dir / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker"], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy())
+    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker", "--role", role], stdout=log,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
     log.close()
+    url = f"http://{settings.web_host}:{env['LOYALTY_WEB_PORT']}"
     deadline = time.monotonic() + WORKER_START_TIMEOUT
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise CliError(f"the worker exited with code {proc.returncode}; see {log_path}", EXIT_UNREACHABLE)
+            raise CliError(f"the {name} exited with code {proc.returncode}; see {log_path}", EXIT_UNREACHABLE)
         try:
-            worker_get(settings, "/health", timeout=2.0)
-            print(f"Worker is up at {settings.web_url} (log: {log_path})", flush=True)
+            worker_get(settings.model_copy(update={"web_port": int(env["LOYALTY_WEB_PORT"])}), "/health", timeout=2.0)
+            print(f"{name.capitalize()} ({role}) is up at {url} (log: {log_path})", flush=True)
             return proc
         except OSError:
             time.sleep(0.5)
     proc.terminate()
-    raise CliError(f"the worker did not answer within {WORKER_START_TIMEOUT:.0f}s; see {log_path}", EXIT_UNREACHABLE)
+    raise CliError(f"the {name} did not answer within {WORKER_START_TIMEOUT:.0f}s; see {log_path}", EXIT_UNREACHABLE)
+
+
+def start_deployment(settings: Settings, workers: int) -> list[subprocess.Popen[bytes]]:
+    """The ClickHouse sink on the configured web port (reads go there), then ``workers`` state
+    workers on the ports after it, each with its own table directory under the data directory."""
+    from streams.app import pseudonymisation_key
+
+    pseudonymisation_key(settings)  # created once here, so every process reads the same file
+    base = {**os.environ}
+    procs = [_start(settings, "sink", "sink", {**base, "LOYALTY_WEB_PORT": str(settings.web_port)})]
+    try:
+        for n in range(1, workers + 1):
+            env = {**base, "LOYALTY_WEB_PORT": str(settings.web_port + n),
+                   "LOYALTY_STATE_PATH": str(settings.data_dir / "state" / f"worker-{n}")}
+            procs.append(_start(settings, "state", f"state worker {n}", env))
+    except BaseException:
+        for proc in procs:
+            _stop(proc)
+        raise
+    return procs
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -70,7 +92,7 @@ def _wait_landed(settings: Settings, expected_events: int, expected_customers: i
         time.sleep(1.0)
     print()
     raise CliError(f"only {landed:,} of {expected_events:,} events landed within {LANDING_TIMEOUT:.0f}s; "
-                   f"see {settings.data_dir / 'worker.log'}", EXIT_UNREACHABLE)
+                   f"see the logs in {settings.data_dir}", EXIT_UNREACHABLE)
 
 
 def print_summary(settings: Settings) -> None:
@@ -102,7 +124,7 @@ def print_summary(settings: Settings) -> None:
 
 
 def run_demo(settings: Settings, customers: int, days: float, seed: int, once: bool,
-             history_days: float = 0.0) -> int:
+             history_days: float = 0.0, workers: int = 1) -> int:
     started_broker = False
     if settings.uses_local_kafka:
         was_running = broker.status(settings).running
@@ -116,7 +138,7 @@ def run_demo(settings: Settings, customers: int, days: float, seed: int, once: b
     created = create_topics(settings)
     if created:
         print(f"Created topics: {', '.join(created)}")
-    proc = _start_worker(settings)
+    procs = start_deployment(settings, workers)
     try:
         ledger = settings.data_dir / "ledger.jsonl"
         print(f"Publishing a simulated {days:g} day(s) of {customers:,} customers (seed {seed}) ...", flush=True)
@@ -133,15 +155,17 @@ def run_demo(settings: Settings, customers: int, days: float, seed: int, once: b
         print_summary(settings)
         if once:
             return 0
-        print(f"\nThe worker keeps running at {settings.web_url} (try `loyalty status`). Ctrl-C stops it.")
-        while proc.poll() is None:
+        print(f"\nThe sink keeps running at {settings.web_url} and the state workers on the ports after it "
+              "(try `loyalty status`). Ctrl-C stops them.")
+        while all(proc.poll() is None for proc in procs):
             time.sleep(1.0)
-        return proc.returncode or 0
+        return next(proc.returncode for proc in procs if proc.poll() is not None) or 0
     except KeyboardInterrupt:
         print("\nStopping ...")
         return 0
     finally:
-        _stop(proc)
+        for proc in reversed(procs):
+            _stop(proc)
         if started_broker and once:
             broker.stop(settings)
             print("Stopped the Kafka broker this run started.")

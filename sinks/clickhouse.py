@@ -34,6 +34,8 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from sinks.cluster import on_cluster
+
 logger = logging.getLogger(__name__)
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -174,9 +176,11 @@ def retryable(exc: BaseException) -> bool:
 class ClickHouseSink:
     """Creates the schema and writes batches. Synchronous; see :class:`AsyncSinkRunner`."""
 
-    def __init__(self, dsn: str, database: str) -> None:
+    def __init__(self, dsn: str, database: str, cluster: str | None = None) -> None:
         self.dsn = dsn
         self.database = database
+        self.cluster = cluster
+        self._cluster_tables: set[str] = set()
         self._client: Client | None = None
         self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> type name
 
@@ -186,6 +190,13 @@ class ClickHouseSink:
             self._client = clickhouse_connect.get_client(dsn=self.dsn)
         return self._client
 
+    def ddl(self, statement: str) -> list[str]:
+        """A migration statement as this deployment runs it: as written on one server or the
+        embedded engine, rewritten for the cluster when one is named (:mod:`sinks.cluster`)."""
+        if self.cluster is None:
+            return [statement]
+        return on_cluster(statement, self.cluster, self._cluster_tables)
+
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
@@ -194,17 +205,17 @@ class ClickHouseSink:
     def migrate(self) -> list[str]:
         """Apply the migrations not yet applied; return their names."""
         db = self.database
-        self.client.command(f"CREATE DATABASE IF NOT EXISTS {db}")
-        self.client.command(
+        for statement in self.ddl(f"CREATE DATABASE IF NOT EXISTS {db}") + self.ddl(
             f"CREATE TABLE IF NOT EXISTS {db}.schema_migrations (version UInt32, name String, "
             "applied_at DateTime64(3, 'UTC') DEFAULT now64(3)) ENGINE = ReplacingMergeTree ORDER BY version"
-        )
+        ):
+            self.client.command(statement)
         done = {row[0] for row in self.client.query(f"SELECT version FROM {db}.schema_migrations FINAL").result_rows}
         applied = []
         for version, name, sql in migrations():
             if version in done:
                 continue
-            for statement in split_statements(sql.replace("{db}", db)):
+            for statement in (s for text in split_statements(sql.replace("{db}", db)) for s in self.ddl(text)):
                 self.client.command(statement)
             self.client.insert(f"{db}.schema_migrations", [[version, name]], column_names=["version", "name"])
             applied.append(f"{version:04d}_{name}")

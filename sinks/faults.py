@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 
 
 class FaultInjectingSink(ClickHouseSink):
-    def __init__(self, dsn: str, database: str, switches: Path) -> None:
-        super().__init__(dsn, database)
+    def __init__(self, dsn: str, database: str, switches: Path, cluster: str | None = None) -> None:
+        super().__init__(dsn, database, cluster)
         self.switches = switches
         self.injected = 0
 
@@ -39,8 +39,8 @@ class FaultInjectingSink(ClickHouseSink):
         return written
 
 
-def make_sink(dsn: str, database: str, fault_injection_dir: Path | None) -> ClickHouseSink:
+def make_sink(dsn: str, database: str, fault_injection_dir: Path | None, cluster: str | None = None) -> ClickHouseSink:
     if fault_injection_dir is None:
-        return ClickHouseSink(dsn, database)
+        return ClickHouseSink(dsn, database, cluster)
     logger.warning("fault injection is enabled (switches in %s): for tests only", fault_injection_dir)
-    return FaultInjectingSink(dsn, database, fault_injection_dir)
+    return FaultInjectingSink(dsn, database, fault_injection_dir, cluster)

@@ -165,7 +165,8 @@ def authorized(settings: Settings, header: str | None) -> bool:
 
 def make_sink_service(settings: Settings) -> ClickHouseSinkService:
     """The ClickHouse sink of these settings (with the test-only fault switches when configured)."""
-    sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir)
+    sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir,
+                     settings.clickhouse_cluster)
     return ClickHouseSinkService(settings, pseudonymisation_key(settings), sink)
 
 
@@ -181,6 +182,9 @@ class Pipeline:
         self.topics = Topics(settings.topic_prefix)
         self.app = faust.App(
             settings.app_id,
+            # Faust would let its own variables (WEB_PORT, APP_DATADIR, BROKER_URL, ...) override
+            # what is passed here: an empty environment makes the project's settings the only source.
+            env={},
             broker=[f"kafka://{server}" for server in settings.bootstrap.split(",")],
             broker_credentials=broker_credentials(settings),
             store=store,

@@ -37,6 +37,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def another_process(settings: Settings, data_dir: Path) -> Settings:
+    """Settings of one more process of the same deployment (same app, topics, ClickHouse and
+    pseudonymisation key; its own data directory and web port)."""
+    key = settings.pseudonymisation_key
+    return settings.model_copy(update={"data_dir": data_dir, "web_port": free_port(),
+                                       "clickhouse_dsn": settings.clickhouse_url,
+                                       "pseudonymisation_key": key})
+
+
 def isolated_settings(tmp_path: Path, bootstrap: str, **overrides: Any) -> Settings:
     """Settings isolated to one test."""
     tag = uuid.uuid4().hex[:10]
@@ -51,6 +60,8 @@ def isolated_settings(tmp_path: Path, bootstrap: str, **overrides: Any) -> Setti
         "batch_max_seconds": 0.2,
         "clickhouse_dsn": clickhouse_url or f"chdb://{tmp_path / 'data' / 'clickhouse'}",
         "clickhouse_database": f"test_{tag}" if clickhouse_url else "loyalty",
+        # one key for every process of the test's deployment (state workers and sink)
+        "pseudonymisation_key": f"test-key-{tag}",
     }
     values.update(overrides)
     return Settings(**values)
@@ -59,16 +70,17 @@ def isolated_settings(tmp_path: Path, bootstrap: str, **overrides: Any) -> Setti
 class WorkerProcess:
     """``loyalty worker`` as a child process that tests can start, stop and kill."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, role: str = "all") -> None:
         self.settings = settings
         self.log_path = log_path
+        self.role = role
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 120.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "worker"],
+            [sys.executable, "-m", "ops.cli", "worker", "--role", self.role],
             env=self.settings.child_environment(os.environ), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
@@ -455,23 +467,36 @@ def rocksdb_states(settings: Settings, table: str = "relationships") -> dict[tup
 
 
 def wait_drained(worker: WorkerProcess, valid_events: int, dead_letters: int = 0, timeout: float = 180.0) -> float:
-    """Wait until the worker has committed every input record published so far and ClickHouse
-    holds ``valid_events`` distinct events, their relationship state and ``dead_letters``.
-    Returns the seconds it took."""
+    """Wait until the state workers and the sink have committed every input record published so
+    far and ClickHouse holds ``valid_events`` distinct events, their relationship state and
+    ``dead_letters`` (``worker`` answers read queries: the sink, or an ``all`` worker).
+    Returns the seconds it took; the timeout error says what was still missing."""
     settings = worker.settings
     db = settings.clickhouse_database
     ends = end_offsets(settings)
 
-    def drained() -> bool:
+    def progress() -> dict[str, Any]:
         committed = committed_offsets(settings)
         copied = committed_offsets(settings, sink_group_id(settings))
-        return (all(committed.get(tp, 0) >= end and copied.get(tp, 0) >= end for tp, end in ends.items())
-                and landed_events(worker.query, db) >= valid_events
-                and relationship_event_sum(worker.query, db) >= valid_events
-                and dead_letter_count(worker.query, db) >= dead_letters)
+        return {
+            "state_behind": {f"{t}[{p}]": end - committed.get((t, p), 0) for (t, p), end in ends.items()
+                             if committed.get((t, p), 0) < end},
+            "sink_behind": {f"{t}[{p}]": end - copied.get((t, p), 0) for (t, p), end in ends.items()
+                            if copied.get((t, p), 0) < end},
+            "landed": landed_events(worker.query, db), "counted": relationship_event_sum(worker.query, db),
+            "dead_letters": dead_letter_count(worker.query, db),
+        }
 
-    return wait_until(drained, timeout, what=f"{valid_events} events and {dead_letters} dead letters landed, "
-                                             "every input offset committed")
+    def drained() -> bool:
+        now = progress()
+        return (not now["state_behind"] and not now["sink_behind"] and now["landed"] >= valid_events
+                and now["counted"] >= valid_events and now["dead_letters"] >= dead_letters)
+
+    try:
+        return wait_until(drained, timeout, what=f"{valid_events} events and {dead_letters} dead letters landed, "
+                                                 "every input offset committed")
+    except TimeoutError as exc:
+        raise TimeoutError(f"{exc}; still: {progress()}") from None
 
 
 def worker_processed(worker: WorkerProcess) -> int:

@@ -220,3 +220,21 @@ def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(settings: Se
         assert stored is not None and (stored.r, stored.source) == (params.r, "fitted")
     finally:
         again.runner.shutdown()
+
+
+def test_faust_environment_variables_do_not_override_the_settings(settings: Settings, monkeypatch):
+    monkeypatch.setenv("WEB_PORT", "1")
+    monkeypatch.setenv("APP_DATADIR", "/nonexistent")
+    monkeypatch.setenv("BROKER_URL", "kafka://192.0.2.1:9")
+    pipeline = Pipeline(settings, store="memory://", role="state")
+    assert pipeline.app.conf.web_port == settings.web_port
+    assert str(pipeline.app.conf.datadir) == str(settings.state_dir.resolve())
+    assert [str(url) for url in pipeline.app.conf.broker] == ["kafka://127.0.0.1:1"]
+
+
+def test_the_api_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Path):
+    exposed = Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", web_host="0.0.0.0")
+    with pytest.raises(ValueError, match="LOYALTY_API_TOKEN"):
+        Pipeline(exposed, store="memory://", role="state")
+    Pipeline(Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", web_host="0.0.0.0", api_token="s3cret"),
+             store="memory://", role="state")

@@ -4,10 +4,9 @@ Every test reports one line of figures (see :class:`tests.harness.FaultFigures`)
 ``figures`` fixture. They are collected for the session, printed as a table at the end of the run
 (whatever ``-s`` says) and appended as JSON lines to ``var/fault-figures.jsonl``.
 
-Faust's consumer session timeout is 60 s by default: after a ``kill -9`` the group waits that
-long for the dead member before it hands the partitions to the restarted worker. The suite sets
-Faust's own ``BROKER_SESSION_TIMEOUT`` to 10 s so three crashes fit the time budget; correctness
-does not depend on it, only the recovery time does.
+The workers leave a dead member's partitions after ``LOYALTY_KAFKA_SESSION_TIMEOUT_SECONDS``
+(10 s by default), so several crashes fit the time budget; correctness does not depend on it,
+only the recovery time does.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ from tests.harness import (
     REPO,
     FaultFigures,
     WorkerProcess,
+    another_process,
     delete_topics,
     drop_database,
     free_port_pair,
@@ -36,13 +36,6 @@ from tests.harness import (
 FIGURES = pytest.StashKey[list[FaultFigures]]()
 FIGURES_FILE = REPO / "var" / "fault-figures.jsonl"
 SESSION_TIMEOUT_SECONDS = 10
-
-
-@pytest.fixture(autouse=True)
-def short_consumer_session(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Workers started by these tests leave a dead member's partitions after 10 s, not 60 s."""
-    monkeypatch.setenv("BROKER_SESSION_TIMEOUT", str(SESSION_TIMEOUT_SECONDS))
-    monkeypatch.setenv("BROKER_HEARTBEAT_INTERVAL", "1")
 
 
 @pytest.fixture
@@ -85,16 +78,22 @@ def make_worker(tmp_path: Path, kafka_bootstrap: str) -> Iterator[Callable[..., 
     """
     made: list[WorkerProcess] = []
 
-    def make(name: str = "w", bootstrap: str | None = None, **overrides: Any) -> WorkerProcess:
-        settings = isolated_settings(tmp_path / name, bootstrap or kafka_bootstrap, **overrides)
-        create_topics(settings)
-        process = WorkerProcess(settings, tmp_path / name / "worker.log")
+    def make(name: str = "w", bootstrap: str | None = None, role: str = "all", like: WorkerProcess | None = None,
+             **overrides: Any) -> WorkerProcess:
+        """A new deployment, or with ``like`` one more process of that one's deployment."""
+        if like is None:
+            settings = isolated_settings(tmp_path / name, bootstrap or kafka_bootstrap, **overrides)
+            create_topics(settings)
+        else:
+            settings = another_process(like.settings, tmp_path / name / "data")
+        process = WorkerProcess(settings, tmp_path / name / "worker.log", role=role)
         made.append(process)
         return process
 
     yield make
     for process in made:
         process.stop()
+    for process in made:
         delete_topics(process.settings)
         drop_database(process.settings)
 

@@ -1,0 +1,80 @@
+"""The migrations' DDL for a ClickHouse cluster (``LOYALTY_CLICKHOUSE_CLUSTER``).
+
+One server (and the embedded engine) runs the migration files as written. On a cluster each
+statement is rewritten so that every table exists twice:
+
+* ``<table>_local``, created ``ON CLUSTER`` with the replicated form of its engine
+  (``ReplacingMergeTree(version)`` becomes ``ReplicatedReplacingMergeTree('/clickhouse/tables/
+  {shard}/<db>/<table>_local', '{replica}', version)``), holding one shard's rows on each of its
+  replicas; the deduplication window setting becomes the replicated one;
+* ``<table>``, a ``Distributed`` table over those, sharded by ``cityHash64(customer_id)`` where
+  the table has that column (so one customer's rows, and ``FINAL`` over them, stay on one shard),
+  else ``rand()``. Inserts and reads go through it, so queries and views keep their names.
+
+Materialized views are created on every node reading and writing the local tables (each node
+aggregates what its shard receives); plain views and ``ALTER TABLE`` run ``ON CLUSTER`` (an
+``ALTER`` on both the local and the distributed table). Pure: text in, text out.
+"""
+
+from __future__ import annotations
+
+import re
+
+CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\S+)\.(\w+)\s*(\(.*\))\s*ENGINE\s*=\s*(\w+)(\([^)]*\))?(.*)$",
+                          re.S)
+CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\S+)\.(\w+) TO (\S+)\.(\w+) AS(.*)$", re.S)
+CREATE_VIEW = re.compile(r"^CREATE VIEW IF NOT EXISTS (\S+)\.(\w+) AS(.*)$", re.S)
+ALTER_TABLE = re.compile(r"^ALTER TABLE (\S+)\.(\w+) (.*)$", re.S)
+CREATE_DATABASE = re.compile(r"^CREATE DATABASE IF NOT EXISTS (\S+)$")
+MERGE_TREES = ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "SummingMergeTree", "CollapsingMergeTree")
+
+
+def local_name(table: str) -> str:
+    return f"{table}_local"
+
+
+def on_cluster(statement: str, cluster: str, tables: set[str]) -> list[str]:
+    """The cluster form of one migration statement; ``tables`` collects the names of the tables
+    created so far (the rewrite of a view reads the local ones)."""
+    statement = statement.strip()
+    if match := CREATE_DATABASE.match(statement):
+        return [f"CREATE DATABASE IF NOT EXISTS {match.group(1)} ON CLUSTER {cluster}"]
+    if match := CREATE_TABLE.match(statement):
+        return _table(match, cluster, tables)
+    if match := CREATE_MV.match(statement):
+        db, name, target_db, target, body = match.groups()
+        return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} "
+                f"TO {target_db}.{local_name(target)} AS{_read_local(body, tables)}"]
+    if match := CREATE_VIEW.match(statement):
+        db, name, body = match.groups()
+        return [f"CREATE VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} AS{body}"]
+    if match := ALTER_TABLE.match(statement):
+        db, name, change = match.groups()
+        return [f"ALTER TABLE {db}.{local_name(name)} ON CLUSTER {cluster} {change}",
+                f"ALTER TABLE {db}.{name} ON CLUSTER {cluster} {change}"]
+    return [statement]  # INSERT ... SELECT (backfills) go through the distributed tables as written
+
+
+def _table(match: re.Match[str], cluster: str, tables: set[str]) -> list[str]:
+    db, name, columns, engine, arguments, rest = match.groups()
+    if engine not in MERGE_TREES:
+        raise ValueError(f"{db}.{name}: no replicated form of engine {engine}")
+    local = local_name(name)
+    path = f"'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'"
+    inner = (arguments or "()")[1:-1].strip()
+    replicated = f"Replicated{engine}({path}{', ' + inner if inner else ''})"
+    rest = rest.replace("non_replicated_deduplication_window", "replicated_deduplication_window")
+    shard_key = "cityHash64(customer_id)" if re.search(r"^\s*customer_id\s", columns, re.M) else "rand()"
+    tables.add(name)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.{local} ON CLUSTER {cluster} {columns}\nENGINE = {replicated}{rest}",
+        f"CREATE TABLE IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} AS {db}.{local}\n"
+        f"ENGINE = Distributed({cluster}, {db}, {local}, {shard_key})",
+    ]
+
+
+def _read_local(body: str, tables: set[str]) -> str:
+    """A materialized view's SELECT reading the local tables (it fires on the local inserts)."""
+    for name in sorted(tables, key=len, reverse=True):
+        body = re.sub(rf"(FROM\s+\S+?\.){name}\b", rf"\g<1>{local_name(name)}", body)
+    return body

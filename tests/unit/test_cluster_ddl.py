@@ -1,0 +1,81 @@
+"""The migrations' DDL on a cluster (sinks/cluster.py): every statement of every migration file,
+and exact forms for each kind of statement."""
+
+from __future__ import annotations
+
+import pytest
+
+from config.settings import Settings
+from sinks.clickhouse import ClickHouseSink, migrations, split_statements
+from sinks.cluster import on_cluster
+
+
+def test_a_replacing_table_becomes_a_replicated_local_table_and_a_distributed_one():
+    tables: set[str] = set()
+    statement = ("CREATE TABLE IF NOT EXISTS loyalty.relationships\n(\n    customer_id String,\n    version UInt64\n)\n"
+                 "ENGINE = ReplacingMergeTree(version)\nORDER BY customer_id\n"
+                 "SETTINGS non_replicated_deduplication_window = 10000")
+    local, distributed = on_cluster(statement, "prod", tables)
+    assert local == (
+        "CREATE TABLE IF NOT EXISTS loyalty.relationships_local ON CLUSTER prod "
+        "(\n    customer_id String,\n    version UInt64\n)\n"
+        "ENGINE = ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/loyalty/relationships_local', '{replica}', version)"
+        "\nORDER BY customer_id\nSETTINGS replicated_deduplication_window = 10000")
+    assert distributed == ("CREATE TABLE IF NOT EXISTS loyalty.relationships ON CLUSTER prod AS loyalty.relationships_local\n"
+                           "ENGINE = Distributed(prod, loyalty, relationships_local, cityHash64(customer_id))")
+    assert tables == {"relationships"}
+
+
+def test_an_engine_without_arguments_and_a_table_without_customers():
+    local, distributed = on_cluster("CREATE TABLE IF NOT EXISTS db.model_params (fitted_at DateTime64(3))\n"
+                                    "ENGINE = MergeTree\nORDER BY fitted_at", "c1", set())
+    assert "ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/db/model_params_local', '{replica}')\n" in local
+    assert distributed.endswith("ENGINE = Distributed(c1, db, model_params_local, rand())")
+
+
+def test_a_materialized_view_reads_and_writes_the_local_tables():
+    tables = {"signals_history", "signals_daily"}
+    (view,) = on_cluster("CREATE MATERIALIZED VIEW IF NOT EXISTS db.signals_daily_mv TO db.signals_daily AS\n"
+                         "SELECT tier FROM db.signals_history\nGROUP BY tier", "c1", tables)
+    assert view == ("CREATE MATERIALIZED VIEW IF NOT EXISTS db.signals_daily_mv ON CLUSTER c1 TO db.signals_daily_local AS\n"
+                    "SELECT tier FROM db.signals_history_local\nGROUP BY tier")
+
+
+def test_views_alters_databases_and_backfills():
+    assert on_cluster("CREATE VIEW IF NOT EXISTS db.v AS SELECT 1 FROM db.t", "c1", set()) == [
+        "CREATE VIEW IF NOT EXISTS db.v ON CLUSTER c1 AS SELECT 1 FROM db.t"]
+    assert on_cluster("ALTER TABLE db.t ADD COLUMN IF NOT EXISTS x String", "c1", set()) == [
+        "ALTER TABLE db.t_local ON CLUSTER c1 ADD COLUMN IF NOT EXISTS x String",
+        "ALTER TABLE db.t ON CLUSTER c1 ADD COLUMN IF NOT EXISTS x String"]
+    assert on_cluster("CREATE DATABASE IF NOT EXISTS db", "c1", set()) == ["CREATE DATABASE IF NOT EXISTS db ON CLUSTER c1"]
+    backfill = "INSERT INTO db.signals_daily SELECT tier FROM db.signals_history FINAL GROUP BY tier"
+    assert on_cluster(backfill, "c1", set()) == [backfill]
+
+
+def test_every_migration_statement_has_a_cluster_form():
+    sink = ClickHouseSink("http://example.invalid:8123/", "loyalty", cluster="prod")
+    created, distributed = [], []
+    for _, _, sql in migrations():
+        for statement in split_statements(sql.replace("{db}", "loyalty")):
+            for rewritten in sink.ddl(statement):
+                if rewritten.startswith(("CREATE", "ALTER")):
+                    assert " ON CLUSTER prod " in rewritten, rewritten
+                if "ENGINE = Distributed" in rewritten:
+                    distributed.append(rewritten.split()[5])
+                elif rewritten.startswith("CREATE TABLE"):
+                    created.append(rewritten.split()[5])
+                    assert "ENGINE = Replicated" in rewritten and "non_replicated" not in rewritten
+    assert sorted(created) == sorted(f"{name}_local" for name in distributed)
+    assert "loyalty.signals_current" in distributed and "loyalty.purchases" in distributed
+
+
+def test_one_server_and_the_embedded_engine_run_the_files_as_written():
+    sink = ClickHouseSink("chdb:///tmp/unused", "loyalty")
+    statement = "CREATE TABLE IF NOT EXISTS loyalty.t (a UInt8) ENGINE = MergeTree ORDER BY a"
+    assert sink.ddl(statement) == [statement]
+
+
+def test_a_cluster_needs_a_server():
+    with pytest.raises(ValueError, match="needs a ClickHouse server"):
+        Settings(clickhouse_cluster="prod")
+    assert Settings(clickhouse_cluster="prod", clickhouse_dsn="http://ch:8123/").clickhouse_cluster == "prod"
