@@ -149,13 +149,11 @@ def test_a_bad_input_is_one_line(outcomes: dict[str, Outcome], name: str):
     prefix = f"loyalty {_command(case)}: "
     assert lines[0].startswith(prefix + case.message.format(dir=got.directory.resolve())), lines[0]
     assert case.stdout in got.stdout
-    assert got.seconds < 10
 
 
 def test_kafka_status_says_the_broker_does_not_answer(outcomes: dict[str, Outcome]):
     got = outcomes["kafka-status"]
     assert got.returncode == 3 and KAFKA_STATUS.stdout in got.stdout and "Traceback" not in got.stderr
-    assert got.seconds < 10
 
 
 def test_a_password_in_the_clickhouse_url_is_never_shown(outcomes: dict[str, Outcome]):
