@@ -36,13 +36,13 @@ import faust
 import faust.streams
 import faust.web
 from aiokafka.partitioner import murmur2
-from faust.types import EventT
+from faust.types import EventT, TableT
 from mode.supervisors import CrashingSupervisor
 
 from config.settings import Settings
 from config.topics import Topics
 from domain.alerts import AlertRules
-from domain.model import score_customer, signal_to_dict
+from domain.model import KNOW_ME_FIELDS, score_customer, signal_to_dict
 from domain.relationship import facts
 from schemas import codec
 from sinks.clickhouse import now_ms
@@ -92,13 +92,13 @@ def tune_garbage_collector() -> None:
 def message_of(event: EventT) -> Message:
     """A Faust event as the framework-free :class:`Message` the processors take (ms timestamps)."""
     m = event.message
-    return Message(m.topic, m.partition, m.offset, m.key, m.value, round(m.timestamp * 1000), event)
+    return Message(m.topic, m.partition, m.offset, m.key, m.value or b"", round(m.timestamp * 1000), event)
 
 
 class TableStore:
     """:class:`StateStore` over a Faust table."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: TableT) -> None:
         self.table = table
 
     def get(self, key: bytes, message: Message) -> bytes | None:
@@ -237,6 +237,8 @@ class Pipeline:
         self.dead_letter_codec = codec("dead_letter")
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
+        # Bumped whenever partitions are revoked: a batch taken before then stops where it is.
+        self.generation = 0
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -292,8 +294,17 @@ class Pipeline:
                                  key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
 
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
-            async for events in stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds):
-                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
+            batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
+            async for events in batches:
+                generation = pipeline.generation
+                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms(),
+                                                           current=lambda taken=generation: pipeline.generation == taken)
+                if effects.abandoned:
+                    # The partitions moved while the batch ran: their new owners read it again
+                    # (its offsets are not committed), so nothing more of it is written or sent.
+                    logger.warning("batch of %d records abandoned: partitions were revoked while it ran", len(events))
+                    yield None
+                    continue
                 await pipeline.produce(effects)
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
@@ -311,8 +322,8 @@ class Pipeline:
             for customer_id, due in pipeline.alerting.due_now():
                 await pipeline.due_topic.send(key=customer_id.encode(), value=str(due).encode())
 
-        @app.on_rebalance_complete.connect
-        async def rebuild_quiet_timers(sender: Any = None, **kwargs: Any) -> None:
+        @app.on_rebalance_complete.connect  # type: ignore[arg-type]
+        async def rebuild_quiet_timers(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
             pipeline.alerting.rebuild(pipeline.due_times.items())
 
         @app.timer(interval=settings.model_params_check_seconds)
@@ -333,13 +344,17 @@ class Pipeline:
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self
 
-        async def forget_cached_states(sender: Any = None, *args: Any, **kwargs: Any) -> None:
+        async def forget_cached_states(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
             # Partitions may have been written by another worker while this one did not own
             # them: from now on read their states from the tables again.
             pipeline.states.clear()
 
-        self.app.on_partitions_revoked.connect(forget_cached_states)
-        self.app.on_partitions_assigned.connect(forget_cached_states)
+        async def abandon_batch_in_flight(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+            pipeline.generation += 1
+            pipeline.states.clear()
+
+        self.app.on_partitions_revoked.connect(abandon_batch_in_flight)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(forget_cached_states)  # type: ignore[arg-type]
 
     def _lifecycle_service(self) -> Any:
         pipeline = self
@@ -423,9 +438,9 @@ class Pipeline:
             async def get(self, request: Any, customer_id: str) -> Any:
                 if not authorized(pipeline.settings, request.headers.get("Authorization")):
                     return self.json(UNAUTHORIZED, status=401)
-                return await self.profile(request, customer_id=customer_id)
+                return await self.profile(request, customer_id=customer_id)  # type: ignore[call-arg]
 
-            @app.table_route(table=pipeline.relationships, match_info="customer_id")
+            @app.table_route(table=pipeline.relationships, match_info="customer_id")  # type: ignore[arg-type]
             async def profile(self, request: Any, customer_id: str) -> Any:
                 stored = pipeline.relationships.get(customer_id.encode())
                 if stored is None:
@@ -445,11 +460,6 @@ class Pipeline:
                     return self.json(UNAUTHORIZED, status=401)
                 payload, code = await answer_query(sink, await request.json())
                 return self.json(payload, status=code)
-
-
-KNOW_ME_FIELDS = ("greeting_hint", "last_purchase_at", "last_purchase_categories", "last_purchase_skus",
-                  "last_purchase_channel", "last_purchase_location_id", "favourite_category", "preferred_channel",
-                  "open_issues")
 
 
 async def answer_query(sink: ClickHouseSinkService, body: Any) -> tuple[dict[str, Any], int]:
