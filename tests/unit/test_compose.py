@@ -231,6 +231,11 @@ def test_worker_variables_name_settings_fields(worker_env: dict[str, str]) -> No
     assert REQUIRED_WORKER_VARIABLES <= given
 
 
+def test_worker_listening_beyond_loopback_has_an_api_token(worker_settings: Settings) -> None:
+    assert not worker_settings.web_is_loopback
+    assert worker_settings.api_token is not None and worker_settings.api_token.get_secret_value()
+
+
 def test_worker_settings_load_with_the_container_values(worker_settings: Settings) -> None:
     assert worker_settings.uses_local_kafka is False
     assert worker_settings.embedded_clickhouse is False
