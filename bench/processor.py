@@ -1,10 +1,10 @@
-"""Throughput of the batch processor alone: decode, fold, score, alerts, rows, chDB writes.
+"""Throughput of the state worker's batch processor alone: decode, fold, score, alerts, signals.
 
-No Kafka and no Faust: the same BatchProcessor the agents call, with a dict for the table and a
-real chDB in a temporary directory. It shows the per-event cost of the pipeline's own work, which
-bounds the worker's throughput whatever Kafka does.
+No Kafka, no Faust and no ClickHouse (the sink process writes it): the same CustomerProcessor the
+state agent calls, with a dict for each table. It shows the per-event cost of the state worker's
+own work, which bounds its throughput whatever Kafka does.
 
-    .venv/bin/python bench/processor.py [--customers 10000] [--batch 2000] [--kind purchase] [--profile]
+    PYTHONPATH=. .venv/bin/python bench/processor.py [--customers 10000] [--batch 2000] [--kind purchase] [--profile]
 """
 
 from __future__ import annotations
@@ -14,16 +14,17 @@ import asyncio
 import cProfile
 import os
 import pstats
-import tempfile
 import time
-from pathlib import Path
 
 from config.settings import Settings
+from config.topics import Topics
 from ops.simulate import encode_event, generate
-from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink
 from streams.alerting import Alerting
 from streams.app import tune_garbage_collector
-from streams.processing import BatchProcessor, Message, ModelParams, customer_cache
+from streams.decoding import EventDecoder
+from streams.messages import Message
+from streams.processor import CustomerProcessor, ModelParams
+from streams.state import customer_cache
 
 
 class DictStore(dict):
@@ -32,10 +33,6 @@ class DictStore(dict):
 
     def put(self, key, value, message):
         self[key] = value
-
-
-async def _discard(*args: object) -> None:
-    return None
 
 
 def main() -> None:
@@ -52,26 +49,22 @@ def main() -> None:
     parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"], help="profile order")
     args = parser.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-processor-"))
-    settings = Settings(data_dir=tmp, clickhouse_dsn=f"chdb://{tmp / 'clickhouse'}")
-    sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
-    sink.migrate()
-    runner = AsyncSinkRunner(sink)
-    processor = BatchProcessor(settings, args.kind, customer_cache(DictStore(), args.cache),
-                               runner, _discard, pseudonymisation_key=b"bench",
-                               model=ModelParams(), publish_signals=_discard,
-                               alerting=Alerting(DictStore()),
-                               publish_alert=_discard)
+    settings = Settings(kafka_bootstrap="127.0.0.1:1")  # nothing connects
+    topics = Topics(settings.topic_prefix)
+    processor = CustomerProcessor(settings, customer_cache(DictStore(), args.cache),
+                                  EventDecoder(settings, b"bench"), topics.alert_due,
+                                  model=ModelParams(), alerting=Alerting(DictStore()))
     end = int(time.time() * 1000) - 60_000
     events = [e for e in generate(args.customers, 1, 3, end, args.history_days) if e.kind == args.kind]
     events = events[: args.max_events]
-    messages = [Message("bench", 0, i, e.customer_id.encode(), encode_event(e), e.occurred_at)
+    topic = topics.for_kind(args.kind)
+    messages = [Message(topic, 0, i, e.customer_id.encode(), encode_event(e), e.occurred_at)
                 for i, e in enumerate(events)]
 
     async def run() -> float:
         start = time.perf_counter()
         for i in range(0, len(messages), args.batch):
-            await processor.process(messages[i:i + args.batch])
+            await processor.process(messages[i:i + args.batch], int(time.time() * 1000))
         return time.perf_counter() - start
 
     if args.gc == "worker":
@@ -82,11 +75,10 @@ def main() -> None:
     elapsed = asyncio.run(run())
     if profiler:
         profiler.disable()
-    runner.shutdown()
     customers = len({e.customer_id for e in events})
     print(f"{len(events):,} {args.kind} events of {customers:,} customers in batches of {args.batch}: "
           f"{elapsed:.2f} s, {len(events) / elapsed:,.0f} events/s, {1e6 * elapsed / len(events):,.0f} us/event "
-          f"(machine: {os.cpu_count()} cores)")
+          f"(machine: {os.cpu_count()} cores; outcomes {dict(processor.totals)})")
     if profiler:
         pstats.Stats(profiler).sort_stats(args.sort).print_stats(30)
 
