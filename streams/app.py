@@ -29,14 +29,14 @@ import os
 import secrets
 import ssl
 import weakref
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Literal, cast
 
 import faust
 import faust.streams
 import faust.web
 from aiokafka.partitioner import murmur2
-from faust.types import EventT, TableT
+from faust.types import TP, EventT, StoreT, TableT
 from mode.supervisors import CrashingSupervisor
 
 from config.settings import Settings
@@ -96,7 +96,8 @@ def message_of(event: EventT) -> Message:
 
 
 class TableStore:
-    """:class:`StateStore` over a Faust table."""
+    """:class:`StateStore` over a Faust table (each write goes through the table: Faust produces
+    its changelog record)."""
 
     def __init__(self, table: TableT) -> None:
         self.table = table
@@ -109,6 +110,36 @@ class TableStore:
     def put(self, key: bytes, value: bytes, message: Message) -> None:
         with acting_for(message.handle):
             self.table[key] = value
+
+
+class BatchedChangelogStore(TableStore):
+    """:class:`StateStore` over a Faust table whose changelog records leave with the batch's other
+    records.
+
+    A write goes to the table's local store (RocksDB) at once and is kept as a changelog record;
+    :meth:`Pipeline.produce` hands the batch's records to the producer together (signals and
+    alerts included), awaits their acknowledgements once, and then moves the table's persisted
+    changelog offsets forward, as Faust's own path does after each record. Faust's per-write path
+    (``send_soon`` through its buffer, one produce request per record, and a stall whenever more
+    than 100 are pending) cost the worker about 200 us per write; this one costs what
+    ``producer.send`` costs. One customer's record is written once per batch, so there is nothing
+    to coalesce within a batch.
+    """
+
+    def __init__(self, table: TableT) -> None:
+        super().__init__(table)
+        self.topic = table.changelog_topic.get_topic_name()
+        self.pending: list[tuple[bytes, bytes, int]] = []
+
+    def put(self, key: bytes, value: bytes, message: Message) -> None:
+        with acting_for(message.handle):
+            self.table.data[key] = value
+        self.pending.append((key, value, message.partition))
+
+    def take(self) -> list[tuple[bytes, bytes, int]]:
+        """The changelog records written since the last call."""
+        pending, self.pending = self.pending, []
+        return pending
 
 
 def pseudonymisation_key(settings: Settings) -> bytes:
@@ -221,7 +252,8 @@ class Pipeline:
             "due_times", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes,
             help="Per-customer gone-quiet due time (epoch ms as ASCII digits; empty: nothing scheduled).",
         )
-        self.states = customer_cache(TableStore(self.relationships), settings.state_cache_customers)
+        self.relationship_store = BatchedChangelogStore(self.relationships)
+        self.states = customer_cache(self.relationship_store, settings.state_cache_customers)
         self.alerting = Alerting(TableStore(self.due_times), AlertRules(
             score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days,
             quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps))
@@ -253,8 +285,12 @@ class Pipeline:
     # -- producing ----------------------------------------------------------------------------
 
     async def produce(self, effects: Effects) -> None:
-        """Hand a batch's records to the producer, then await their acknowledgements once."""
+        """Hand a batch's records to the producer (the relationships changelog first), then await
+        their acknowledgements once and move the table's persisted changelog offsets forward."""
         producer, topics = self.app.producer, self.topics
+        store = self.relationship_store
+        changelog = [await producer.send(store.topic, key, value, partition, None, None)
+                     for key, value, partition in store.take()]
         pending = []
         for message, home in effects.forwards:
             logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
@@ -266,8 +302,12 @@ class Pipeline:
             pending.append(await producer.send(topics.signals, key, signal, None, None, None))
         for key, alert in effects.alerts:
             pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
-        if pending:
-            await asyncio.gather(*pending)
+        written = await asyncio.gather(*changelog, *pending)
+        persisted: dict[int, int] = {}
+        for metadata in written[:len(changelog)]:
+            persisted[metadata.partition] = max(persisted.get(metadata.partition, -1), metadata.offset)
+        for partition, offset in persisted.items():
+            cast(StoreT, self.relationships.data).set_persisted_offset(TP(store.topic, partition), offset)
         if self.webhook is not None:
             for _, alert in effects.alerts:
                 self.webhook.submit(alert)  # never waits: delivery runs in the background
@@ -278,6 +318,11 @@ class Pipeline:
         effects = Effects(dead_letters=[DeadLetter("deliver", message, "WebhookGaveUp", reason, now_ms(),
                                                    payload=message.value)])
         await self.produce(effects)
+
+    def still_owner(self) -> Callable[[], bool]:
+        """Whether no partition was revoked since this call (asked by a batch as it runs)."""
+        taken = self.generation
+        return lambda: self.generation == taken
 
     def partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
@@ -296,12 +341,12 @@ class Pipeline:
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
-                generation = pipeline.generation
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms(),
-                                                           current=lambda taken=generation: pipeline.generation == taken)
+                                                           current=pipeline.still_owner())
                 if effects.abandoned:
                     # The partitions moved while the batch ran: their new owners read it again
                     # (its offsets are not committed), so nothing more of it is written or sent.
+                    pipeline.relationship_store.take()
                     logger.warning("batch of %d records abandoned: partitions were revoked while it ran", len(events))
                     yield None
                     continue
