@@ -28,15 +28,14 @@ import logging
 import os
 import secrets
 import ssl
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any, Literal, cast
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Literal, NamedTuple, cast
 
 import faust
-import faust.streams
 import faust.web
 from aiokafka.partitioner import murmur2
-from faust.types import TP, EventT, StoreT, TableT
+from faust.types import EventT, StoreT, TableT
+from faust.types import Message as FaustMessage
 from mode.supervisors import CrashingSupervisor
 
 from config.settings import Settings
@@ -61,21 +60,6 @@ logger = logging.getLogger(__name__)
 Role = Literal["state", "sink", "all"]
 
 
-@contextlib.contextmanager
-def acting_for(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event while the body runs.
-
-    Faust picks the table partition (RocksDB shard and changelog partition) from the current
-    event. In a batch taken with ``take_events`` that is whatever came last, possibly another
-    partition's event, so each state write names the event it is done for.
-    """
-    token = faust.streams._current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        faust.streams._current_event.reset(token)
-
-
 def tune_garbage_collector() -> None:
     """Set the collector up for a long-running worker; call once everything is built.
 
@@ -95,51 +79,57 @@ def message_of(event: EventT) -> Message:
     return Message(m.topic, m.partition, m.offset, m.key, m.value or b"", round(m.timestamp * 1000), event)
 
 
-class TableStore:
-    """:class:`StateStore` over a Faust table (each write goes through the table: Faust produces
-    its changelog record)."""
+class ChangelogApplied(NamedTuple):
+    """A changelog record the broker acknowledged, shaped as a store's ``apply_changelog_batch``
+    reads one (the call Faust's recovery makes for the records it reads back)."""
 
-    def __init__(self, table: TableT) -> None:
-        self.table = table
-
-    def get(self, key: bytes, message: Message) -> bytes | None:
-        with acting_for(message.handle):
-            value = self.table.get(key)
-        return value if value is None else bytes(value)
-
-    def put(self, key: bytes, value: bytes, message: Message) -> None:
-        with acting_for(message.handle):
-            self.table[key] = value
+    key: bytes
+    value: bytes
+    message: FaustMessage
 
 
-class BatchedChangelogStore(TableStore):
-    """:class:`StateStore` over a Faust table whose changelog records leave with the batch's other
-    records.
+class BatchedChangelogStore:
+    """:class:`StateStore` over a Faust table (created with ``use_partitioner``) whose changelog
+    records leave with the batch's other records.
 
-    A write goes to the table's local store (RocksDB) at once and is kept as a changelog record;
-    :meth:`Pipeline.produce` hands the batch's records to the producer together (signals and
-    alerts included), awaits their acknowledgements once, and then moves the table's persisted
-    changelog offsets forward, as Faust's own path does after each record. Faust's per-write path
-    (``send_soon`` through its buffer, one produce request per record, and a stall whenever more
-    than 100 are pending) cost the worker about 200 us per write; this one costs what
-    ``producer.send`` costs. One customer's record is written once per batch, so there is nothing
-    to coalesce within a batch.
+    ``put`` keeps the record; :meth:`Pipeline.produce` hands the batch's records to the producer
+    together with its signals and alerts, awaits their acknowledgements once, and then applies
+    them to the table's local store with the store's ``apply_changelog_batch`` (one RocksDB write
+    batch per partition, persisted changelog offsets included), as Faust's recovery does. Faust's
+    per-write path (``send_soon`` through its buffer, one produce request per record, a stall
+    whenever more than 100 are pending) cost the worker about 200 us per write; this one costs
+    what ``producer.send`` costs. Reads come from the local store (which searches the table's
+    partitions by key), and a record written in this batch is read from the state cache.
     """
 
     def __init__(self, table: TableT) -> None:
-        super().__init__(table)
+        self.table = table
         self.topic = table.changelog_topic.get_topic_name()
         self.pending: list[tuple[bytes, bytes, int]] = []
 
+    def get(self, key: bytes, message: Message) -> bytes | None:
+        value = self.table.get(key)
+        return value if value is None else bytes(value)
+
     def put(self, key: bytes, value: bytes, message: Message) -> None:
-        with acting_for(message.handle):
-            self.table.data[key] = value
         self.pending.append((key, value, message.partition))
 
     def take(self) -> list[tuple[bytes, bytes, int]]:
-        """The changelog records written since the last call."""
+        """The records written since the last call, in order."""
         pending, self.pending = self.pending, []
         return pending
+
+    def apply(self, written: list[tuple[tuple[bytes, bytes, int], Any]]) -> None:
+        """Apply acknowledged records ((key, value, partition), record metadata) to the local store."""
+        if written:
+            applied = [ChangelogApplied(key, value, FaustMessage(self.topic, meta.partition, meta.offset, 0.0, 0, None,
+                                                                 key, value, None))
+                       for (key, value, _), meta in written]
+            cast(StoreT, self.table.data).apply_changelog_batch(cast(list[EventT], applied), to_key=_same, to_value=_same)
+
+
+def _same(value: Any) -> Any:
+    return value
 
 
 def pseudonymisation_key(settings: Settings) -> bytes:
@@ -243,18 +233,22 @@ class Pipeline:
             logging_config=None,
         )
         self.sink = make_sink_service(settings) if role == "all" else None
+        # use_partitioner: a key's partition comes from the key (the default partitioner, as
+        # for the input topics), never from whichever event the stream handled last.
         self.relationships = self.app.Table(
-            "relationships", default=None, partitions=settings.partitions,
+            "relationships", default=None, partitions=settings.partitions, use_partitioner=True,
             key_type=bytes, value_type=bytes,
             help="Per-customer relationship state (Avro RelationshipState), changelog-backed.",
         )
         self.due_times = self.app.Table(
-            "due_times", default=None, partitions=settings.partitions, key_type=bytes, value_type=bytes,
+            "due_times", default=None, partitions=settings.partitions, use_partitioner=True,
+            key_type=bytes, value_type=bytes,
             help="Per-customer gone-quiet due time (epoch ms as ASCII digits; empty: nothing scheduled).",
         )
         self.relationship_store = BatchedChangelogStore(self.relationships)
         self.states = customer_cache(self.relationship_store, settings.state_cache_customers)
-        self.alerting = Alerting(TableStore(self.due_times), AlertRules(
+        self.due_time_store = BatchedChangelogStore(self.due_times)
+        self.alerting = Alerting(self.due_time_store, AlertRules(
             score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days,
             quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps))
         self.webhook: WebhookDelivery | None = None
@@ -288,9 +282,10 @@ class Pipeline:
         """Hand a batch's records to the producer (the relationships changelog first), then await
         their acknowledgements once and move the table's persisted changelog offsets forward."""
         producer, topics = self.app.producer, self.topics
-        store = self.relationship_store
+        stores = (self.relationship_store, self.due_time_store)
+        records = [store.take() for store in stores]
         changelog = [await producer.send(store.topic, key, value, partition, None, None)
-                     for key, value, partition in store.take()]
+                     for store, mine in zip(stores, records) for key, value, partition in mine]
         pending = []
         for message, home in effects.forwards:
             logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
@@ -302,12 +297,9 @@ class Pipeline:
             pending.append(await producer.send(topics.signals, key, signal, None, None, None))
         for key, alert in effects.alerts:
             pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
-        written = await asyncio.gather(*changelog, *pending)
-        persisted: dict[int, int] = {}
-        for metadata in written[:len(changelog)]:
-            persisted[metadata.partition] = max(persisted.get(metadata.partition, -1), metadata.offset)
-        for partition, offset in persisted.items():
-            cast(StoreT, self.relationships.data).set_persisted_offset(TP(store.topic, partition), offset)
+        acknowledged = iter(await asyncio.gather(*changelog, *pending))
+        for store, mine in zip(stores, records):
+            store.apply([(record, next(acknowledged)) for record in mine])
         if self.webhook is not None:
             for _, alert in effects.alerts:
                 self.webhook.submit(alert)  # never waits: delivery runs in the background
@@ -347,6 +339,7 @@ class Pipeline:
                     # The partitions moved while the batch ran: their new owners read it again
                     # (its offsets are not committed), so nothing more of it is written or sent.
                     pipeline.relationship_store.take()
+                    pipeline.due_time_store.take()
                     logger.warning("batch of %d records abandoned: partitions were revoked while it ran", len(events))
                     yield None
                     continue

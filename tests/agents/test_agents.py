@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -36,6 +37,19 @@ def pipeline(settings: Settings) -> Pipeline:
     return Pipeline(settings, store="memory://", role="state")
 
 
+def broker_stand_in(pipeline: Pipeline, produced: list[Effects]) -> Any:
+    """Stands in for ``Pipeline.produce``: keeps the batch's records and acknowledges its table
+    writes (at made-up changelog offsets), as the broker would."""
+    offsets = iter(range(1_000_000))
+
+    async def produce(effects: Effects) -> None:
+        produced.append(effects)
+        for store in (pipeline.relationship_store, pipeline.due_time_store):
+            store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
+
+    return produce
+
+
 def _events():
     return generate(customers=30, days=2, seed=5, end_ms=int(time.time() * 1000) - 60_000)
 
@@ -59,11 +73,7 @@ def test_one_agent_folds_every_kind_and_emits_one_signal_per_customer_and_batch(
     assert {e.kind for e in events} == {"purchase", "call", "visit"}
     expected = expected_by_customer(events)
     produced: list[Effects] = []
-
-    async def collect(effects: Effects) -> None:  # stands in for the producer
-        produced.append(effects)
-
-    pipeline.produce = collect  # type: ignore[method-assign]
+    pipeline.produce = broker_stand_in(pipeline, produced)  # type: ignore[method-assign]
     topics = Topics(pipeline.settings.topic_prefix)
 
     async def run() -> None:
@@ -100,11 +110,7 @@ def test_one_agent_folds_every_kind_and_emits_one_signal_per_customer_and_batch(
 def test_a_bad_record_is_dead_lettered_and_the_batch_goes_on(pipeline: Pipeline):
     events = [e for e in _events() if e.kind == "purchase"][:3]
     produced: list[Effects] = []
-
-    async def collect(effects: Effects) -> None:
-        produced.append(effects)
-
-    pipeline.produce = collect  # type: ignore[method-assign]
+    pipeline.produce = broker_stand_in(pipeline, produced)  # type: ignore[method-assign]
     topics = Topics(pipeline.settings.topic_prefix)
 
     async def run() -> None:
@@ -124,10 +130,7 @@ def test_cached_records_are_forgotten_when_partitions_move(pipeline: Pipeline):
     # after a rebalance the next read must come from the table, not from the cache.
     events = [e for e in _events() if e.kind == "purchase"]
 
-    async def discard(effects: Effects) -> None:
-        return None
-
-    pipeline.produce = discard  # type: ignore[method-assign]
+    pipeline.produce = broker_stand_in(pipeline, [])  # type: ignore[method-assign]
     topics = Topics(pipeline.settings.topic_prefix)
 
     async def run() -> None:

@@ -100,3 +100,22 @@ def test_only_settings_reads_the_environment():
                 readers.append(_id(path))
     # the demo only passes the environment through to the worker process it starts
     assert readers == ["ops/demo.py"]
+
+
+# Private attributes of the module's own classes, reached on another instance of that class.
+OWN_PRIVATE = {("domain/relationship.py", "_windows"), ("sinks/clickhouse.py", "_rows")}
+NAMED_TUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
+
+
+def test_no_private_attribute_of_another_object_is_used():
+    """Frameworks through their public APIs only: no ``x._name`` where ``x`` is not ``self`` or
+    ``cls``, except the listed uses of a module's own classes and the named-tuple API."""
+    found = []
+    for package in PACKAGES:
+        for path in _modules(package):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                        and node.attr not in NAMED_TUPLE_API and (_id(path), node.attr) not in OWN_PRIVATE):
+                    found.append(f"{_id(path)}:{node.lineno} .{node.attr}")
+    assert found == [], found
