@@ -124,6 +124,7 @@ from domain.records import Event
 from ops import broker
 from ops.admin import changelog_topics, create_topics
 from ops.simulate import Outgoing, encode_event, generate, send_outgoing
+from ops.workers import WorkerProcess
 from schemas import codec
 
 REPO = Path(__file__).resolve().parents[1]
@@ -275,65 +276,23 @@ def _top(by_name: dict[str, float], limit: int = 8) -> dict[str, float]:
 # -- the worker processes -------------------------------------------------------------------------
 
 
-class Service:
-    """``loyalty worker --role <role>`` as a child process, optionally under cProfile."""
+class Service(WorkerProcess):
+    """``loyalty worker --role <role>`` as a child process (optionally under cProfile), with the
+    readings the benchmark takes of it."""
 
     def __init__(self, name: str, role: str, settings: Settings, log_path: Path,
                  profile_path: Path | None = None) -> None:
-        self.name = name
-        self.role = role
-        self.settings = settings
-        self.log_path = log_path
-        self.profile_path = profile_path
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(settings, log_path, role=role, name=name, profile_path=profile_path, cwd=REPO)
         self.healthy_at = 0.0
         self.cpu_at_health = 0.0
 
-    def spawn(self) -> None:
-        command = [sys.executable]
-        if self.profile_path is not None:
-            command += ["-m", "cProfile", "-o", str(self.profile_path)]
-        command += ["-m", "ops.cli", "worker", "--role", self.role]
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(command, env=self.settings.child_environment(os.environ), cwd=REPO,
-                                         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
     def wait_healthy(self, timeout: float = 180.0) -> None:
-        assert self.proc is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
-            try:
-                self.get("/health", timeout=2)
-                self.healthy_at = time.time()
-                self.cpu_at_health = self.cpu_seconds()
-                return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not healthy after {timeout:.0f}s; see {self.log_path}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        super().wait_healthy(timeout)
+        self.healthy_at = time.time()
+        self.cpu_at_health = self.cpu_seconds()
 
     def get(self, path: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.settings.web_url + path, data=data,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"{self.name} answered {exc.code} to {path}: "
-                               f"{exc.read().decode(errors='replace')}") from exc
-
-    def query(self, sql: str) -> list[list[Any]]:
-        """A read query through the sink's endpoint (the sink owns the embedded engine)."""
-        rows: list[list[Any]] = self.get("/clickhouse/query", {"sql": sql})["rows"]
-        return rows
+        return super().get(path, body, timeout)
 
     def processed(self) -> tuple[int, int]:
         """A state worker's (messages processed, messages dead-lettered), from GET /status."""
@@ -351,14 +310,7 @@ class Service:
         return process_memory_mb(self.pid)
 
     def stop(self, timeout: float = 120.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
+        return super().stop(timeout)
 
 
 class Deployment:

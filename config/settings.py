@@ -140,9 +140,10 @@ class Settings(BaseSettings):
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
     webhook_max_attempts: int = Field(10, ge=1, description="Attempts per alert before it is dead-lettered.")
     webhook_backoff_cap_seconds: float = Field(60.0, gt=0, description="Longest wait between webhook retries.")
-    fault_injection_dir: Path | None = Field(
-        None, description="Tests only: directory of switch files that make ClickHouse writes fail (see sinks/faults.py)."
-    )
+    sink_factory: str | None = Field(
+        None, description="module:function that builds the ClickHouse sink from the settings, instead of the "
+        "standard one (the fault tests inject failures this way). Unset: the standard sink.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     log_level: str = Field("INFO", description="Log level of the worker and commands.")
 
     # -- ClickHouse ---------------------------------------------------------------------------

@@ -2,73 +2,50 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import time
 
 from config.settings import Settings
 from ops import broker
-from ops.admin import create_topics, worker_get, worker_query
+from ops.admin import create_topics, worker_query
 from ops.cli import EXIT_UNREACHABLE, CliError, print_table
 from ops.simulate import simulate_main
+from ops.workers import WorkerProcess
 
 WORKER_START_TIMEOUT = 120.0
 LANDING_TIMEOUT = 600.0
 
 
-def _start(settings: Settings, role: str, name: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start ``loyalty worker --role <role>`` and wait until its HTTP API answers."""
-    log_path = settings.data_dir / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log = open(log_path, "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "ops.cli", "worker", "--role", role], stdout=log,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env)
-    log.close()
-    url = f"http://{settings.web_host}:{env['LOYALTY_WEB_PORT']}"
-    deadline = time.monotonic() + WORKER_START_TIMEOUT
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise CliError(f"the {name} exited with code {proc.returncode}; see {log_path}", EXIT_UNREACHABLE)
-        try:
-            worker_get(settings.model_copy(update={"web_port": int(env["LOYALTY_WEB_PORT"])}), "/health", timeout=2.0)
-            print(f"{name.capitalize()} ({role}) is up at {url} (log: {log_path})", flush=True)
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.terminate()
-    raise CliError(f"the {name} did not answer within {WORKER_START_TIMEOUT:.0f}s; see {log_path}", EXIT_UNREACHABLE)
+def _start(settings: Settings, role: str, name: str) -> WorkerProcess:
+    """Start ``loyalty worker --role <role>`` with ``settings`` and wait until its HTTP API answers."""
+    process = WorkerProcess(settings, settings.data_dir / f"{name.replace(' ', '-')}.log", role=role, name=name)
+    try:
+        process.start(WORKER_START_TIMEOUT)
+    except (RuntimeError, TimeoutError) as exc:
+        process.stop()
+        first_line = str(exc).splitlines()[0]
+        raise CliError(f"{first_line}; see {process.log_path}", EXIT_UNREACHABLE) from None
+    print(f"{name.capitalize()} ({role}) is up at {settings.web_url} (log: {process.log_path})", flush=True)
+    return process
 
 
-def start_deployment(settings: Settings, workers: int) -> list[subprocess.Popen[bytes]]:
+def start_deployment(settings: Settings, workers: int) -> list[WorkerProcess]:
     """The ClickHouse sink on the configured web port (reads go there), then ``workers`` state
     workers on the ports after it, each with its own table directory under the data directory."""
     from streams.app import pseudonymisation_key
 
     pseudonymisation_key(settings)  # created once here, so every process reads the same file
-    base = {**os.environ}
-    procs = [_start(settings, "sink", "sink", {**base, "LOYALTY_WEB_PORT": str(settings.web_port)})]
+    procs = [_start(settings, "sink", "sink")]
     try:
         for n in range(1, workers + 1):
-            env = {**base, "LOYALTY_WEB_PORT": str(settings.web_port + n),
-                   "LOYALTY_STATE_PATH": str(settings.data_dir / "state" / f"worker-{n}")}
-            procs.append(_start(settings, "state", f"state worker {n}", env))
+            mine = settings.model_copy(update={"web_port": settings.web_port + n,
+                                               "state_path": settings.data_dir / "state" / f"worker-{n}"})
+            procs.append(_start(mine, "state", f"state worker {n}"))
     except BaseException:
         for proc in procs:
-            _stop(proc)
+            proc.stop()
         raise
     return procs
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _scalar(settings: Settings, sql: str) -> int:
@@ -157,15 +134,15 @@ def run_demo(settings: Settings, customers: int, days: float, seed: int, once: b
             return 0
         print(f"\nThe sink keeps running at {settings.web_url} and the state workers on the ports after it "
               "(try `loyalty status`). Ctrl-C stops them.")
-        while all(proc.poll() is None for proc in procs):
+        while all(p.proc is not None and p.proc.poll() is None for p in procs):
             time.sleep(1.0)
-        return next(proc.returncode for proc in procs if proc.poll() is not None) or 0
+        return next(p.proc.returncode for p in procs if p.proc is not None and p.proc.poll() is not None) or 0
     except KeyboardInterrupt:
         print("\nStopping ...")
         return 0
     finally:
         for proc in reversed(procs):
-            _stop(proc)
+            proc.stop()
         if started_broker and once:
             broker.stop(settings)
             print("Stopped the Kafka broker this run started.")

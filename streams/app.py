@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib
 import logging
 import os
 import secrets
@@ -44,8 +45,7 @@ from domain.alerts import AlertRules
 from domain.model import KNOW_ME_FIELDS, score_customer, signal_to_dict
 from domain.relationship import facts
 from schemas import codec
-from sinks.clickhouse import now_ms
-from sinks.faults import make_sink
+from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from sinks.webhook import WebhookConfig, WebhookDelivery
 from streams.alerting import Alerting
@@ -186,8 +186,11 @@ def authorized(settings: Settings, header: str | None) -> bool:
 
 def make_sink_service(settings: Settings) -> ClickHouseSinkService:
     """The ClickHouse sink of these settings (with the test-only fault switches when configured)."""
-    sink = make_sink(settings.clickhouse_url, settings.clickhouse_database, settings.fault_injection_dir,
-                     settings.clickhouse_cluster)
+    if settings.sink_factory is None:
+        sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database, settings.clickhouse_cluster)
+    else:
+        module, _, name = settings.sink_factory.partition(":")
+        sink = getattr(importlib.import_module(module), name)(settings)
     return ClickHouseSinkService(settings, pseudonymisation_key(settings), sink)
 
 

@@ -6,12 +6,8 @@ so tests never see each other's data.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,6 +20,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from config.settings import Settings
+from ops import workers
 from schemas import codec
 from sinks.clickhouse import ClickHouseSink
 from streams.sink import sink_group_id
@@ -67,74 +64,11 @@ def isolated_settings(tmp_path: Path, bootstrap: str, **overrides: Any) -> Setti
     return Settings(**values)
 
 
-class WorkerProcess:
-    """``loyalty worker`` as a child process that tests can start, stop and kill."""
+class WorkerProcess(workers.WorkerProcess):
+    """A worker process of a test's deployment, run from the repository root."""
 
     def __init__(self, settings: Settings, log_path: Path, role: str = "all") -> None:
-        self.settings = settings
-        self.log_path = log_path
-        self.role = role
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ops.cli", "worker", "--role", self.role],
-            env=self.settings.child_environment(os.environ), cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        self.wait_healthy(timeout)
-
-    def wait_healthy(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}; log:\n{self.log_tail()}")
-            try:
-                self.get("/health", timeout=2)
-                return
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.3)
-        raise TimeoutError(f"worker not healthy after {timeout}s; log:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except FileNotFoundError:
-            return "(no log)"
-
-    def get(self, path: str, body: dict[str, Any] | None = None, timeout: float = 30) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.settings.web_url + path, data=data,
-                                         headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return json.loads(response.read())
-        except urllib.error.HTTPError as exc:
-            raise RuntimeError(f"worker answered {exc.code} to {path}: {exc.read().decode(errors='replace')}") from exc
-
-    def query(self, sql: str) -> list[list[Any]]:
-        return self.get("/clickhouse/query", {"sql": sql})["rows"]
-
-    def scalar(self, sql: str) -> Any:
-        return self.query(sql)[0][0]
-
-    def stop(self, timeout: float = 60.0) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return None if self.proc is None else self.proc.returncode
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
+        super().__init__(settings, log_path, role=role, cwd=REPO)
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition") -> float:

@@ -1,6 +1,6 @@
 """ClickHouse fails under the worker: writes refused for 30 s, and an insert whose acknowledgement is lost.
 
-Faults are injected with the switch files of :mod:`sinks.faults` (the worker runs
+Faults are injected with the switch files of :mod:`tests.faults.injection` (the worker runs
 with ``LOYALTY_FAULT_INJECTION_DIR``): ``clickhouse_down`` makes every write fail while it exists,
 ``clickhouse_ack_lost`` makes the next write succeed and then report an error.
 """
@@ -13,6 +13,7 @@ import pytest
 
 from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from streams.sink import sink_group_id
+from tests.faults.injection import switches_of
 from tests.harness import (
     changelog_states,
     committed_offsets,
@@ -30,15 +31,17 @@ from tests.harness import (
 
 pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
+FAULTY_SINK = "tests.faults.injection:make_sink"
+
 OUTAGE_SECONDS = 30
 
 
 def test_clickhouse_down_30s_offsets_never_pass_what_clickhouse_acknowledged(make_worker, figures, tmp_path):
-    switches = tmp_path / "faults"
-    switches.mkdir()
     # Back-off capped at 5 s (default 30 s) so the backlog starts draining soon after the outage.
-    worker = make_worker(fault_injection_dir=switches, sink_retry_max_seconds=5.0)
+    worker = make_worker(sink_factory=FAULTY_SINK, sink_retry_max_seconds=5.0)
     settings = worker.settings
+    switches = switches_of(settings)
+    switches.mkdir(parents=True, exist_ok=True)
     db = settings.clickhouse_database
     events = generate(customers=300, days=1, seed=41, end_ms=int(time.time() * 1000) - 60_000, history_days=20)
     outgoing = to_outgoing(events, seed=41, duplicate_rate=0.02)
@@ -87,10 +90,10 @@ def test_clickhouse_down_30s_offsets_never_pass_what_clickhouse_acknowledged(mak
 
 
 def test_lost_insert_acknowledgement_retry_inserts_no_duplicate_rows(make_worker, figures, tmp_path):
-    switches = tmp_path / "faults"
-    switches.mkdir()
-    worker = make_worker(fault_injection_dir=switches)
+    worker = make_worker(sink_factory=FAULTY_SINK)
     settings = worker.settings
+    switches = switches_of(settings)
+    switches.mkdir(parents=True, exist_ok=True)
     db = settings.clickhouse_database
     events = generate(customers=200, days=1, seed=51, end_ms=int(time.time() * 1000) - 60_000, history_days=20)
     outgoing = to_outgoing(events, seed=51)  # no resends: every raw row inserted twice would be a retry's

@@ -39,14 +39,9 @@ def locked(settings, tmp_path) -> WorkerProcess:
     locked_settings = type(settings)(**values)
     create_topics(locked_settings)
     worker = WorkerProcess(locked_settings, tmp_path / "worker.log")
-    worker.wait_healthy = lambda timeout: _wait_health(worker, timeout)  # type: ignore[method-assign]
     worker.start()
     yield worker
     worker.stop()
-
-
-def _wait_health(worker: WorkerProcess, timeout: float) -> None:
-    wait_until(lambda: call(worker, "/health", None)[0] == 200, timeout, what="the worker healthy")
 
 
 def test_every_route_but_health_needs_the_token(locked: WorkerProcess):

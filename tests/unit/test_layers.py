@@ -98,8 +98,8 @@ def test_only_settings_reads_the_environment():
             text = path.read_text()
             if "os.environ" in text or "os.getenv" in text:
                 readers.append(_id(path))
-    # the demo only passes the environment through to the worker process it starts
-    assert readers == ["ops/demo.py"]
+    # the worker processes get the parent's environment passed through (with the settings' values)
+    assert readers == ["ops/workers.py"]
 
 
 # Private attributes of the module's own classes, reached on another instance of that class.

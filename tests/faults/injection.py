@@ -1,7 +1,8 @@
 """Fault injection for the fault-test suite: switch files that make ClickHouse writes fail.
 
-Enabled only when ``LOYALTY_FAULT_INJECTION_DIR`` is set (never in production). While the file
-``clickhouse_down`` exists in that directory every write fails before reaching ClickHouse, as
+A worker uses it when ``LOYALTY_SINK_FACTORY=tests.faults.injection:make_sink`` (the worker runs
+from the repository); the switches live in ``<data_dir>/faults``. While the file
+``clickhouse_down`` exists there every write fails before reaching ClickHouse, as
 when the server is away. When ``clickhouse_ack_lost`` exists, the next write reaches ClickHouse
 and then reports an error, as when an acknowledgement is lost on the way back; the file is
 removed so it happens once.
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
+from config.settings import Settings
 from sinks.clickhouse import ClickHouseSink, SinkBatch
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,13 @@ class FaultInjectingSink(ClickHouseSink):
         return written
 
 
-def make_sink(dsn: str, database: str, fault_injection_dir: Path | None, cluster: str | None = None) -> ClickHouseSink:
-    if fault_injection_dir is None:
-        return ClickHouseSink(dsn, database, cluster)
-    logger.warning("fault injection is enabled (switches in %s): for tests only", fault_injection_dir)
-    return FaultInjectingSink(dsn, database, fault_injection_dir, cluster)
+def switches_of(settings: Settings) -> Path:
+    return settings.data_dir / "faults"
+
+
+def make_sink(settings: Settings) -> ClickHouseSink:
+    """The sink factory of the fault tests (``LOYALTY_SINK_FACTORY``)."""
+    switches = switches_of(settings)
+    switches.mkdir(parents=True, exist_ok=True)
+    logger.warning("fault injection is enabled (switches in %s): for tests only", switches)
+    return FaultInjectingSink(settings.clickhouse_url, settings.clickhouse_database, switches, settings.clickhouse_cluster)
