@@ -34,7 +34,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import faust
 import faust.web
-from aiokafka.partitioner import murmur2
+from aiokafka.partitioner import DefaultPartitioner
 from faust.types import EventT, StoreT, TableT
 from faust.types import Message as FaustMessage
 from mode.supervisors import CrashingSupervisor
@@ -266,6 +266,7 @@ class Pipeline:
         self.dead_letter_codec = codec("dead_letter")
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
+        self.partitioner = DefaultPartitioner()
         # Bumped whenever partitions are revoked: a batch taken before then stops where it is.
         self.generation = 0
         self.processor = CustomerProcessor(
@@ -324,7 +325,8 @@ class Pipeline:
         count = self.app.consumer.topic_partitions(topic) if self.app.consumer else None
         if not count:
             return None
-        return (murmur2(key) & 0x7FFFFFFF) % count
+        partitions = list(range(count))
+        return int(self.partitioner(key, partitions, partitions))
 
     # -- the agent and timers -----------------------------------------------------------------
 
