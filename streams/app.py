@@ -29,7 +29,7 @@ import logging
 import os
 import secrets
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, cast
 
 import faust
@@ -267,8 +267,6 @@ class Pipeline:
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
         self.partitioner = DefaultPartitioner()
-        # Bumped whenever partitions are revoked: a batch taken before then stops where it is.
-        self.generation = 0
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -315,11 +313,6 @@ class Pipeline:
                                                    payload=message.value)])
         await self.produce(effects)
 
-    def still_owner(self) -> Callable[[], bool]:
-        """Whether no partition was revoked since this call (asked by a batch as it runs)."""
-        taken = self.generation
-        return lambda: self.generation == taken
-
     def partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
         count = self.app.consumer.topic_partitions(topic) if self.app.consumer else None
@@ -338,16 +331,7 @@ class Pipeline:
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
-                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms(),
-                                                           current=pipeline.still_owner())
-                if effects.abandoned:
-                    # The partitions moved while the batch ran: their new owners read it again
-                    # (its offsets are not committed), so nothing more of it is written or sent.
-                    pipeline.relationship_store.take()
-                    pipeline.due_time_store.take()
-                    logger.warning("batch of %d records abandoned: partitions were revoked while it ran", len(events))
-                    yield None
-                    continue
+                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
                 await pipeline.produce(effects)
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
@@ -392,11 +376,7 @@ class Pipeline:
             # them: from now on read their states from the tables again.
             pipeline.states.clear()
 
-        async def abandon_batch_in_flight(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
-            pipeline.generation += 1
-            pipeline.states.clear()
-
-        self.app.on_partitions_revoked.connect(abandon_batch_in_flight)  # type: ignore[arg-type]
+        self.app.on_partitions_revoked.connect(forget_cached_states)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(forget_cached_states)  # type: ignore[arg-type]
 
     def _lifecycle_service(self) -> Any:

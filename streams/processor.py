@@ -58,9 +58,6 @@ class Effects:
     alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     customers: int = 0
-    # True when the partitions were revoked while the batch ran: it stopped between two customers
-    # and nothing of it is to be sent.
-    abandoned: bool = False
 
 
 # A customer's items in a batch: (message, event) for an input record, (message, None) for a
@@ -115,26 +112,14 @@ class CustomerProcessor:
             by_customer.setdefault((decoded.customer_id.encode(), message.partition), []).append((message, decoded))
         return by_customer
 
-    async def process(self, messages: Sequence[Message], now: int,
-                      current: Callable[[], bool] = lambda: True) -> Effects:
-        """Fold, score and store one batch; return what is to be produced.
-
-        ``current`` says whether the batch's partitions are still this worker's; it is asked
-        after every pause of the loop (where a rebalance can happen), and when it says no the
-        batch stops there, before another customer's record is written.
-        """
+    async def process(self, messages: Sequence[Message], now: int) -> Effects:
+        """Fold, score and store one batch; return what is to be produced."""
         effects = Effects()
         by_customer = self.group(messages, now, effects)
         for done, ((key, _), items) in enumerate(by_customer.items()):
             if done % YIELD_EVERY_CUSTOMERS == YIELD_EVERY_CUSTOMERS - 1:
                 await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
-                if not current():
-                    effects.abandoned = True
-                    return effects
             self.customer(key, items, effects)
-        if not current():
-            effects.abandoned = True
-            return effects
         effects.customers = len(by_customer)
         effects.outcomes["dead_lettered"] = len(effects.dead_letters)
         effects.outcomes["forwarded"] = len(effects.forwards)

@@ -48,12 +48,3 @@ def test_one_write_and_one_signal_per_customer_whatever_the_events_per_customer(
     signal_codec = codec("loyalty_signal")
     versions = {key.decode(): signal_codec.decode(value)["relationship"]["version"] for key, value in effects.signals}
     assert versions == {cid: x.events for cid, x in expected.items()}
-
-
-def test_a_batch_whose_partitions_are_revoked_stops_between_customers_and_sends_nothing():
-    processor, store, events, messages, now = _setup()
-    answers = iter([True, False])  # revoked during the second pause
-    effects = asyncio.run(processor.process(messages, now, current=lambda: next(answers)))
-    assert effects.abandoned
-    # the customers written before the pause where the revocation was seen, and no more
-    assert store.writes == 2 * 50 - 1 < len(expected_by_customer(events))
