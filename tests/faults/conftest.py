@@ -35,7 +35,6 @@ from tests.harness import (
 
 FIGURES = pytest.StashKey[list[FaultFigures]]()
 FIGURES_FILE = REPO / "var" / "fault-figures.jsonl"
-SESSION_TIMEOUT_SECONDS = 10
 
 
 @pytest.fixture
