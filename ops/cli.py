@@ -141,7 +141,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from ops.admin import create_topics, start_groups_at_the_beginning
-    from streams.app import Pipeline, tune_garbage_collector
+    from streams.app import make_pipeline, tune_garbage_collector
 
     if settings.uses_local_kafka and not broker.status(settings).running:
         broker.start(settings)
@@ -160,7 +160,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(serve_sink(settings))
         return 0
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(settings, role=args.role)
+    pipeline = make_pipeline(settings, role=args.role)
     pipeline.prepare()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False, redirect_stdouts=False)

@@ -39,7 +39,7 @@ ALERT_COLUMNS = (
     "alert_id", "customer_id", "kind", "severity", "raised_at", "model_version", "summary", "before_score",
     "after_score", "before_tier", "after_tier", "tier_reason", "measure", "measure_before", "measure_after",
     "threshold", "explanation_components", "explanation_before", "explanation_after", "churn_risk",
-    "greeting_hint", "updated_at",
+    "greeting_hint", "processed_at", "historical", "updated_at",
 )
 RAW_TABLE = {"purchase": "purchases", "call": "calls", "visit": "visits"}
 RAW_COLUMNS = {"purchase": PURCHASE_COLUMNS, "call": CALL_COLUMNS, "visit": VISIT_COLUMNS}
@@ -94,7 +94,9 @@ def alert_row(alert: dict[str, Any], now: int) -> dict[str, Any]:
         explanation_components=[c["component"] for c in alert["explanation"]],
         explanation_before=[c["before"] for c in alert["explanation"]],
         explanation_after=[c["after"] for c in alert["explanation"]],
-        churn_risk=ctx.get("churn_risk"), greeting_hint=ctx.get("greeting_hint", ""), updated_at=now,
+        churn_risk=ctx.get("churn_risk"), greeting_hint=ctx.get("greeting_hint", ""),
+        # a datum from a writer older than these fields: not known to be historical
+        processed_at=alert.get("processed_at"), historical=bool(alert.get("historical", False)), updated_at=now,
     )
     return row
 

@@ -9,7 +9,8 @@ customer has one ordered writer. A batch is worked at three grains:
   once, write the record once (table and changelog) and emit one signal that carries the
   relationship facts;
 * per batch: the produced records (signals, alerts, dead letters, forwards) are handed to the
-  producer together and their acknowledgements awaited once, by the caller.
+  producer together and their acknowledgements awaited once, by the caller, before the
+  changelog records that remember them (see :mod:`streams.app`).
 
 Nothing here writes ClickHouse: the sink process stores what the worker produces.
 """
@@ -119,7 +120,7 @@ class CustomerProcessor:
         for done, ((key, _), items) in enumerate(by_customer.items()):
             if done % YIELD_EVERY_CUSTOMERS == YIELD_EVERY_CUSTOMERS - 1:
                 await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
-            self.customer(key, items, effects)
+            self.customer(key, items, effects, now)
         effects.customers = len(by_customer)
         effects.outcomes["dead_lettered"] = len(effects.dead_letters)
         effects.outcomes["forwarded"] = len(effects.forwards)
@@ -128,8 +129,10 @@ class CustomerProcessor:
         self.totals["messages"] += len(messages)
         return effects
 
-    def customer(self, key: bytes, items: list[Item], effects: Effects) -> None:
-        """One customer's share of a batch: fold, score once, evaluate once, write once, one signal."""
+    def customer(self, key: bytes, items: list[Item], effects: Effects, now: int) -> None:
+        """One customer's share of a batch: fold, score once, evaluate once, write once, one signal.
+
+        ``now`` is the worker's clock, which tells live alerts from historical ones."""
         first, last = items[0][0], items[-1][0]
         record = self.states.get(key, first)
         events = [(m, e) for m, e in items if e is not None]
@@ -156,7 +159,7 @@ class CustomerProcessor:
         if self.alerting is not None:
             if events:
                 self.alerting.observe(newest)
-            effects.alerts.extend((key, a) for a in self.alerting.evaluate(key, last, record, scored,
+            effects.alerts.extend((key, a) for a in self.alerting.evaluate(key, last, record, scored, now,
                                                                           store_due_time=bool(checks)))
         self.states.put(key, record, last)
 

@@ -323,7 +323,8 @@ def test_the_tier_list_in_sql_is_the_model_s():
 
 # -- roles -----------------------------------------------------------------------------------------
 
-VIEWS = re.findall(r"CREATE VIEW IF NOT EXISTS \{db\}\.(v_\w+)", BI_SQL)
+# the BI views of every migration (0004_bi and the ones added later, e.g. 0006's alert views)
+VIEWS = [view for _, _, sql in migrations() for view in re.findall(r"CREATE VIEW IF NOT EXISTS \{db\}\.(v_\w+)", sql)]
 
 
 def role_statements(name: str, db: str) -> list[str]:
