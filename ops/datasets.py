@@ -13,7 +13,6 @@ apply) and converted to the project's purchase events.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile
@@ -44,9 +43,8 @@ DATASETS = {
 
 
 def cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/loyalty-stream/datasets`` (``~/.cache/...`` by default)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "loyalty-stream" / "datasets"
+    """``~/.cache/loyalty-stream/datasets``."""
+    return Path.home() / ".cache" / "loyalty-stream" / "datasets"
 
 
 def fetch(name: str, cache: Path | None = None) -> Path:

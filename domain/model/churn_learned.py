@@ -102,7 +102,7 @@ class LearnedChurnModel:
             coefficients=tuple(float(v) for v in data["coefficients"]),  # type: ignore[attr-defined]
             intercept=float(data["intercept"]),  # type: ignore[arg-type]
             buyers=int(data.get("buyers", 0)),  # type: ignore[call-overload]
-            base_rate=float(data.get("base_rate", math.nan)),  # type: ignore[arg-type]
+            base_rate=math.nan if data.get("base_rate") is None else float(data["base_rate"]),  # type: ignore[arg-type]
             trained_cutoff=None if cut is None else int(cut),  # type: ignore[call-overload]
         )
 

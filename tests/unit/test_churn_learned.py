@@ -146,6 +146,7 @@ def test_features_of_a_hand_made_history() -> None:
 HAND_MODEL = LearnedChurnModel(
     horizon_days=90, features=("bgnbd_logit", "recency_gaps", "discount_share"),
     means=(0.0, 1.0, 0.1), scales=(2.0, 0.5, 0.2), coefficients=(0.8, 1.5, -0.4), intercept=0.3,
+    buyers=1_000, base_rate=0.25, trained_cutoff=T0,
 )
 
 
@@ -256,3 +257,17 @@ def test_worker_replay_and_backtest_give_the_same_risk(tmp_path: Path) -> None:
         assert worker.churn_drivers == replayed[customer_id]["churn_drivers"]
         checked += 1
     assert checked == report.customers == len(report.risks) > 500
+
+
+def test_the_sink_reads_rows_back_as_events_and_publishes_the_model_as_json() -> None:
+    from streams.churn_params import churn_from_bytes, churn_to_bytes, event_from_row
+
+    purchase = event_from_row("purchase", ("e1", "c1", T0, "web", "o1", 1_500, "EUR", 200, None, False, "S1"))
+    assert purchase == PurchaseEvent("e1", "c1", T0, "web", "o1", 1_500, "EUR", discount_minor=200, location_id="S1")
+    call = event_from_row("call", ("k1", "c1", T0, "inbound", "complaint", 5, 60, 0, -0.5, 3, None, "a1"))
+    assert call == CallEvent("k1", "c1", T0, "inbound", "complaint", 5, 60, False, "a1", sentiment=-0.5, effort_score=3)
+    visit = event_from_row("visit", ("v1", "c1", T0, "store", "S01", 300, 1))
+    assert visit == VisitEvent("v1", "c1", T0, "store", "S01", 300, True)
+    assert churn_from_bytes(churn_to_bytes(HAND_MODEL)) == HAND_MODEL
+    with pytest.raises(ValueError, match="unknown features: shoe_size"):
+        churn_from_bytes(churn_to_bytes(HAND_MODEL).replace(b"discount_share", b"shoe_size"))
