@@ -356,8 +356,12 @@ def purchase_days(state: RelationshipState) -> int:
     if state.lifetime.purchases == 0:
         return 0
     oldest_kept = (state.last_seen_at or 0) // DAY_MS - LONGEST_WINDOW_DAYS + 1
-    days = {day for day, tally in state.days.items() if tally.purchases and day >= oldest_kept}
-    covered = sum(tally.purchases for day, tally in state.days.items() if day >= oldest_kept)
+    days: set[int] = set()
+    covered = 0
+    for day, tally in state.days.items():
+        if tally.purchases and day >= oldest_kept:
+            days.add(day)
+            covered += tally.purchases
     for at in state.recent_purchase_at:
         day = at // DAY_MS
         if day < oldest_kept:

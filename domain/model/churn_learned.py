@@ -21,6 +21,7 @@ horizon, or a history too small to learn from (:data:`MIN_TRAIN_BUYERS`, :data:`
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ DEFAULT_L2 = 1.0
 log-likelihood: negligible with thousands of buyers, it keeps a constant or separable input finite."""
 DRIVERS_KEPT = 3
 """Top contributions (by absolute size) a risk carries."""
+_FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
 _P_CLIP = 1e-9
 _SPREAD_FLOOR = 1e-9
 
@@ -129,10 +131,12 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def features(state: RelationshipState, as_of: int, bgnbd_risk: float, population_gap_days: float) -> list[float]:
+def features(state: RelationshipState, as_of: int, bgnbd_risk: float, population_gap_days: float,
+             days: int | None = None) -> list[float]:
     """The inputs of :data:`FEATURES`, in order, for a buyer as of ``as_of``.
 
-    ``bgnbd_risk`` is BG/NBD's P(no purchase in the horizon) for the same customer and time.
+    ``bgnbd_risk`` is BG/NBD's P(no purchase in the horizon) for the same customer and time;
+    ``days`` the customer's purchase days when already counted.
     """
     w30 = window(state, 30, as_of)
     w90 = window(state, 90, as_of)
@@ -143,7 +147,7 @@ def features(state: RelationshipState, as_of: int, bgnbd_risk: float, population
     since_last = 0.0 if last is None else max(0, as_of - last.occurred_at) / DAY_MS
     first = state.first_purchase_at
     tenure = 0.0 if first is None else max(0, as_of - first) / DAY_MS
-    days = purchase_days(state)
+    days = purchase_days(state) if days is None else days
     earlier_spend = max(0, w365.spend_minor - w90.spend_minor) * 90 / 275
     regularity = 0.0
     if rhythm.mean_gap_days and rhythm.gap_stddev_days is not None and rhythm.purchases_seen > 2:
@@ -187,9 +191,9 @@ def churn_risk(
     bgnbd = churn.churn_probability(params, summary, horizon_days)
     if model is None or model.horizon_days != horizon_days:
         return ChurnRisk(bgnbd, "bgnbd")
-    x = features(state, as_of, bgnbd, params.population_gap_days)
+    x = features(state, as_of, bgnbd, params.population_gap_days, summary.x + 1)
     logit, terms = contributions(model, x)
-    ranked = sorted(terms.items(), key=lambda kv: (-abs(kv[1]), kv[0]))[:drivers_kept]
+    ranked = heapq.nsmallest(drivers_kept, terms.items(), key=lambda kv: (-abs(kv[1]), kv[0]))
     return ChurnRisk(_sigmoid(logit), "learned", tuple((name, round(value, 6)) for name, value in ranked))
 
 
@@ -197,7 +201,7 @@ def contributions(model: LearnedChurnModel, x: Sequence[float]) -> tuple[float, 
     """The log-odds of ``x`` and each input's term; the terms sum to log-odds minus the intercept."""
     terms: dict[str, float] = {}
     logit = model.intercept
-    index = {name: i for i, name in enumerate(FEATURES)}
+    index = _FEATURE_INDEX
     for name, mean, scale, coef in zip(model.features, model.means, model.scales, model.coefficients):
         term = coef * (x[index[name]] - mean) / scale
         terms[name] = term
