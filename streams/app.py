@@ -56,10 +56,11 @@ from schemas import codec
 from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from streams.alerting import Alerting
+from streams.churn_params import churn_from_bytes
 from streams.decoding import EventDecoder
 from streams.messages import Message
 from streams.processor import CustomerProcessor, Effects, ModelParams
-from streams.sink import ClickHouseSinkService, latest_model_params
+from streams.sink import ClickHouseSinkService, latest_published, params_from_bytes
 from streams.state import customer_cache, decode_record
 from streams.webhooks import WebhookConsumer, webhook_config
 
@@ -380,13 +381,18 @@ class Pipeline:
     async def load_model_params(self) -> None:
         """Use the newest parameters the sink published, if they differ from those in use."""
         try:
-            latest = await latest_model_params(self.settings)
+            published = await latest_published(self.settings)
+            latest = params_from_bytes(published[b"bgnbd"]) if b"bgnbd" in published else None
+            learned = churn_from_bytes(published[b"churn"]) if b"churn" in published else None
         except Exception as exc:  # noqa: BLE001 - the next check tries again; the old parameters stay
             logger.warning("could not read the model parameters topic: %s: %s", type(exc).__name__, exc)
             return
         if latest is not None and latest != self.model.current:
             self.model.current = latest
             logger.info("model parameters from %s: %s", latest.source, latest.as_dict())
+        if learned is not None and learned != self.model.churn:
+            self.model.churn = learned
+            logger.info("churn model trained on %d buyers as of %s", learned.buyers, learned.trained_cutoff)
 
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self
