@@ -1,12 +1,11 @@
-"""The loyalty report: key figures from the BI views (migration 0004), as terminal tables or as
-one self-contained HTML page with charts.
+"""The loyalty report: key figures from the BI views (migrations 0004 and 0007), as terminal
+tables or as one self-contained HTML page with charts.
 
 Everything goes through one ``query(sql) -> (columns, rows)`` callable, so the report runs
 against embedded chDB, through the worker's HTTP API while it owns the engine, or against a
-server with nothing but the ``loyalty_bi_reader`` role: it reads the ``v_*`` views and the
-``signals_daily`` snapshot only. :func:`build_report` runs the queries once; :func:`render_text`
-and :func:`render_html` draw the same figures, so the page's tables and charts agree by
-construction.
+server with nothing but the ``loyalty_bi_reader`` role: it reads the ``v_*`` views only.
+:func:`build_report` runs the queries once; :func:`render_text` and :func:`render_html` draw the
+same figures, so the page's tables and charts agree by construction.
 
 The page needs no network: the charts are inline SVG drawn here, with no script. Each chart is
 ``<svg data-chart="NAME" data-points="N">`` with N marks ``<rect class="mark" data-key=...
@@ -33,19 +32,21 @@ TIER_COLOURS = {
 """One colour per tier, the same in every chart."""
 
 # Every figure of the report, from the BI views. {db}: the database; {days}: the window of the
-# daily series, ending at the newest day with signals; {top}: customers at risk listed.
+# daily series, ending at the newest event day; {top}: customers at risk listed.
 SQL: dict[str, str] = {
     "tiers_now": (
         "SELECT tier, customers, share, avg_loyalty_score, avg_churn_risk, revenue_365d_minor "
         "FROM {db}.v_tiers_current ORDER BY customers DESC, tier"
     ),
+    # The newest day from the view itself (a window over its answer: the view runs once).
     "tiers_over_time": (
-        "SELECT day, tier, customers FROM {db}.v_daily_tiers "
-        "WHERE day > (SELECT max(day) FROM {db}.signals_daily) - {days} ORDER BY day, tier"
+        "SELECT day, tier, customers FROM (SELECT day, tier, customers, max(day) OVER () AS newest "
+        "FROM {db}.v_daily_tiers) WHERE day > newest - {days} ORDER BY day, tier"
     ),
     "audience": (
         "SELECT day, active_customers, loyal_customers, transactional_customers, loyal_share, transactional_share "
-        "FROM {db}.v_audience_vs_loyal WHERE day > (SELECT max(day) FROM {db}.signals_daily) - {days} ORDER BY day"
+        "FROM (SELECT *, max(day) OVER () AS newest FROM {db}.v_audience_vs_loyal) "
+        "WHERE day > newest - {days} ORDER BY day"
     ),
     "score_histogram": "SELECT bin_from, bin_to, customers FROM {db}.v_score_histogram ORDER BY bin_from",
     "at_risk": (
@@ -179,11 +180,14 @@ def sections(report: Report) -> list[tuple[str, list[str], list[tuple[str, ...]]
     audience = report["audience"]
     risk = report["at_risk"]
     outcome = report["alerts_outcome"]
+    tier_columns = _tier_order({str(t) for _, t, _ in report["tiers_over_time"].rows})
     return [
         ("Key figures", ["figure", "value"], key_figures(report)),
         ("Tier distribution now", ["tier", "customers", "share", "avg score", "avg churn risk", "revenue 365d"],
          [(str(t), number(int(n)), percent(s), number(sc, 1), number(c, 3), money(r, cur))
           for t, n, s, sc, c, r in tiers.rows]),
+        (f"Customers per tier at the end of each day, last {report.days} days", ["day", *tier_columns, "total"],
+         tiers_by_day(report, tier_columns)),
         (f"Audience vs loyal base, last {report.days} days",
          ["day", "active", "loyal", "transactional", "loyal share", "transactional share"],
          [(day_label(d), number(int(a)), number(int(lo)), number(int(tr)), percent(ls), percent(ts))
@@ -200,6 +204,15 @@ def sections(report: Report) -> list[tuple[str, list[str], list[tuple[str, ...]]
          ["from", "to", "customers"],
          [(f, t, number(n)) for f, t, n in report.transitions_last_week()]),
     ]
+
+
+def tiers_by_day(report: Report, tiers: list[str]) -> list[tuple[str, ...]]:
+    """The daily series as one row per day: customers per tier (in ``tiers`` order) and in all."""
+    by_day: dict[str, dict[str, int]] = {}
+    for d, t, n in report["tiers_over_time"].rows:
+        by_day.setdefault(day_label(d), {})[str(t)] = int(n)
+    return [(d, *(number(counts.get(t, 0)) for t in tiers), number(sum(counts.values())))
+            for d, counts in sorted(by_day.items())]
 
 
 def render_text(report: Report) -> str:
@@ -293,7 +306,8 @@ def chart_tiers_over_time(report: Report) -> str:
                 marks.append(_mark(LEFT + slot * i + slot * 0.1, y, slot * 0.8, n * scale, f"{d}|{t}", n,
                                    TIER_COLOURS.get(t, "#999"), f"{d} {t}: {n:,}"))
     body = _axis(top) + _x_labels(days, slot) + _legend(tiers)
-    return _svg("tiers-over-time", marks, body, "Customers with a signal per day, by the tier they held")
+    return _svg("tiers-over-time", marks, body,
+                "Customers per day, by the tier they ended the day in (their last event's, carried forward)")
 
 
 def chart_score_histogram(report: Report) -> str:
@@ -398,8 +412,8 @@ def _html_table(name: str, columns: list[str], rows: list[tuple[str, ...]]) -> s
 def render_html(report: Report) -> str:
     """One self-contained page: the key figures, every chart and the tables they come from."""
     tables = sections(report)
-    names = ["key-figures", "tiers-now", "audience", "customers-at-risk", "alerts-per-day", "alert-outcomes",
-             "tier-transitions"]
+    names = ["key-figures", "tiers-now", "tiers-by-day", "audience", "customers-at-risk", "alerts-per-day",
+             "alert-outcomes", "tier-transitions"]
     table_html = {name: (title, _html_table(name, columns, rows))
                   for name, (title, columns, rows) in zip(names, tables, strict=True)}
     charts = {name: draw(report) for name, draw in CHARTS.items()}
@@ -415,7 +429,8 @@ def render_html(report: Report) -> str:
         f'<p class="sub">Database {_esc(report.database)}; money in {_esc(report.currency)}; '
         f"{_esc(report.generated_at)}</p>",
         block(*table_html["key-figures"]),
-        block("Tier distribution over time", charts["tiers-over-time"], table_html["audience"][1]),
+        block("Tier distribution over time", charts["tiers-over-time"], table_html["tiers-by-day"][1],
+              f"<h3>{_esc(table_html['audience'][0])}</h3>", table_html["audience"][1]),
         block("Loyalty scores and tiers now", charts["score-histogram"], table_html["tiers-now"][1]),
         block(table_html["tier-transitions"][0], charts["tier-transitions"], table_html["tier-transitions"][1]),
         block(table_html["customers-at-risk"][0], charts["customers-at-risk"], table_html["customers-at-risk"][1]),

@@ -1,8 +1,9 @@
 """ClickHouse rows of what travels on the topics: raw interactions, signals (with the relationship
-facts they carry), alerts and dead letters. Pure: datums in, rows (dicts by column) out."""
+facts and the day ends they carry), alerts and dead letters. Pure: datums in, rows (dicts by column) out."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Any
 
 from domain.records import CallEvent, Event, PurchaseEvent, VisitEvent
@@ -41,7 +42,12 @@ ALERT_COLUMNS = (
     "threshold", "explanation_components", "explanation_before", "explanation_after", "churn_risk",
     "greeting_hint", "processed_at", "historical", "updated_at",
 )
+TIER_DAY_COLUMNS = (
+    "customer_id", "day", "as_of", "version", "tier", "loyalty_score", "churn_risk", "spend_365d_minor", "updated_at",
+)
 RAW_TABLE = {"purchase": "purchases", "call": "calls", "visit": "visits"}
+DAY_MS = 86_400_000
+EPOCH = date(1970, 1, 1)
 RAW_COLUMNS = {"purchase": PURCHASE_COLUMNS, "call": CALL_COLUMNS, "visit": VISIT_COLUMNS}
 
 
@@ -78,6 +84,23 @@ def signal_row(signal: dict[str, Any], version: int, spend_365d_minor: int, now:
     row["churn_driver_contributions"] = [d["contribution"] for d in drivers]
     row.update(version=version, spend_365d_minor=spend_365d_minor, updated_at=now)
     return row
+
+
+def tier_day_rows(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> list[dict[str, Any]]:
+    """The tier_days rows of a signal datum: its own day (as of the signal), then each earlier
+    event day the batch closed (``day_ends``, absent from writers before that field)."""
+    cid = signal["customer_id"]
+    rows = [{"customer_id": cid, "day": _date(end["day"]), "as_of": end["as_of"], "version": end["version"],
+             "tier": end["tier"], "loyalty_score": end["loyalty_score"], "churn_risk": end["churn_risk"],
+             "spend_365d_minor": end["spend_365d_minor"], "updated_at": now} for end in signal.get("day_ends") or ()]
+    rows.append({"customer_id": cid, "day": _date(signal["as_of"] // DAY_MS), "as_of": signal["as_of"],
+                 "version": version, "tier": signal["tier"], "loyalty_score": signal["loyalty_score"],
+                 "churn_risk": signal["churn_risk"], "spend_365d_minor": spend_365d_minor, "updated_at": now})
+    return rows
+
+
+def _date(day: int) -> date:
+    return EPOCH + timedelta(days=day)
 
 
 def relationship_row(signal: dict[str, Any], now: int) -> dict[str, Any] | None:

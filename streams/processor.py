@@ -7,7 +7,8 @@ customer has one ordered writer. A batch is worked at three grains:
   pseudonymise, validate (or dead-letter with the reason);
 * per customer: fold every new event into the state, then score once, evaluate the alert rules
   once, write the record once (table and changelog) and emit one signal that carries the
-  relationship facts;
+  relationship facts and, when the batch spans several event days, the tier at the end of each
+  earlier day (:mod:`domain.model.days`);
 * per batch: the produced records (signals, alerts, dead letters, forwards) are handed to the
   producer together and their acknowledgements awaited once, by the caller, before the
   changelog records that remember them (see :mod:`streams.app`).
@@ -27,9 +28,10 @@ from typing import Any
 from config.settings import Settings
 from domain.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
 from domain.model.churn_learned import LearnedChurnModel
+from domain.model.days import day_end_to_dict, fold_batch
 from domain.pseudonymise import scrub_text
 from domain.records import Event
-from domain.relationship import RelationshipState, apply_event, facts
+from domain.relationship import RelationshipState, facts
 from schemas import codec
 from streams.alerting import Alerting
 from streams.decoding import EventDecoder
@@ -145,18 +147,25 @@ class CustomerProcessor:
                 return  # a gone-quiet check for a customer this worker has no state for
             record = CustomerRecord(RelationshipState(events[0][1].customer_id))
         state = record.state
-        for message, event in events:
-            outcome = apply_event(state, event, self.dedup_horizon_ms, message.timestamp_ms)
-            effects.outcomes[outcome.value] += 1
-        checks = [int(m.value) for m, e in items if e is None]
         params, horizon, learned = self.model.current, self.model.horizon_days, self.model.churn
+        # Folded in arrival order; a batch spanning several event days also closes its earlier
+        # days (scored as of each day's last event), so daily tiers follow event time.
+        outcomes, day_ends = fold_batch(state, [(e, m.timestamp_ms) for m, e in events], self.dedup_horizon_ms,
+                                        params, horizon, learned)
+        for outcome in outcomes:
+            effects.outcomes[outcome.value] += 1
+        if day_ends:
+            effects.outcomes["days_closed"] += len(day_ends)
+        checks = [int(m.value) for m, e in items if e is None]
         newest = state.last_seen_at or 0  # set by the first event folded
         if events:
             # Scored as of the customer's newest event: deterministic, so a replay of the same
-            # events (loyalty replay --as-of latest) gives the same signal.
+            # events (loyalty replay --as-of latest) gives the same signal. It is also the end of
+            # the newest event day, which the sink stores from the signal itself.
             scored = score_customer(state, newest, params, horizon, learned)
             signal = signal_to_dict(scored)
             signal["relationship"] = relationship_facts(state)
+            signal["day_ends"] = [day_end_to_dict(end) for end in day_ends]
             effects.signals.append((key, self.signal_codec.encode(signal)))
         else:
             scored = score_customer(state, max(max(checks), newest), params, horizon, learned)

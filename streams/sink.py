@@ -2,8 +2,9 @@
 
 It reads the input topics (raw interaction rows, decoded and validated by the same
 :class:`~streams.decoding.EventDecoder` as the state worker, so it stores exactly the events the
-worker accepted), the signals topic (``signals_current``, ``signals_history`` and, from the facts
-each signal carries, ``relationships``), the alerts topic and the dead-letter topic.
+worker accepted), the signals topic (``signals_current``, ``signals_history``, ``tier_days`` (the
+signal's own day and the earlier event days it closed) and, from the facts each signal carries,
+``relationships``), the alerts topic and the dead-letter topic.
 
 One loop, batch after batch:
 
@@ -48,11 +49,13 @@ from sinks.rows import (
     RAW_TABLE,
     SIGNAL_COLUMNS,
     SOURCE_COLUMNS,
+    TIER_DAY_COLUMNS,
     alert_row,
     dead_letter_row,
     raw_row,
     relationship_row,
     signal_row,
+    tier_day_rows,
 )
 from streams.churn_params import CHURN_EVENTS_SQL, CHURN_SAMPLE, churn_to_bytes, fit_churn_from_rows
 from streams.decoding import EventDecoder
@@ -296,6 +299,7 @@ class ClickHouseSinkService:
     def _signal_rows(self, batch: SinkBatch, records: list[Any], now: int) -> None:
         current = batch.rows("signals_current", SIGNAL_COLUMNS)
         history = batch.rows("signals_history", SIGNAL_COLUMNS)
+        days = batch.rows("tier_days", TIER_DAY_COLUMNS)
         for signal in self._decoded(self.signal_codec, records):
             facts = relationship_row(signal, now)
             if facts is None:
@@ -304,6 +308,8 @@ class ClickHouseSinkService:
             current.append(row)
             history.append(row)
             batch.rows("relationships", tuple(facts)).append(facts)
+            for day in tier_day_rows(signal, facts["version"], facts["spend_365d_minor"], now):
+                days.append(day)
 
     def _decoded(self, avro: Any, records: list[Any]) -> list[dict[str, Any]]:
         out = []

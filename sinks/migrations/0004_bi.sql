@@ -96,6 +96,8 @@ SELECT customer_id,
 FROM {db}.signals_history FINAL
 GROUP BY customer_id;
 
+-- 0007_daily_tiers replaces v_daily_tiers and v_audience_vs_loyal: each customer once per event
+-- day, in the tier they ended the day in (from tier_days); signals_daily is kept but no longer read.
 -- v_daily_tiers: the daily snapshot per (day, tier): customers with a signal that day in that
 -- tier, their mean score and churn risk, and revenue_365d_minor (see signals_daily).
 --   SELECT day, tier, customers FROM loyalty.v_daily_tiers WHERE day >= today() - 30 ORDER BY day, tier

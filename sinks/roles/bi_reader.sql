@@ -1,6 +1,7 @@
 -- The BI role for a ClickHouse SERVER (chDB, the embedded engine, has no access control). Apply as an
--- administrator after `loyalty init` (the views of migrations 0004 and 0006 must exist), with {db}
--- replaced by the database (LOYALTY_CLICKHOUSE_DATABASE), e.g.
+-- administrator after `loyalty init` (the views of migrations 0004, 0006 and 0007 must exist), with {db}
+-- replaced by the database (LOYALTY_CLICKHOUSE_DATABASE), after every `loyalty init` that
+-- applied a migration (a replaced view loses its SQL SECURITY setting), e.g.
 --   sed 's/{db}/loyalty/g' sinks/roles/bi_reader.sql | clickhouse-client --multiquery
 -- Idempotent: the role is created IF NOT EXISTS, grants repeat harmlessly. Then give the roles to
 -- users: GRANT loyalty_bi_reader TO grafana. The worker's role is in writer.sql.
@@ -12,7 +13,8 @@ CREATE ROLE IF NOT EXISTS loyalty_bi_reader;
 
 -- A normal view runs with its reader's rights by default (SQL SECURITY INVOKER), which would
 -- need SELECT on the tables underneath. DEFINER security runs it with the rights of the
--- administrator applying this file, so SELECT on the view is enough.
+-- administrator applying this file, so SELECT on the view is enough. A migration that replaces a
+-- view (0007: v_daily_tiers, v_audience_vs_loyal) resets this: apply the file again after it.
 ALTER TABLE {db}.v_daily_tiers MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_audience_vs_loyal MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_tier_transitions_weekly MODIFY SQL SECURITY DEFINER;

@@ -18,6 +18,7 @@ GRANT INSERT ON {db}.relationships TO loyalty_writer;
 GRANT INSERT ON {db}.dead_letters TO loyalty_writer;
 GRANT INSERT ON {db}.signals_current TO loyalty_writer;
 GRANT INSERT ON {db}.signals_history TO loyalty_writer;
+GRANT INSERT ON {db}.tier_days TO loyalty_writer;
 GRANT INSERT ON {db}.alerts TO loyalty_writer;
 GRANT INSERT, SELECT ON {db}.model_params TO loyalty_writer;
 -- migrate() at worker start: its idempotent preamble, then the list of applied versions.

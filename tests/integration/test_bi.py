@@ -16,6 +16,10 @@ W3 = 2026-01-19) and their state now:
     E   1: 01-14 loyal 80 .25 6000                               loyal             2        1
     F   1: 01-20 lapsed 20 1.0 800                               lapsed            1        0
     G   (no history)                                             prospect (0)      0        0
+
+tier_days (migration 0007) holds each customer's newest version of each day, as the sink writes
+it: A 01-05 v2 (its v1 of that day superseded), A 01-13, B 01-06, B 01-14, C 01-06, D, E 01-14,
+F 01-20.
 """
 
 from __future__ import annotations
@@ -70,6 +74,19 @@ CURRENT = [row for row in HISTORY if row[1] == max(r[1] for r in HISTORY if r[0]
     signal("G", 1, "2026-01-20 13:00", "prospect", 0, 0.75, 0, 0, 0.5),
 ]
 STALE_CURRENT = [HISTORY[1]]  # A's version 2, inserted after version 3: FINAL must keep version 3
+
+TIER_DAY_COLUMNS = ["customer_id", "day", "as_of", "version", "tier", "loyalty_score", "churn_risk",
+                    "spend_365d_minor", "updated_at"]
+
+
+def tier_day(row: list[Any]) -> list[Any]:
+    """The tier_days row of a history row (its columns in SIGNAL_COLUMNS order)."""
+    cid, version, as_of, _, tier, score, churn, spend = row[:8]
+    return [cid, as_of.date(), as_of, version, tier, score, churn, spend, as_of]
+
+
+TIER_DAYS = [tier_day(row) for row in HISTORY if row[1] != 1 or row[0] != "A"]  # A's v1 lost to v2 (same day)
+STALE_TIER_DAYS = [tier_day(HISTORY[0])]  # A's 01-05 v1, arriving after v2: FINAL keeps v2
 
 REL_COLUMNS = ["customer_id", "version", "visits_90d", "recognized_share_90d", "calls_90d", "unresolved_calls_90d",
                "avg_sentiment_90d", "updated_at"]
@@ -133,6 +150,8 @@ def sink(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseSink]:
     insert(f"{db}.signals_history", HISTORY, column_names=SIGNAL_COLUMNS)
     insert(f"{db}.signals_current", CURRENT, column_names=SIGNAL_COLUMNS)
     insert(f"{db}.signals_current", STALE_CURRENT, column_names=SIGNAL_COLUMNS)
+    insert(f"{db}.tier_days", TIER_DAYS, column_names=TIER_DAY_COLUMNS)
+    insert(f"{db}.tier_days", STALE_TIER_DAYS, column_names=TIER_DAY_COLUMNS)
     insert(f"{db}.relationships", RELATIONSHIPS, column_names=REL_COLUMNS)
     insert(f"{db}.relationships", STALE_RELATIONSHIPS, column_names=REL_COLUMNS)
     insert(f"{db}.purchases", PURCHASES, column_names=PURCHASE_COLUMNS)
@@ -156,22 +175,22 @@ def approx_rows(got: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
 
 # -- the snapshot and the views ------------------------------------------------------------------
 
-DAILY = [  # day, tier, customers, signals, avg score, avg churn, revenue_365d_minor
-    (date(2026, 1, 5), "loyal", 1, 1, 60.0, 0.25, 3000),
-    (date(2026, 1, 5), "new", 1, 1, 40.0, 0.5, 1000),
-    (date(2026, 1, 6), "fiercely_loyal", 1, 1, 100.0, 0.125, 10000),
-    (date(2026, 1, 6), "transactional", 1, 1, 30.0, 0.5, 2000),
-    (date(2026, 1, 13), "at_risk", 1, 1, 50.0, 0.5, 3000),
-    (date(2026, 1, 14), "loyal", 2, 2, 75.0, 0.25, 10000),  # D and E: 2 x mean(4000, 6000)
-    (date(2026, 1, 14), "transactional", 1, 1, 35.0, 0.25, 2500),
-    (date(2026, 1, 20), "lapsed", 1, 1, 20.0, 1.0, 800),
+SNAPSHOT = [  # signals_daily (0004): day, tier, customers, signals
+    (date(2026, 1, 5), "loyal", 1, 1),
+    (date(2026, 1, 5), "new", 1, 1),
+    (date(2026, 1, 6), "fiercely_loyal", 1, 1),
+    (date(2026, 1, 6), "transactional", 1, 1),
+    (date(2026, 1, 13), "at_risk", 1, 1),
+    (date(2026, 1, 14), "loyal", 2, 2),
+    (date(2026, 1, 14), "transactional", 1, 1),
+    (date(2026, 1, 20), "lapsed", 1, 1),
 ]
 
 
 def test_the_materialized_view_fills_the_daily_snapshot_on_insert(sink):
     got = rows(sink, "SELECT day, tier, uniqMerge(customers), sum(signals) FROM {db}.signals_daily "
                      "GROUP BY day, tier ORDER BY day, tier")
-    assert got == [row[:4] for row in DAILY]
+    assert got == SNAPSHOT
     got = rows(sink, "SELECT customer_id, (week_ends.1, arrayMap(c -> (intDiv(c, 16), c % 16), week_ends.2)) "
                      "FROM {db}.customer_week_tiers FINAL ORDER BY customer_id")
     w1, w2, w3 = date(2026, 1, 5), date(2026, 1, 12), date(2026, 1, 19)
@@ -186,14 +205,52 @@ def test_the_materialized_view_fills_the_daily_snapshot_on_insert(sink):
     ]
 
 
+def jan(day: int) -> date:
+    return date(2026, 1, day)
+
+
+# v_daily_tiers: every day from 01-05 to 01-20, each customer once, in the tier of their newest
+# row up to that day (carried over days without one); active = of them, with a row that day.
+# day, tier, customers, active, avg score, avg churn, revenue_365d_minor (the customers' spend summed)
+DAILY = [
+    (jan(5), "loyal", 1, 1, 60.0, 0.25, 3000),  # A (v2 of the day: loyal, not its v1 new)
+    *[row for d in range(6, 13) for row in (
+        (jan(d), "fiercely_loyal", 1, int(d == 6), 100.0, 0.125, 10000),  # C from 01-06
+        (jan(d), "loyal", 1, 0, 60.0, 0.25, 3000),  # A carried
+        (jan(d), "transactional", 1, int(d == 6), 30.0, 0.5, 2000),  # B from 01-06
+    )],
+    (jan(13), "at_risk", 1, 1, 50.0, 0.5, 3000),  # A leaves loyal
+    (jan(13), "fiercely_loyal", 1, 0, 100.0, 0.125, 10000),
+    (jan(13), "transactional", 1, 0, 30.0, 0.5, 2000),
+    *[row for d in range(14, 20) for row in (
+        (jan(d), "at_risk", 1, 0, 50.0, 0.5, 3000),
+        (jan(d), "fiercely_loyal", 1, 0, 100.0, 0.125, 10000),
+        (jan(d), "loyal", 2, 2 * int(d == 14), 75.0, 0.25, 10000),  # D and E: mean(70, 80), 4000 + 6000
+        (jan(d), "transactional", 1, int(d == 14), 35.0, 0.25, 2500),  # B's v2
+    )],
+    (jan(20), "at_risk", 1, 0, 50.0, 0.5, 3000),
+    (jan(20), "fiercely_loyal", 1, 0, 100.0, 0.125, 10000),
+    (jan(20), "lapsed", 1, 1, 20.0, 1.0, 800),  # F
+    (jan(20), "loyal", 2, 0, 75.0, 0.25, 10000),
+    (jan(20), "transactional", 1, 0, 35.0, 0.25, 2500),
+]
+DAILY_SQL = ("SELECT day, tier, customers, active_customers, avg_loyalty_score, avg_churn_risk, revenue_365d_minor "
+             "FROM {db}.v_daily_tiers ORDER BY day, tier")
+
+
 def test_v_daily_tiers(sink):
-    got = rows(sink, "SELECT day, tier, customers, signals, avg_loyalty_score, avg_churn_risk, revenue_365d_minor "
-                     "FROM {db}.v_daily_tiers ORDER BY day, tier")
+    got = rows(sink, DAILY_SQL)
     assert got == approx_rows(DAILY)
+    assert len({row[0] for row in got}) == 16  # 01-05 .. 01-20, days without any event included
+    # The newest day is the tier mix of signals_current for every customer with history (all but G).
+    newest = {tier: n for day, tier, n, *_ in got if day == jan(20)}
+    current = dict(rows(sink, "SELECT tier, count() FROM {db}.signals_current FINAL WHERE customer_id != 'G' "
+                              "GROUP BY tier"))
+    assert newest == current
 
 
 AUDIENCE = [  # day, active, loyal (fiercely + loyal), transactional, shares
-    (date(2026, 1, 5), 1, 1, 0, 1.0, 0.0),  # A was new, then loyal
+    (date(2026, 1, 5), 1, 1, 0, 1.0, 0.0),  # A, once: it ended the day loyal (its first signal said new)
     (date(2026, 1, 6), 2, 1, 1, 0.5, 0.5),
     (date(2026, 1, 13), 1, 0, 0, 0.0, 0.0),
     (date(2026, 1, 14), 3, 2, 1, 2 / 3, 1 / 3),
@@ -289,17 +346,20 @@ def test_v_tiers_current_and_score_histogram(sink):
     assert got == [(0, 10, 1), (20, 30, 1), (30, 40, 1), (50, 60, 1), (70, 80, 1), (80, 90, 1), (90, 100, 1)]
 
 
-def test_a_replayed_history_row_inflates_no_count(sink):
-    """B's version 2 arrives again in another insert block (a replay with other batch boundaries)."""
-    before = {view: rows(sink, f"SELECT * FROM {{db}}.{view} ORDER BY ALL")
-              for view in ("v_audience_vs_loyal", "v_tier_transitions_weekly")}
+def test_a_replayed_row_inflates_no_count(sink):
+    """B's version 2 arrives again in another insert block (a replay with other batch boundaries):
+    its history row and its tier_days row."""
+    views = ("v_daily_tiers", "v_audience_vs_loyal", "v_tier_transitions_weekly")
+    before = {view: rows(sink, f"SELECT * FROM {{db}}.{view} ORDER BY ALL") for view in views}
     sink.client.insert(f"{sink.database}.signals_history", [HISTORY[4]], column_names=SIGNAL_COLUMNS)
+    sink.client.insert(f"{sink.database}.tier_days", [tier_day(HISTORY[4])], column_names=TIER_DAY_COLUMNS)
     try:
         for view, expected in before.items():
             assert rows(sink, f"SELECT * FROM {{db}}.{view} ORDER BY ALL") == expected, view
-        got = rows(sink, "SELECT customers, signals, avg_loyalty_score, revenue_365d_minor FROM {db}.v_daily_tiers "
+        assert rows(sink, DAILY_SQL) == approx_rows(DAILY)
+        got = rows(sink, "SELECT uniqMerge(customers), sum(signals) FROM {db}.signals_daily "
                          "WHERE day = '2026-01-14' AND tier = 'transactional'")
-        assert got == [(1, 2, 35.0, 2500)]  # the signal count shows the replay; the figures do not move
+        assert got == [(1, 2)]  # the old snapshot's signal count shows the replay; its customers do not
     finally:
         # Put the module's data back as it was: rebuild the snapshot from the deduplicated history.
         db = sink.database
@@ -310,8 +370,8 @@ def test_a_replayed_history_row_inflates_no_count(sink):
                             "avgState(loyalty_score) AS avg_loyalty_score, avgState(churn_risk) AS avg_churn_risk, "
                             f"avgState(spend_365d_minor) AS avg_spend_365d_minor FROM {db}.signals_history FINAL "
                             "GROUP BY day, tier)")
-    assert rows(sink, "SELECT day, tier, customers, signals FROM {db}.v_daily_tiers ORDER BY day, tier") == [
-        row[:4] for row in DAILY]
+    assert rows(sink, "SELECT day, tier, uniqMerge(customers), sum(signals) FROM {db}.signals_daily "
+                      "GROUP BY day, tier ORDER BY day, tier") == SNAPSHOT
 
 
 def test_the_tier_list_in_sql_is_the_model_s():
@@ -346,8 +406,8 @@ def test_every_view_of_the_migration_is_granted_to_the_bi_reader():
 def test_the_writer_inserts_and_reads_no_contact_pseudonyms():
     statements = role_statements("writer.sql", "loyalty")
     text = " ".join(statements)
-    for table in ("purchases", "calls", "visits", "relationships", "signals_current", "signals_history", "alerts",
-                  "dead_letters"):
+    for table in ("purchases", "calls", "visits", "relationships", "signals_current", "signals_history", "tier_days",
+                  "alerts", "dead_letters"):
         assert f"GRANT INSERT ON loyalty.{table} TO loyalty_writer" in statements
     for table in ("alerts", "signals_current", "signals_history"):
         assert not re.search(rf"SELECT[^;]*ON loyalty\.{table} ", text + " "), table
@@ -467,9 +527,15 @@ def test_the_report_page_renders_in_chromium_with_every_chart(sink, tmp_path):
 
     # Every chart against a direct query of the tables underneath, computed here independently.
     db = sink.database
-    daily = rows(sink, f"SELECT toString(toDate(as_of)) AS day, tier, uniqExact(customer_id) FROM {db}.signals_history "
-                       "FINAL GROUP BY day, tier")
-    assert dom.charts["tiers-over-time"]["marks"] == {f"{d}|{t}": str(n) for d, t, n in daily}
+    # Each customer's newest tier_days row up to each day, carried forward, counted in Python.
+    days = rows(sink, f"SELECT customer_id, day, tier FROM {db}.tier_days FINAL ORDER BY customer_id, day")
+    counts: dict[str, int] = {}
+    for offset in range(16):  # 01-05 .. 01-20
+        day = date(2026, 1, 5 + offset)
+        last = {c: t for c, d, t in days if d <= day}
+        for tier in set(last.values()):
+            counts[f"{day}|{tier}"] = sum(1 for t in last.values() if t == tier)
+    assert dom.charts["tiers-over-time"]["marks"] == {k: str(n) for k, n in counts.items()}
     histogram = rows(sink, f"SELECT toUInt8(least(intDiv(toUInt32(loyalty_score), 10), 9)) * 10 AS b, count() "
                            f"FROM {db}.signals_current FINAL GROUP BY b")
     assert dom.charts["score-histogram"]["marks"] == {f"{b}-{b + 10}": str(n) for b, n in histogram}
@@ -509,24 +575,44 @@ def test_every_grafana_panel_query_runs_on_the_views(sink):
         assert sink.query(runnable)[1], f"{title}: no rows"
 
 
-def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkeypatch):
-    """A database that had signals before migration 0004: the snapshot starts complete."""
+def migrated_before(sink: ClickHouseSink, suffix: str, monkeypatch: pytest.MonkeyPatch, *left_out: str) -> ClickHouseSink:
+    """A database of the module's engine migrated without the migrations ``left_out``, holding HISTORY."""
     from sinks import clickhouse
 
-    older = ClickHouseSink(sink.dsn, f"{sink.database}_before_bi")
+    older = ClickHouseSink(sink.dsn, f"{sink.database}_{suffix}")
     older._client = sink.client  # the same engine (chDB opens one directory per process)
     every = clickhouse.migrations()
+    monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every if m[1] not in left_out])
+    older.migrate()
+    older.client.insert(f"{older.database}.signals_history", HISTORY, column_names=SIGNAL_COLUMNS)
+    monkeypatch.setattr(clickhouse, "migrations", lambda: every)
+    return older
+
+
+def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkeypatch):
+    """A database that had signals before migration 0004: the snapshot starts complete."""
+    older = migrated_before(sink, "before_bi", monkeypatch, "bi", "daily_tiers")
     try:
-        monkeypatch.setattr(clickhouse, "migrations", lambda: [m for m in every if m[1] != "bi"])
-        older.migrate()
-        older.client.insert(f"{older.database}.signals_history", HISTORY, column_names=SIGNAL_COLUMNS)
-        monkeypatch.setattr(clickhouse, "migrations", lambda: every)
-        assert older.migrate() == ["0004_bi"]
-        got = older.query("SELECT day, tier, customers, signals, avg_loyalty_score, avg_churn_risk, "
-                          f"revenue_365d_minor FROM {older.database}.v_daily_tiers ORDER BY day, tier")[1]
-        assert got == approx_rows(DAILY)
+        assert older.migrate() == ["0004_bi", "0007_daily_tiers"]
+        got = older.query(f"SELECT day, tier, uniqMerge(customers), sum(signals) FROM {older.database}.signals_daily "
+                          "GROUP BY day, tier ORDER BY day, tier")[1]
+        assert got == SNAPSHOT
         got = older.query(f"SELECT week, from_tier, to_tier, customers FROM {older.database}.v_tier_transitions_weekly "
                           "ORDER BY week, from_tier, to_tier")[1]
         assert got == TRANSITIONS
+    finally:
+        sink.client.command(f"DROP DATABASE IF EXISTS {older.database}")
+
+
+def test_0007_backfills_tier_days_from_history_written_before_it(sink, monkeypatch):
+    """A database with 0004's views and a signal history: after 0007 the daily tiers are the
+    module's, built from each customer-day's newest history row."""
+    older = migrated_before(sink, "before_daily", monkeypatch, "daily_tiers")
+    try:
+        assert older.migrate() == ["0007_daily_tiers"]
+        assert older.query(DAILY_SQL.replace("{db}", older.database))[1] == approx_rows(DAILY)
+        got = older.query(f"SELECT day, active_customers, loyal_customers, transactional_customers, loyal_share, "
+                          f"transactional_share FROM {older.database}.v_audience_vs_loyal ORDER BY day")[1]
+        assert got == approx_rows(AUDIENCE)
     finally:
         sink.client.command(f"DROP DATABASE IF EXISTS {older.database}")

@@ -56,7 +56,7 @@ def test_contact_details_are_pseudonymised_everywhere_and_dead_letters_republish
         everything = "".join(
             str(direct_query(settings, f"SELECT * FROM {db}.{table} FINAL"))
             for table in ("purchases", "calls", "visits", "relationships", "signals_current", "signals_history",
-                          "dead_letters", "alerts"))
+                          "tier_days", "dead_letters", "alerts"))
         letters = read_dead_letters(settings)
         assert sorted(letter["error_type"] for letter in letters) == ["DecodeError", "ValidationError"]
         on_topic = b"".join(letter["payload"] + letter["reason"].encode() for letter in letters)

@@ -44,6 +44,8 @@ def test_a_materialized_view_reads_and_writes_the_local_tables():
 def test_views_alters_databases_and_backfills():
     assert on_cluster("CREATE VIEW IF NOT EXISTS db.v AS SELECT 1 FROM db.t", "c1", set()) == [
         "CREATE VIEW IF NOT EXISTS db.v ON CLUSTER c1 AS SELECT 1 FROM db.t"]
+    assert on_cluster("CREATE OR REPLACE VIEW db.v AS\nSELECT 2 FROM db.t", "c1", set()) == [
+        "CREATE OR REPLACE VIEW db.v ON CLUSTER c1 AS\nSELECT 2 FROM db.t"]
     assert on_cluster("ALTER TABLE db.t ADD COLUMN IF NOT EXISTS x String", "c1", set()) == [
         "ALTER TABLE db.t_local ON CLUSTER c1 ADD COLUMN IF NOT EXISTS x String",
         "ALTER TABLE db.t ON CLUSTER c1 ADD COLUMN IF NOT EXISTS x String"]

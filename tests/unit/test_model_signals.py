@@ -163,8 +163,9 @@ def sample_signals() -> list:
 def test_signal_to_dict_matches_the_avro_schema_field_for_field() -> None:
     schema = load_schema("loyalty_signal")
     assert (schema["name"], schema["namespace"]) == ("LoyaltySignal", "loyalty_stream.pipeline")
-    # the signal's own fields, then the relationship facts the worker attaches (relationship.facts)
-    assert [f["name"] for f in schema["fields"]] == [*SIGNAL_FIELDS, "relationship"]
+    # the signal's own fields, then what the worker attaches: the relationship facts
+    # (relationship.facts) and the ends of earlier event days (model.days)
+    assert [f["name"] for f in schema["fields"]] == [*SIGNAL_FIELDS, "relationship", "day_ends"]
     assert all(f.get("doc") for f in schema["fields"])
     facts_record = next(f for f in schema["fields"] if f["name"] == "relationship")["type"][1]
     rich = state_of(buy("p1", T0), visit("v1", T0))
@@ -192,7 +193,7 @@ def test_every_signal_encodes_decodes_and_is_json() -> None:
     codec = Codec("loyalty_signal")
     for signal in sample_signals():
         datum = signal_to_dict(signal)
-        assert codec.decode(codec.encode(datum)) == {**datum, "relationship": None}
+        assert codec.decode(codec.encode(datum)) == {**datum, "relationship": None, "day_ends": []}
         assert json.loads(json.dumps(datum)) == datum
         assert list(datum["components"]) == list(WEIGHTS)  # type: ignore[call-overload]
 

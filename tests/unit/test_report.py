@@ -99,7 +99,7 @@ def test_every_query_reads_the_bi_views_of_the_database_only():
     for name, template in SQL.items():
         sql = template.format(db=DB, top=2, days=7)
         tables = set(re.findall(r"FROM\s+(\w+)\.(\w+)", sql))
-        assert tables and all(db == DB and (t.startswith("v_") or t == "signals_daily") for db, t in tables), name
+        assert tables and all(db == DB and t.startswith("v_") for db, t in tables), name
 
 
 def test_build_report_rejects_empty_windows():
@@ -120,6 +120,12 @@ def test_the_terminal_report_prints_the_figures(report):
     assert "active on the newest day    4 on 2026-01-06" in lines
     assert "loyal           6          60.0%  70.0       0.200           6,000.00 EUR" in lines
     assert "2026-01-05  6       4      2              66.7%        33.3%" in lines
+    # The daily series as a table: a tier without customers that day shows 0; total = the row's sum.
+    block = text.split("Customers per tier at the end of each day, last 7 days\n")[1].split("\n\n")[0]
+    assert block.splitlines() == ["day         fiercely_loyal  loyal  transactional  total",
+                                  "----------  --------------  -----  -------------  -----",
+                                  "2026-01-05  0               4      2              6",
+                                  "2026-01-06  1               3      0              4"]
     assert "c-<script>1  loyal          0.500       200.00 EUR      100.00 EUR" in lines
     # Only the newest week of the transition matrix.
     assert "Tier transitions, week of 2026-01-05 (tier at the end of the week before -> now)" in lines
@@ -170,3 +176,24 @@ def test_an_empty_database_gives_a_page_with_empty_charts():
     assert page.count(">no data</text>") == len(CHARTS)
     text = render_text(built)
     assert "customers                   0" in text and "(no data)" in text
+
+
+def test_a_year_of_daily_tiers_draws_a_year_of_days():
+    """A backfilled year: 365 days x 2 tiers (loyal grows by one a day, transactional shrinks)."""
+    first = date(2025, 1, 1).toordinal()
+    series = [(date.fromordinal(first + i), tier, n) for i in range(365)
+              for tier, n in (("loyal", 1 + i), ("transactional", 400 - i))]
+    answers = {**ANSWERS, "tiers_over_time": (["day", "tier", "customers"], series)}
+
+    def query(sql: str) -> tuple[Sequence[str], Sequence[Sequence[Any]]]:
+        name = next(name for name, template in SQL.items() if sql == template.format(db=DB, top=2, days=365))
+        return answers[name]
+
+    report = build_report(query, DB, top=2, days=365)
+    chart = parse(render_html(report)).charts["tiers-over-time"]
+    assert chart["points"] == len(chart["marks"]) == 730
+    assert chart["marks"]["2025-01-01|loyal"] == "1" and chart["marks"]["2025-12-31|transactional"] == "36"
+    text = render_text(report)
+    rows = text.split("Customers per tier at the end of each day, last 365 days\n")[1].split("\n\n")[0].splitlines()[2:]
+    assert len(rows) == 365
+    assert rows[0].split() == ["2025-01-01", "1", "400", "401"] and rows[-1].split() == ["2025-12-31", "365", "36", "401"]
