@@ -135,7 +135,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="gone_quiet waits this many of the customer's usual gaps (at least 3 days) past the "
         "expected next purchase; see README for the precision/lead-time trade-off.")
     alert_check_seconds: float = Field(30.0, gt=0, description="How often the worker looks for customers gone quiet.")
-    webhook_url: str | None = Field(None, description="Where alerts are POSTed (Standard Webhooks signing). Unset: no webhook.")
+    alert_live_window_hours: float = Field(
+        48.0, ge=0, description="An alert whose event time (raised_at) is more than this many hours before the "
+        "worker's clock when it is evaluated is historical (a backfill or replay of old history): stored in "
+        "ClickHouse with historical = true, published flagged, and never sent to the webhook.")
+    webhook_url: str | None = Field(None, description="Where live alerts are POSTed (Standard Webhooks signing), by the "
+                                            "sink process from the alerts topic. Unset: no webhook.")
     webhook_secret: SecretStr | None = Field(None, description="Webhook signing secret (whsec_<base64> or raw); never logged.")
     webhook_timeout_seconds: float = Field(10.0, gt=0, description="Timeout of one webhook request.")
     webhook_max_attempts: int = Field(10, ge=1, description="Attempts per alert before it is dead-lettered.")
@@ -143,6 +148,10 @@ class Settings(BaseSettings):
     sink_factory: str | None = Field(
         None, description="module:function that builds the ClickHouse sink from the settings, instead of the "
         "standard one (the fault tests inject failures this way). Unset: the standard sink.",
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    pipeline_factory: str | None = Field(
+        None, description="module:class of the state worker's pipeline (a subclass of streams.app.Pipeline), instead "
+        "of the standard one (the fault tests pause a batch between its steps this way). Unset: the standard pipeline.",
         pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
     log_level: str = Field("INFO", description="Log level of the worker and commands.")
 
@@ -210,6 +219,10 @@ class Settings(BaseSettings):
     @property
     def kafka_dir(self) -> Path:
         return self.data_dir / "kafka"
+
+    @property
+    def alert_live_window_ms(self) -> int:
+        return round(self.alert_live_window_hours * 3_600_000)
 
     @property
     def dedup_horizon_ms(self) -> int:

@@ -345,6 +345,31 @@ def purchase_rhythm(state: RelationshipState) -> Rhythm:
     return Rhythm(len(times), round(mean, 6), round(math.sqrt(variance), 6))
 
 
+def purchase_days(state: RelationshipState) -> int:
+    """Distinct days (UTC) with at least one purchase (not a return), over the whole history.
+
+    Several purchases on one day are one transaction for the churn model. Exact from what the
+    state keeps: the day buckets of the last 365 days, plus the 64 most recent purchase times for
+    days before those buckets. Purchases older than both count one day each (then, and only then,
+    two purchases on one such day count twice).
+    """
+    if state.lifetime.purchases == 0:
+        return 0
+    oldest_kept = (state.last_seen_at or 0) // DAY_MS - LONGEST_WINDOW_DAYS + 1
+    days: set[int] = set()
+    covered = 0
+    for day, tally in state.days.items():
+        if tally.purchases and day >= oldest_kept:
+            days.add(day)
+            covered += tally.purchases
+    for at in state.recent_purchase_at:
+        day = at // DAY_MS
+        if day < oldest_kept:
+            days.add(day)
+            covered += 1
+    return len(days) + max(0, state.lifetime.purchases - covered)
+
+
 def favourite(counter: dict[str, int]) -> str | None:
     """The key with the highest count; ties go to the alphabetically first key."""
     if not counter:

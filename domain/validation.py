@@ -50,10 +50,12 @@ def validate(event: Event, limits: Limits, now_ms: int) -> None:
     _check(bool(CUSTOMER_ID.match(event.customer_id)), "customer_id: must be 1-64 letters, digits or _.:- "
            "and start with a letter or digit")
     _check(0 < len(event.event_id) <= MAX_ID_CHARS, f"event_id: must be 1-{MAX_ID_CHARS} characters")
-    _check(event.occurred_at >= limits.earliest_ms,
-           f"occurred_at: before {format_moment(limits.earliest_ms)} (LOYALTY_EARLIEST_EVENT_TIME)")
-    _check(event.occurred_at <= now_ms + limits.future_skew_ms,
-           f"occurred_at: more than {limits.future_skew_ms // 1000}s in the future")
+    # Messages that depend on the limits are built only when a check fails: formatting the
+    # earliest time on every event cost about a fifth of validating it.
+    if event.occurred_at < limits.earliest_ms:
+        raise ValidationError(f"occurred_at: before {format_moment(limits.earliest_ms)} (LOYALTY_EARLIEST_EVENT_TIME)")
+    if event.occurred_at > now_ms + limits.future_skew_ms:
+        raise ValidationError(f"occurred_at: more than {limits.future_skew_ms // 1000}s in the future")
     if isinstance(event, PurchaseEvent):
         _validate_purchase(event, limits)
     elif isinstance(event, CallEvent):
@@ -65,8 +67,8 @@ def validate(event: Event, limits: Limits, now_ms: int) -> None:
 def _validate_purchase(event: PurchaseEvent, limits: Limits) -> None:
     _check(event.channel in PURCHASE_CHANNELS, "channel: unknown")
     _check(0 < len(event.order_id) <= MAX_ID_CHARS, f"order_id: must be 1-{MAX_ID_CHARS} characters")
-    _check(event.currency == limits.currency,
-           f"currency: only {limits.currency} is accepted (LOYALTY_CURRENCY)")
+    if event.currency != limits.currency:
+        raise ValidationError(f"currency: only {limits.currency} is accepted (LOYALTY_CURRENCY)")
     _check(0 <= event.amount_minor <= MAX_AMOUNT_MINOR, f"amount_minor: must be 0..{MAX_AMOUNT_MINOR}")
     _check(0 <= event.discount_minor <= MAX_AMOUNT_MINOR, f"discount_minor: must be 0..{MAX_AMOUNT_MINOR}")
     _check(event.promo_code is None or len(event.promo_code) <= MAX_TEXT_CHARS,

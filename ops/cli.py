@@ -141,7 +141,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     import faust
 
     from ops.admin import create_topics, start_groups_at_the_beginning
-    from streams.app import Pipeline, tune_garbage_collector
+    from streams.app import make_pipeline, tune_garbage_collector
 
     if settings.uses_local_kafka and not broker.status(settings).running:
         broker.start(settings)
@@ -160,7 +160,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         asyncio.run(serve_sink(settings))
         return 0
     settings.state_dir.mkdir(parents=True, exist_ok=True)
-    pipeline = Pipeline(settings, role=args.role)
+    pipeline = make_pipeline(settings, role=args.role)
     pipeline.prepare()
     worker = faust.Worker(pipeline.app, loglevel=settings.log_level.lower(), quiet=True,
                           override_logging=False, redirect_stdouts=False)
@@ -209,29 +209,83 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     as_of = None if args.as_of == "latest" else _parse_time(args.as_of, "--as-of")
     params = DEFAULT_PARAMS if args.params == "default" else None
+    learned = _churn_model_option(args.churn_model)
     started = time.monotonic()
     summary = run_replay(args.events, as_of, args.out, horizon_days=args.horizon_days or settings.churn_horizon_days,
-                         currency=settings.currency, params=params, earliest_ms=settings.earliest_event_ms)
+                         currency=settings.currency, params=params, earliest_ms=settings.earliest_event_ms,
+                         learned=learned)
     print(summary.format())
     print(f"replayed in {time.monotonic() - started:.1f}s")
     return 0
 
 
-def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
-    from domain.model.backtest import run_backtest
+def _churn_model_option(value: str) -> Any:
+    """--churn-model: 'fit', 'none', or a JSON file of a published model."""
+    if value == "fit":
+        return "fit"
+    if value == "none":
+        return None
+    from domain.model.churn_learned import LearnedChurnModel
 
-    cutoff, horizon = _parse_time(args.cutoff, "--cutoff"), args.horizon_days or settings.churn_horizon_days
-    personas = _read_json(args.personas, "--personas") if args.personas else None
-    report = run_backtest(args.events, cutoff, horizon, currency=settings.currency, earliest_ms=settings.earliest_event_ms)
-    print(report.format())
+    try:
+        return LearnedChurnModel.from_dict(_read_json(value, "--churn-model"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CliError(f"--churn-model {value}: not a churn model ({exc})") from exc
+
+
+SIMULATED_END = "2026-11-01T00:00:00Z"
+DATASET_CUTOFFS = {
+    # (cut-off, horizon) pairs whose horizon ends inside the data and whose training period
+    # (one horizon before the cut-off) starts after the first purchases
+    "cdnow": [("1997-10-01T00:00:00Z", 90), ("1998-01-01T00:00:00Z", 90), ("1998-04-01T00:00:00Z", 90),
+              ("1997-10-01T00:00:00Z", 180), ("1998-01-01T00:00:00Z", 180)],
+    "simulated": [("2026-05-01T00:00:00Z", 90), ("2026-08-01T00:00:00Z", 90), ("2026-05-01T00:00:00Z", 180)],
+}
+
+
+def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
+    from domain.model.backtest import compare_churn, run_backtest
+
+    horizons = args.horizon_days or [settings.churn_horizon_days]
+    if args.events is not None:
+        if not args.cutoff:
+            raise CliError("--cutoff is required with --events")
+        cutoffs = [_parse_time(c, "--cutoff") for c in args.cutoff]
+        personas = _read_json(args.personas, "--personas") if args.personas else None
+        report = run_backtest(args.events, cutoffs[0], horizons[0], currency=settings.currency,
+                              earliest_ms=settings.earliest_event_ms)
+        print(report.format())
+        from domain.model.replay import read_events_file
+
+        events: list[Any] = read_events_file(args.events, settings.currency, settings.earliest_event_ms).events
+        pairs = [(c, h) for c in cutoffs for h in horizons]
+    else:
+        events = _dataset_events(args.dataset or "simulated", settings)
+        personas = None
+        if args.cutoff:
+            pairs = [(_parse_time(c, "--cutoff"), h) for c in args.cutoff for h in horizons]
+        else:
+            pairs = [(_parse_time(c, "--cutoff"), h) for c, h in DATASET_CUTOFFS[args.dataset or "simulated"]]
+    print("\nlearned churn risk against BG/NBD (trained one horizon before each cut-off):")
+    verdicts = []
+    for cutoff, horizon in pairs:
+        comparison = compare_churn(events, cutoff, horizon)
+        print()
+        print(comparison.format())
+        verdicts.append(f"  cut-off {_iso(cutoff)}, horizon {horizon} d: AUC {comparison.learned.auc:.4f} vs "
+                        f"{comparison.bgnbd.auc:.4f}, Brier {comparison.learned.brier:.4f} vs "
+                        f"{comparison.bgnbd.brier:.4f}: {comparison.verdict()}")
+    print("\nsummary (learned vs BG/NBD):")
+    print("\n".join(verdicts))
+    if args.events is None:
+        return 0
+    cutoff, horizon = pairs[0]
     if args.alerts:
         from domain.alerts import AlertRules
         from domain.alerts.backtest import backtest_gone_quiet
-        from domain.model.replay import read_events_file
 
         rules = AlertRules(quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps)
         print()
-        events = read_events_file(args.events, settings.currency, settings.earliest_event_ms).events
         print(backtest_gone_quiet(events, cutoff, horizon, rules=rules).format())
     if personas is not None:
         from domain.model.backtest import persona_confusion
@@ -239,6 +293,26 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
         print()
         print(persona_confusion(personas, report.tiers).format())
     return 0
+
+
+def _dataset_events(name: str, settings: Settings) -> list[Any]:
+    if name == "simulated":
+        from ops.simulate import generate
+
+        print("generating the simulated history (1,000 customers, 456 days, seed 42) ...", flush=True)
+        return generate(1000, 1, 42, _parse_time(SIMULATED_END, "--end"), 455, currency=settings.currency)
+    from ops.datasets import DatasetError, load_events
+
+    try:
+        return list(load_events(name))
+    except DatasetError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _iso(ms: int) -> str:
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")
 
 
 def _read_json(path: str, option: str) -> Any:
@@ -399,12 +473,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--horizon-days", type=int, default=None, help="churn horizon (default LOYALTY_CHURN_HORIZON_DAYS)")
     p.add_argument("--params", choices=["fit", "default"], default="fit",
                    help="fit BG/NBD on the file (default) or use the published default parameters")
+    p.add_argument("--churn-model", default="fit",
+                   help="fit (train the learned churn model on the file, default), none (BG/NBD alone), "
+                        "or a JSON file of a published model")
     p.set_defaults(func=cmd_replay)
 
     p = _command(sub, "backtest", help="score as of a cut-off and compare with the following horizon")
-    p.add_argument("--events", required=True)
-    p.add_argument("--cutoff", required=True, help="ISO-8601 time")
-    p.add_argument("--horizon-days", type=int, default=None)
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--events", help="JSON lines of events (as for replay)")
+    source.add_argument("--dataset", choices=["simulated", "cdnow"],
+                        help="a built-in history instead of --events: simulated (default) or cdnow (public, "
+                             "fetched from PyPI into ~/.cache/loyalty-stream/datasets)")
+    p.add_argument("--cutoff", action="append", help="ISO-8601 time; repeat for several (default with --dataset: "
+                                                      "the dataset's cut-offs and horizons)")
+    p.add_argument("--horizon-days", type=int, action="append", help="repeat for several")
     p.add_argument("--personas", help="JSON {customer_id: persona} for a persona x tier confusion matrix")
     p.add_argument("--alerts", action="store_true", help="also backtest gone_quiet alerts against a naive rule")
     p.set_defaults(func=cmd_backtest)

@@ -33,13 +33,13 @@ SIGNAL_COLUMNS = (
     "days_since_last_purchase", "purchase_gap_days", "purchase_gap_source", "purchases", "spend_365d_minor",
     "last_purchase_at", "last_purchase_categories", "last_purchase_skus", "last_purchase_channel",
     "last_purchase_location_id", "favourite_category", "preferred_channel", "open_issues", "greeting_hint",
-    "params_source", "updated_at",
+    "params_source", "churn_model", "churn_driver_features", "churn_driver_contributions", "updated_at",
 )
 ALERT_COLUMNS = (
     "alert_id", "customer_id", "kind", "severity", "raised_at", "model_version", "summary", "before_score",
     "after_score", "before_tier", "after_tier", "tier_reason", "measure", "measure_before", "measure_after",
     "threshold", "explanation_components", "explanation_before", "explanation_after", "churn_risk",
-    "greeting_hint", "updated_at",
+    "greeting_hint", "processed_at", "historical", "updated_at",
 )
 RAW_TABLE = {"purchase": "purchases", "call": "calls", "visit": "visits"}
 RAW_COLUMNS = {"purchase": PURCHASE_COLUMNS, "call": CALL_COLUMNS, "visit": VISIT_COLUMNS}
@@ -69,9 +69,13 @@ def raw_row(event: Event) -> dict[str, Any]:
 
 def signal_row(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> dict[str, Any]:
     """The signals_current / signals_history row of a signal datum."""
-    row = {k: v for k, v in signal.items() if k not in ("components", "relationship")}
+    row = {k: v for k, v in signal.items() if k not in ("components", "relationship", "churn_drivers")}
     for name in SIGNAL_COMPONENTS:
         row[f"component_{name}"] = signal["components"][name]
+    drivers = signal.get("churn_drivers") or []
+    row["churn_model"] = signal.get("churn_model", "bgnbd")
+    row["churn_driver_features"] = [d["feature"] for d in drivers]
+    row["churn_driver_contributions"] = [d["contribution"] for d in drivers]
     row.update(version=version, spend_365d_minor=spend_365d_minor, updated_at=now)
     return row
 
@@ -94,7 +98,9 @@ def alert_row(alert: dict[str, Any], now: int) -> dict[str, Any]:
         explanation_components=[c["component"] for c in alert["explanation"]],
         explanation_before=[c["before"] for c in alert["explanation"]],
         explanation_after=[c["after"] for c in alert["explanation"]],
-        churn_risk=ctx.get("churn_risk"), greeting_hint=ctx.get("greeting_hint", ""), updated_at=now,
+        churn_risk=ctx.get("churn_risk"), greeting_hint=ctx.get("greeting_hint", ""),
+        # a datum from a writer older than these fields: not known to be historical
+        processed_at=alert.get("processed_at"), historical=bool(alert.get("historical", False)), updated_at=now,
     )
     return row
 

@@ -19,7 +19,9 @@ out of time, and one that finds the queue full.
 
 Delivery guarantee: at-least-once for every alert submitted while the service runs; a receiver
 deduplicates on ``webhook-id``. Alerts live in memory only: alerts lost in a crash are recovered
-only if the caller re-submits them (e.g. by re-reading the alerts topic).
+only if the caller re-submits them. The worker does exactly that: it calls :meth:`WebhookDelivery.deliver`
+from a consumer of the alerts topic (``streams/webhooks.py``) that commits its offsets only after
+each alert was delivered or given up, so a crash re-reads the alerts instead of losing them.
 """
 
 from __future__ import annotations

@@ -3,8 +3,13 @@
 The rules are pure (:mod:`domain.alerts`); their per-customer state travels in the
 customer's record (one table write with the relationship state), the gone-quiet due times in a
 small table of their own and in a :class:`~domain.alerts.DueIndex` rebuilt from it after
-every rebalance. Alerts leave the worker on the alerts topic (the ClickHouse sink stores them from there) and,
-when configured, through a signed webhook that never blocks processing.
+every rebalance. Alerts leave the worker on the alerts topic only: the ClickHouse sink stores them
+from there, and the webhook consumer (:mod:`streams.webhooks`) delivers the live ones.
+
+Each alert is stamped with the worker's clock (``processed_at``) and flagged ``historical`` when
+the event time it is about is older than the live window before that clock
+(:func:`domain.alerts.is_historical`): a backfill of old history raises its alerts as it always
+did, but they are marked as about the past and page nobody.
 
 Time for the gone-quiet timers is *stream time*, the newest event time this worker has seen, so
 a replay of history or a backlog being caught up never raises alerts early. An idle input
@@ -23,6 +28,7 @@ from domain.alerts import (
     alert_facts,
     alert_to_dict,
     evaluate,
+    stamp,
 )
 from domain.model import LoyaltySignal
 from streams.state import CustomerRecord, StateStore
@@ -38,20 +44,24 @@ class Alerting:
     so that the timers can be rebuilt after a rebalance without decoding every customer.
     """
 
-    def __init__(self, due_times: StateStore, rules: AlertRules = DEFAULT_RULES) -> None:
+    def __init__(self, due_times: StateStore, rules: AlertRules = DEFAULT_RULES,
+                 live_window_ms: int = 48 * 3_600_000) -> None:
         self.due_times = due_times
         self.rules = rules
+        self.live_window_ms = live_window_ms
         self.due = DueIndex()
         self.stream_time = 0
         self.raised = 0
+        self.historical = 0
 
     def observe(self, event_time: int) -> None:
         self.stream_time = max(self.stream_time, event_time)
 
-    def evaluate(self, key: bytes, message: Any, record: CustomerRecord, signal: LoyaltySignal,
+    def evaluate(self, key: bytes, message: Any, record: CustomerRecord, signal: LoyaltySignal, now: int,
                  store_due_time: bool = False) -> list[dict[str, Any]]:
         """Evaluate the rules for one customer's new signal; update ``record.alerts`` (the caller
-        stores the record).
+        stores the record). ``now`` is the worker's clock (epoch ms): each alert is stamped with
+        it and flagged historical when its event time is older than the live window before it.
 
         The due time is written when it differs from the scheduled one (the index mirrors the
         table), or always with ``store_due_time`` (the timer's own checks, which popped it).
@@ -63,8 +73,9 @@ class Alerting:
         if store_due_time or self.due.due_at(customer_id) != result.due_at:
             self.due_times.put(key, b"" if result.due_at is None else str(result.due_at).encode(), message)
         self.due.update(customer_id, result.due_at)
-        alerts = [alert_to_dict(alert) for alert in result.alerts]
+        alerts = [alert_to_dict(stamp(alert, now, self.live_window_ms)) for alert in result.alerts]
         self.raised += len(alerts)
+        self.historical += sum(1 for alert in alerts if alert["historical"])
         return alerts
 
     def due_now(self, limit: int = 5000) -> list[tuple[str, int]]:

@@ -7,16 +7,24 @@ runs the ClickHouse sink only (:mod:`streams.sink`). ``all`` runs both in one pr
 
 The order of a batch's effects in the state worker:
 
-1. records are decoded and folded; each changed customer is scored and its record written to
-   the ``relationships`` table (RocksDB, and its changelog through Faust's producer);
-2. the batch's signals, alerts, dead letters and forwarded records are handed to the producer
-   and their acknowledgements awaited (webhook deliveries are queued, never awaited);
-3. the agent returns from its loop body, which acks the batch's events; Faust flushes its
-   producer (changelog included) and commits the input offsets on its commit interval.
+1. records are decoded and folded; each changed customer is scored, its alert rules evaluated
+   and its record (state and what the rules remember) kept in memory, nothing sent yet;
+2. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
+   and their acknowledgements awaited;
+3. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
+   remember the batch's events and its alert episodes) are sent and their acknowledgements
+   awaited; the acknowledged records are applied to the local RocksDB store;
+4. the agent returns from its loop body, which acks the batch's events; Faust commits the input
+   offsets on its commit interval.
 
-A crash before 3 re-reads the batch: the customer records may already hold its events, and
-their remembered event ids make the repeats count once; signals and alerts may be produced
-twice (the sink's keys collapse them; alert ids are deterministic).
+A crash before 3 has completed re-reads the batch against the state before it: the rules are
+evaluated again and raise the same alerts (ids are deterministic), so an alert is on the topic at
+least once and in the ``alerts`` table once by ``alert_id``. A crash between 3 and 4 re-reads a
+batch the state already holds: the remembered event ids make the repeats count once, and the
+remembered episodes raise nothing new (their alerts were acknowledged in 2). Signals may be
+produced twice; the sink's keys collapse them. Webhooks are delivered from the alerts topic by the
+sink process (:mod:`streams.webhooks`), so an alert on the topic is delivered whatever happens to
+the state worker.
 """
 
 from __future__ import annotations
@@ -47,13 +55,14 @@ from domain.relationship import facts
 from schemas import codec
 from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
-from sinks.webhook import WebhookConfig, WebhookDelivery
 from streams.alerting import Alerting
+from streams.churn_params import churn_from_bytes
 from streams.decoding import EventDecoder
-from streams.messages import DeadLetter, Message
+from streams.messages import Message
 from streams.processor import CustomerProcessor, Effects, ModelParams
-from streams.sink import ClickHouseSinkService, latest_model_params
+from streams.sink import ClickHouseSinkService, latest_published, params_from_bytes
 from streams.state import customer_cache, decode_record
+from streams.webhooks import WebhookConsumer, webhook_config
 
 logger = logging.getLogger(__name__)
 
@@ -93,8 +102,8 @@ class BatchedChangelogStore:
     records leave with the batch's other records.
 
     ``put`` keeps the record; :meth:`Pipeline.produce` hands the batch's records to the producer
-    together with its signals and alerts, awaits their acknowledgements once, and then applies
-    them to the table's local store with the store's ``apply_changelog_batch`` (one RocksDB write
+    once its signals and alerts are acknowledged, awaits their acknowledgements once, and then
+    applies them to the table's local store with the store's ``apply_changelog_batch`` (one RocksDB write
     batch per partition, persisted changelog offsets included), as Faust's recovery does. Faust's
     per-write path (``send_soon`` through its buffer, one produce request per record, a stall
     whenever more than 100 are pending) cost the worker about 200 us per write; this one costs
@@ -194,6 +203,23 @@ def make_sink_service(settings: Settings) -> ClickHouseSinkService:
     return ClickHouseSinkService(settings, pseudonymisation_key(settings), sink)
 
 
+def make_webhook_consumer(settings: Settings) -> WebhookConsumer | None:
+    """The webhook delivery of these settings (hosted by the sink process), or None without a URL."""
+    config = webhook_config(settings)
+    return None if config is None else WebhookConsumer(settings, config)
+
+
+def make_pipeline(settings: Settings, role: Role = "all") -> Pipeline:
+    """The state pipeline of these settings: :class:`Pipeline`, or the class ``pipeline_factory`` names."""
+    cls: type[Pipeline] = Pipeline
+    if settings.pipeline_factory is not None:
+        module, _, name = settings.pipeline_factory.partition(":")
+        cls = getattr(importlib.import_module(module), name)
+        if not (isinstance(cls, type) and issubclass(cls, Pipeline)):
+            raise TypeError(f"LOYALTY_PIPELINE_FACTORY={settings.pipeline_factory} is not a subclass of Pipeline")
+    return cls(settings, role=role)
+
+
 class Pipeline:
     """The worker's parts, built from settings, for the ``state`` or ``all`` role."""
 
@@ -236,6 +262,7 @@ class Pipeline:
             logging_config=None,
         )
         self.sink = make_sink_service(settings) if role == "all" else None
+        self.webhooks = make_webhook_consumer(settings) if role == "all" else None
         # use_partitioner: a key's partition comes from the key (the default partitioner, as
         # for the input topics), never from whichever event the stream handled last.
         self.relationships = self.app.Table(
@@ -253,16 +280,7 @@ class Pipeline:
         self.due_time_store = BatchedChangelogStore(self.due_times)
         self.alerting = Alerting(self.due_time_store, AlertRules(
             score_drop_points=settings.alert_score_drop_points, cooldown_days=settings.alert_cooldown_days,
-            quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps))
-        self.webhook: WebhookDelivery | None = None
-        if settings.webhook_url:
-            if settings.webhook_secret is None:
-                raise ValueError("LOYALTY_WEBHOOK_URL is set but LOYALTY_WEBHOOK_SECRET is not")
-            self.webhook = WebhookDelivery(WebhookConfig(
-                url=settings.webhook_url, secret=settings.webhook_secret.get_secret_value(),
-                timeout_seconds=settings.webhook_timeout_seconds, max_attempts=settings.webhook_max_attempts,
-                backoff_cap_seconds=settings.webhook_backoff_cap_seconds,
-            ), on_give_up=self.webhook_gave_up)
+            quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps), settings.alert_live_window_ms)
         self.dead_letter_codec = codec("dead_letter")
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
@@ -281,13 +299,15 @@ class Pipeline:
     # -- producing ----------------------------------------------------------------------------
 
     async def produce(self, effects: Effects) -> None:
-        """Hand a batch's records to the producer (the relationships changelog first), then await
-        their acknowledgements once and move the table's persisted changelog offsets forward."""
+        """Make a batch's effects durable in the written order (module docstring, steps 2 and 3):
+        its outputs first, then the changelog records that remember them."""
+        await self.produce_outputs(effects)
+        await self.produce_changelog()
+
+    async def produce_outputs(self, effects: Effects) -> None:
+        """Hand the batch's forwards, dead letters, signals and alerts to the producer and await
+        their acknowledgements once."""
         producer, topics = self.app.producer, self.topics
-        stores = (self.relationship_store, self.due_time_store)
-        records = [store.take() for store in stores]
-        changelog = [await producer.send(store.topic, key, value, partition, None, None)
-                     for store, mine in zip(stores, records) for key, value, partition in mine]
         pending = []
         for message, home in effects.forwards:
             logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
@@ -299,19 +319,20 @@ class Pipeline:
             pending.append(await producer.send(topics.signals, key, signal, None, None, None))
         for key, alert in effects.alerts:
             pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
-        acknowledged = iter(await asyncio.gather(*changelog, *pending))
+        await asyncio.gather(*pending)
+
+    async def produce_changelog(self) -> None:
+        """Hand the records the batch wrote to its tables to the producer (their changelogs), await
+        their acknowledgements once, and apply them to the local stores (moving the persisted
+        changelog offsets forward)."""
+        producer = self.app.producer
+        stores = (self.relationship_store, self.due_time_store)
+        records = [store.take() for store in stores]
+        changelog = [await producer.send(store.topic, key, value, partition, None, None)
+                     for store, mine in zip(stores, records) for key, value, partition in mine]
+        acknowledged = iter(await asyncio.gather(*changelog))
         for store, mine in zip(stores, records):
             store.apply([(record, next(acknowledged)) for record in mine])
-        if self.webhook is not None:
-            for _, alert in effects.alerts:
-                self.webhook.submit(alert)  # never waits: delivery runs in the background
-
-    async def webhook_gave_up(self, alert: dict[str, Any], reason: str) -> None:
-        message = Message(self.topics.alerts, -1, -1, str(alert["customer_id"]).encode(),
-                          self.alert_codec.encode(alert), now_ms())
-        effects = Effects(dead_letters=[DeadLetter("deliver", message, "WebhookGaveUp", reason, now_ms(),
-                                                   payload=message.value)])
-        await self.produce(effects)
 
     def partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
@@ -360,13 +381,18 @@ class Pipeline:
     async def load_model_params(self) -> None:
         """Use the newest parameters the sink published, if they differ from those in use."""
         try:
-            latest = await latest_model_params(self.settings)
+            published = await latest_published(self.settings)
+            latest = params_from_bytes(published[b"bgnbd"]) if b"bgnbd" in published else None
+            learned = churn_from_bytes(published[b"churn"]) if b"churn" in published else None
         except Exception as exc:  # noqa: BLE001 - the next check tries again; the old parameters stay
             logger.warning("could not read the model parameters topic: %s: %s", type(exc).__name__, exc)
             return
         if latest is not None and latest != self.model.current:
             self.model.current = latest
             logger.info("model parameters from %s: %s", latest.source, latest.as_dict())
+        if learned is not None and learned != self.model.churn:
+            self.model.churn = learned
+            logger.info("churn model trained on %d buyers as of %s", learned.buyers, learned.trained_cutoff)
 
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self
@@ -383,18 +409,18 @@ class Pipeline:
         pipeline = self
 
         class Lifecycle(faust.Service):
-            """Starts and stops what lives beside the agents: the webhook and, in ``all``, the sink."""
+            """Starts and stops what lives beside the agents in ``all``: the sink and the webhook delivery."""
 
             async def on_start(self) -> None:
                 if pipeline.sink is not None:
                     await pipeline.sink.start()
-                if pipeline.webhook is not None:
-                    await pipeline.webhook.start()
+                if pipeline.webhooks is not None:
+                    await pipeline.webhooks.start()
                 await pipeline.load_model_params()
 
             async def on_stop(self) -> None:
-                if pipeline.webhook is not None:
-                    await pipeline.webhook.stop(10.0)
+                if pipeline.webhooks is not None:
+                    await pipeline.webhooks.stop()
                 if pipeline.sink is not None:
                     await pipeline.sink.stop()
 
@@ -426,12 +452,16 @@ class Pipeline:
         }
         if self.sink is not None:
             status["sink"] = self.sink.status()
+        if self.webhooks is not None:
+            status["webhook"] = self.webhooks.status()
         return status
 
     def crashed(self) -> list[str]:
         crashed = sorted(name for name, agent in self.app.agents.items() if agent.crashed)
         if self.sink is not None and self.sink.crashed is not None:
             crashed.append("clickhouse_sink")
+        if self.webhooks is not None and self.webhooks.crashed is not None:
+            crashed.append("webhook_delivery")
         return crashed
 
     def _add_pages(self) -> None:
@@ -508,25 +538,33 @@ def _jsonable(value: Any) -> Any:
 
 
 async def serve_sink(settings: Settings) -> None:
-    """The ``sink`` role: the ClickHouse sink and its HTTP API (health, status, read queries),
-    until SIGINT or SIGTERM."""
+    """The ``sink`` role: the ClickHouse sink, the webhook delivery when a webhook is configured,
+    and their HTTP API (health, status, read queries), until SIGINT or SIGTERM."""
     import signal
 
     from aiohttp import web
 
     check_web_exposure(settings)
     service = make_sink_service(settings)
+    webhooks = make_webhook_consumer(settings)
     await asyncio.get_running_loop().run_in_executor(None, service.prepare)
 
+    def crashed() -> list[str]:
+        names = ["clickhouse_sink"] if service.crashed is not None else []
+        return names + (["webhook_delivery"] if webhooks is not None and webhooks.crashed is not None else [])
+
     async def health(request: web.Request) -> web.Response:
-        if service.crashed is not None:
-            return web.json_response({"status": "crashed", "agents": ["clickhouse_sink"]}, status=503)
+        if crashed():
+            return web.json_response({"status": "crashed", "agents": crashed()}, status=503)
         return web.json_response({"status": "ok", "app_id": settings.app_id, "role": "sink"})
 
     async def status(request: web.Request) -> web.Response:
         if not authorized(settings, request.headers.get("Authorization")):
             return web.json_response(UNAUTHORIZED, status=401)
-        return web.json_response({"app_id": settings.app_id, "role": "sink", "sink": service.status()})
+        body = {"app_id": settings.app_id, "role": "sink", "sink": service.status()}
+        if webhooks is not None:
+            body["webhook"] = webhooks.status()
+        return web.json_response(body)
 
     async def query(request: web.Request) -> web.Response:
         if not authorized(settings, request.headers.get("Authorization")):
@@ -544,13 +582,19 @@ async def serve_sink(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await service.start()
+    if webhooks is not None:
+        await webhooks.start()
     logger.info("ClickHouse sink running (group %s), HTTP on %s", service.group_id, settings.web_url)
     try:
         while not stop.is_set():
             if service.crashed is not None:
                 raise RuntimeError(f"the ClickHouse sink crashed: {service.crashed!r}")
+            if webhooks is not None and webhooks.crashed is not None:
+                raise RuntimeError(f"the webhook delivery crashed: {webhooks.crashed!r}")
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=1.0)
     finally:
+        if webhooks is not None:
+            await webhooks.stop()
         await service.stop()
         await runner.cleanup()

@@ -9,7 +9,8 @@ customer has one ordered writer. A batch is worked at three grains:
   once, write the record once (table and changelog) and emit one signal that carries the
   relationship facts;
 * per batch: the produced records (signals, alerts, dead letters, forwards) are handed to the
-  producer together and their acknowledgements awaited once, by the caller.
+  producer together and their acknowledgements awaited once, by the caller, before the
+  changelog records that remember them (see :mod:`streams.app`).
 
 Nothing here writes ClickHouse: the sink process stores what the worker produces.
 """
@@ -25,6 +26,7 @@ from typing import Any
 
 from config.settings import Settings
 from domain.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
+from domain.model.churn_learned import LearnedChurnModel
 from domain.pseudonymise import scrub_text
 from domain.records import Event
 from domain.relationship import RelationshipState, apply_event, facts
@@ -41,11 +43,14 @@ YIELD_EVERY_CUSTOMERS = 50
 
 
 class ModelParams:
-    """The BG/NBD parameters in use; replaced as a whole when new ones arrive."""
+    """The BG/NBD parameters and the learned churn model in use; each replaced as a whole when a new
+    one arrives. Without a learned model (or with one of another horizon) the churn risk is BG/NBD's."""
 
-    def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90) -> None:
+    def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90,
+                 churn: LearnedChurnModel | None = None) -> None:
         self.current = params
         self.horizon_days = horizon_days
+        self.churn = churn
 
 
 @dataclass
@@ -119,7 +124,7 @@ class CustomerProcessor:
         for done, ((key, _), items) in enumerate(by_customer.items()):
             if done % YIELD_EVERY_CUSTOMERS == YIELD_EVERY_CUSTOMERS - 1:
                 await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
-            self.customer(key, items, effects)
+            self.customer(key, items, effects, now)
         effects.customers = len(by_customer)
         effects.outcomes["dead_lettered"] = len(effects.dead_letters)
         effects.outcomes["forwarded"] = len(effects.forwards)
@@ -128,8 +133,10 @@ class CustomerProcessor:
         self.totals["messages"] += len(messages)
         return effects
 
-    def customer(self, key: bytes, items: list[Item], effects: Effects) -> None:
-        """One customer's share of a batch: fold, score once, evaluate once, write once, one signal."""
+    def customer(self, key: bytes, items: list[Item], effects: Effects, now: int) -> None:
+        """One customer's share of a batch: fold, score once, evaluate once, write once, one signal.
+
+        ``now`` is the worker's clock, which tells live alerts from historical ones."""
         first, last = items[0][0], items[-1][0]
         record = self.states.get(key, first)
         events = [(m, e) for m, e in items if e is not None]
@@ -142,21 +149,21 @@ class CustomerProcessor:
             outcome = apply_event(state, event, self.dedup_horizon_ms, message.timestamp_ms)
             effects.outcomes[outcome.value] += 1
         checks = [int(m.value) for m, e in items if e is None]
-        params, horizon = self.model.current, self.model.horizon_days
+        params, horizon, learned = self.model.current, self.model.horizon_days, self.model.churn
         newest = state.last_seen_at or 0  # set by the first event folded
         if events:
             # Scored as of the customer's newest event: deterministic, so a replay of the same
             # events (loyalty replay --as-of latest) gives the same signal.
-            scored = score_customer(state, newest, params, horizon)
+            scored = score_customer(state, newest, params, horizon, learned)
             signal = signal_to_dict(scored)
             signal["relationship"] = relationship_facts(state)
             effects.signals.append((key, self.signal_codec.encode(signal)))
         else:
-            scored = score_customer(state, max(max(checks), newest), params, horizon)
+            scored = score_customer(state, max(max(checks), newest), params, horizon, learned)
         if self.alerting is not None:
             if events:
                 self.alerting.observe(newest)
-            effects.alerts.extend((key, a) for a in self.alerting.evaluate(key, last, record, scored,
+            effects.alerts.extend((key, a) for a in self.alerting.evaluate(key, last, record, scored, now,
                                                                           store_due_time=bool(checks)))
         self.states.put(key, record, last)
 

@@ -54,6 +54,7 @@ from sinks.rows import (
     relationship_row,
     signal_row,
 )
+from streams.churn_params import CHURN_EVENTS_SQL, CHURN_SAMPLE, churn_to_bytes, fit_churn_from_rows
 from streams.decoding import EventDecoder
 from streams.messages import DeadLetter, Message
 from streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
@@ -87,8 +88,12 @@ def params_from_bytes(data: bytes) -> BgNbdParams:
                        population_gap_days=values["population_gap_days"])
 
 
-async def latest_model_params(settings: Settings) -> BgNbdParams | None:
-    """The newest parameters on the model-params topic (None when none were published)."""
+PUBLISHED_LOOKBACK = 200
+"""Records read back from the end of the model-params topic to find the newest of each key."""
+
+
+async def latest_published(settings: Settings) -> dict[bytes, bytes]:
+    """The newest value of each key among the last records of the model-params topic."""
     topic = Topics(settings.topic_prefix).model_params
     consumer = AIOKafkaConsumer(**aiokafka_config(settings), group_id=None, enable_auto_commit=False,
                                 client_id=f"{settings.app_id}-params")
@@ -98,12 +103,25 @@ async def latest_model_params(settings: Settings) -> BgNbdParams | None:
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
         if end == 0:
-            return None
-        consumer.seek(tp, end - 1)
-        records = (await consumer.getmany(tp, timeout_ms=5000)).get(tp, [])
-        return params_from_bytes(records[-1].value) if records and records[-1].value else None
+            return {}
+        consumer.seek(tp, max(0, end - PUBLISHED_LOOKBACK))
+        newest: dict[bytes, bytes] = {}
+        while await consumer.position(tp) < end:
+            records = (await consumer.getmany(tp, timeout_ms=5000)).get(tp, [])
+            if not records:
+                break
+            for record in records:
+                if record.key is not None and record.value:
+                    newest[record.key] = record.value
+        return newest
     finally:
         await consumer.stop()
+
+
+async def latest_model_params(settings: Settings) -> BgNbdParams | None:
+    """The newest BG/NBD parameters on the model-params topic (None when none were published)."""
+    value = (await latest_published(settings)).get(b"bgnbd")
+    return None if value is None else params_from_bytes(value)
 
 
 def sink_group_id(settings: Settings) -> str:
@@ -311,6 +329,10 @@ class ClickHouseSinkService:
                 await self.publish_params(await self.refit_model())
             except Exception:  # noqa: BLE001 - the next refit tries again; the old parameters stay in use
                 logger.exception("BG/NBD refit failed")
+            try:
+                await self.refit_churn_model()
+            except Exception:  # noqa: BLE001 - the next refit tries again; the old model stays in use
+                logger.exception("churn model refit failed")
 
     async def refit_model(self) -> BgNbdParams:
         """Refit BG/NBD on (a sample of) the buyers in ClickHouse and store the result."""
@@ -321,6 +343,25 @@ class ClickHouseSinkService:
         await self.runner.call(store_params, self.sink, params, now)
         logger.info("refitted BG/NBD on %d buyers: %s", params.buyers, params.as_dict())
         return params
+
+    async def refit_churn_model(self) -> None:
+        """Train the learned churn model on a sample of the raw events and publish it (key ``churn``).
+
+        Too short a history gives no model and nothing is published: the workers keep BG/NBD.
+        """
+        now = now_ms()
+        rows: dict[str, Any] = {}
+        for kind, sql in CHURN_EVENTS_SQL.items():
+            _, rows[kind] = await self.runner.query(sql.format(db=self.settings.clickhouse_database, now=now,
+                                                               sample=CHURN_SAMPLE))
+        model = await asyncio.get_running_loop().run_in_executor(
+            None, fit_churn_from_rows, rows, now, self.settings.churn_horizon_days)
+        if model is None:
+            logger.info("churn model not refitted: too little history; the workers keep BG/NBD")
+            return
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.topics.model_params, churn_to_bytes(model), key=b"churn", partition=0)
+        logger.info("refitted the churn model on %d buyers (churned %.4f)", model.buyers, model.base_rate)
 
     async def publish_params(self, params: BgNbdParams) -> None:
         assert self.producer is not None

@@ -7,10 +7,13 @@ The public surface:
 * :class:`AlertRules`: every threshold, with documented defaults (:data:`DEFAULT_RULES`).
 * :class:`DueIndex`: the gone-quiet timers, so quiet customers are found without a scan.
 * :class:`Alert` and :func:`alert_to_dict`: the record and the datum of ``schemas/alert.avsc``.
+* :func:`is_historical` and :func:`stamp`: whether an alert is about the past (older than the
+  live window before the processing time), and the alert with that flag and its processing time.
 """
 
 from domain.alerts.due import DueIndex
 from domain.alerts.evaluate import AlertFacts, Evaluation, alert_facts, evaluate, quiet_due_at
+from domain.alerts.live import is_historical, stamp
 from domain.alerts.record import (
     Alert,
     AlertContext,
@@ -51,7 +54,9 @@ __all__ = [
     "alert_state_to_dict",
     "alert_to_dict",
     "evaluate",
+    "is_historical",
     "quiet_due_at",
     "severity",
+    "stamp",
     "tier_rank",
 ]

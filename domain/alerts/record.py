@@ -67,9 +67,14 @@ class Alert:
     threshold: float
     explanation: list[ComponentChange] = field(default_factory=list)
     context: AlertContext | None = None
+    # Set by the worker when it publishes the alert (:func:`domain.alerts.stamp`): the rules have
+    # no clock, and the same episode keeps its id whenever it is evaluated.
+    processed_at: int | None = None
+    historical: bool = False
 
 
 ALERT_FIELDS = tuple(Alert.__dataclass_fields__)
+STAMP_FIELDS = ("processed_at", "historical")  # added to alert.avsc later, with defaults
 CONTEXT_FIELDS = tuple(AlertContext.__dataclass_fields__)
 
 
@@ -105,7 +110,8 @@ def alert_from_dict(data: dict) -> Alert:
     """The inverse of :func:`alert_to_dict` (for receivers and tests)."""
     ctx = data.get("context")
     return Alert(
-        **{name: data[name] for name in ALERT_FIELDS if name not in ("explanation", "context")},
+        **{name: data[name] for name in ALERT_FIELDS if name not in ("explanation", "context", *STAMP_FIELDS)},
+        processed_at=data.get("processed_at"), historical=bool(data.get("historical", False)),
         explanation=[ComponentChange(**c) for c in data.get("explanation") or ()],
         context=None if ctx is None else AlertContext(
             **{**ctx, "last_purchase_categories": list(ctx["last_purchase_categories"])}),

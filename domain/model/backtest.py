@@ -19,7 +19,10 @@ from pathlib import Path
 
 import numpy as np
 
+from domain.model import churn
 from domain.model.churn import BgNbdParams
+from domain.model.churn_learned import LearnedChurnModel
+from domain.model.churn_training import bought_between, train_churn_model
 from domain.model.replay import (
     DEFAULT_CURRENCY,
     InvalidLine,
@@ -226,3 +229,89 @@ def persona_confusion(personas: dict[str, str], tiers: dict[str, str]) -> Confus
     seen_tiers = {tier for _, tier in counts}
     columns = [t for t in TIERS if t in seen_tiers] + sorted(seen_tiers - set(TIERS))
     return ConfusionMatrix(personas=sorted(set(personas.values())), tiers=columns, counts=dict(counts))
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned churn risk against BG/NBD.
+
+
+@dataclass(frozen=True, slots=True)
+class RiskMetrics:
+    auc: float
+    brier: float
+    mean_predicted: float
+    reliability: list[ReliabilityBin]
+
+
+@dataclass(frozen=True)
+class ChurnComparison:
+    """The learned risk and BG/NBD's on the same buyers, cut-off and horizon.
+
+    The learned model is trained one period earlier (features at ``cutoff - horizon``, labels
+    from the horizon up to the cut-off), so it is never evaluated on what it was trained on.
+    """
+
+    cutoff_ms: int
+    horizon_days: int
+    customers: int
+    base_rate: float
+    params: BgNbdParams
+    model: LearnedChurnModel | None
+    learned: RiskMetrics  # equals bgnbd when no model could be trained (the fallback)
+    bgnbd: RiskMetrics
+    risks: dict[str, float] = field(default_factory=dict, repr=False)  # customer_id -> learned churn_risk
+
+    def format(self) -> str:
+        m = self.model
+        trained = ("no model (too little history): the learned risk is BG/NBD's" if m is None else
+                   f"trained on {m.buyers} buyers as of {m.trained_cutoff} ms (churned {m.base_rate:.4f})")
+        rows = [
+            f"cut-off {self.cutoff_ms} ms, horizon {self.horizon_days} days: {self.customers} buyers, "
+            f"observed no-purchase rate {self.base_rate:.4f}",
+            f"learned churn model {trained}",
+            f"{'':<22}{'learned':>10}{'BG/NBD':>10}",
+            f"{'AUC':<22}{self.learned.auc:>10.4f}{self.bgnbd.auc:>10.4f}",
+            f"{'Brier':<22}{self.learned.brier:>10.4f}{self.bgnbd.brier:>10.4f}",
+            f"{'mean predicted':<22}{self.learned.mean_predicted:>10.4f}{self.bgnbd.mean_predicted:>10.4f}",
+            f"{'decile':<8}{'learned pred/obs':>22}{'BG/NBD pred/obs':>22}",
+        ]
+        for i, (a, b) in enumerate(zip(self.learned.reliability, self.bgnbd.reliability), start=1):
+            rows.append(f"{i:<8}{a.mean_predicted:>13.4f}/{a.observed:<8.4f}{b.mean_predicted:>13.4f}/{b.observed:<8.4f}")
+        if m is not None:
+            top = sorted(zip(m.features, m.coefficients), key=lambda fc: -abs(fc[1]))[:6]
+            rows.append("largest coefficients (log-odds per s.d.): " + ", ".join(f"{f} {c:+.3f}" for f, c in top))
+        return "\n".join(rows)
+
+    def verdict(self) -> str:
+        better = self.learned.auc > self.bgnbd.auc and self.learned.brier < self.bgnbd.brier
+        return "better on both" if better else "NOT better on both"
+
+
+def compare_churn(events: Sequence[Event], cutoff_ms: int, horizon_days: int) -> ChurnComparison:
+    """Score the buyers as of ``cutoff_ms`` with the learned model and with BG/NBD alone."""
+    if horizon_days <= 0:
+        raise ValueError(f"horizon_days must be positive, not {horizon_days}")
+    model = train_churn_model(events, cutoff_ms, horizon_days)
+    folded = fold_events(events, cutoff_ms - 1)
+    params, signals = score_states(folded.states, cutoff_ms, horizon_days, learned=model)
+    bought = bought_between(events, cutoff_ms, cutoff_ms + horizon_days * DAY_MS)
+    buyers = [s for s in signals if s.purchases > 0]
+    learned = np.array([s.churn_risk for s in buyers], dtype=float)
+    bgnbd_risks: list[float] = []
+    for s in buyers:
+        summary = churn.summarise(folded.states[s.customer_id], cutoff_ms)
+        assert summary is not None  # a buyer
+        bgnbd_risks.append(round(churn.churn_probability(params, summary, horizon_days), 6))
+    bgnbd = np.array(bgnbd_risks, dtype=float)
+    churned = np.array([s.customer_id not in bought for s in buyers], dtype=bool)
+    return ChurnComparison(
+        cutoff_ms=cutoff_ms, horizon_days=horizon_days, customers=len(buyers),
+        base_rate=float(churned.mean()) if buyers else math.nan, params=params, model=model,
+        learned=_metrics(learned, churned), bgnbd=_metrics(bgnbd, churned),
+        risks={s.customer_id: s.churn_risk for s in buyers},
+    )
+
+
+def _metrics(predicted: np.ndarray, churned: np.ndarray) -> RiskMetrics:
+    return RiskMetrics(auc(predicted, churned), brier(predicted, churned),
+                       float(predicted.mean()) if predicted.size else math.nan, reliability_table(predicted, churned))

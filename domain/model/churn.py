@@ -5,7 +5,7 @@ The model: while alive a customer buys as a Poisson process with rate ``lambda``
 after each repeat purchase they drop out for good with probability ``p`` ~ Beta(a, b). What a
 customer has shown us is summarised as
 
-* ``x``   repeat purchases (purchases after the first),
+* ``x``   repeat purchase days (distinct days with a purchase, after the first),
 * ``t_x`` days from the first to the last purchase,
 * ``T``   days from the first purchase to ``as_of``.
 
@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from domain.relationship import DAY_MS, RelationshipState, purchase_rhythm
+from domain.relationship import DAY_MS, RelationshipState, purchase_days, purchase_rhythm
 
 MIN_FIT_BUYERS = 50
 """Fewer buyers than this and the fit is not attempted: :data:`DEFAULT_PARAMS` are used."""
@@ -87,6 +87,9 @@ class Summary:
 def summarise(state: RelationshipState, as_of: int) -> Summary | None:
     """``(x, t_x, T)`` of a customer as of ``as_of``; None when they never bought.
 
+    ``x`` counts repeat purchase *days*: several purchases on one day are one transaction, as in
+    the model's definition (Fader, Hardie and Lee count one transaction per customer-day).
+
     The state must hold events up to ``as_of`` only; a last purchase after ``as_of`` is clamped.
     """
     if state.first_purchase_at is None or state.last_purchase is None or state.lifetime.purchases < 1:
@@ -94,7 +97,7 @@ def summarise(state: RelationshipState, as_of: int) -> Summary | None:
     first = state.first_purchase_at
     last = max(state.last_purchase.occurred_at, first)
     end = max(as_of, last)
-    return Summary(x=state.lifetime.purchases - 1, t_x=(last - first) / DAY_MS, T=(end - first) / DAY_MS)
+    return Summary(x=purchase_days(state) - 1, t_x=(last - first) / DAY_MS, T=(end - first) / DAY_MS)
 
 
 # ---------------------------------------------------------------------------------------------

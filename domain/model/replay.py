@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from domain.model.churn import BgNbdParams, fit_bgnbd
+from domain.model.churn_learned import LearnedChurnModel
 from domain.model.signals import DEFAULT_HORIZON_DAYS, LoyaltySignal, score_customer, signal_to_dict
 from domain.records import CallEvent, Event, PurchaseEvent, PurchaseItem, VisitEvent
 from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event
@@ -99,6 +100,7 @@ class ReplaySummary:
     params: BgNbdParams
     tier_counts: dict[str, int]
     out_path: str
+    churn_model: int | None = None  # training buyers of the learned churn model; None: BG/NBD alone
 
     def format(self) -> str:
         p = self.params
@@ -110,6 +112,8 @@ class ReplaySummary:
             f"after as-of       {self.after_as_of}",
             f"customers scored  {self.customers}  -> {self.out_path}",
             f"BG/NBD ({p.source}, {p.buyers} buyers): r={p.r:.4g} alpha={p.alpha:.4g}d a={p.a:.4g} b={p.b:.4g}",
+            "churn risk        " + ("BG/NBD (no learned model)" if self.churn_model is None
+                                    else f"learned model trained on {self.churn_model} buyers"),
             "tiers             " + ", ".join(f"{t}={n}" for t, n in sorted(self.tier_counts.items())),
         ]
         lines += [f"  line {e.line_no}: {e.reason}" for e in self.invalid[:20]]
@@ -366,10 +370,10 @@ def fold_events(events: Iterable[Event], as_of: int) -> FoldResult:
 
 def score_states(
     states: dict[str, RelationshipState], as_of: int | None, horizon_days: int = DEFAULT_HORIZON_DAYS,
-    params: BgNbdParams | None = None,
+    params: BgNbdParams | None = None, learned: LearnedChurnModel | None = None,
 ) -> tuple[BgNbdParams, list[LoyaltySignal]]:
     """Score every customer (sorted by customer id), fitting BG/NBD on the population unless
-    ``params`` are given.
+    ``params`` are given; ``learned`` is the churn model (None: BG/NBD's risk).
 
     ``as_of=None`` scores each customer as of their own newest event, as the stream worker does.
     """
@@ -377,7 +381,8 @@ def score_states(
         fit_at = as_of if as_of is not None else max((s.last_seen_at or 0) for s in states.values()) if states else 0
         params = fit_bgnbd(states.values(), fit_at)
     signals = [
-        score_customer(states[cid], as_of if as_of is not None else states[cid].last_seen_at or 0, params, horizon_days)
+        score_customer(states[cid], as_of if as_of is not None else states[cid].last_seen_at or 0, params,
+                       horizon_days, learned)
         for cid in sorted(states)
     ]
     return params, signals
@@ -392,15 +397,25 @@ def run_replay(
     currency: str = DEFAULT_CURRENCY,
     params: BgNbdParams | None = None,
     earliest_ms: int = EARLIEST_EVENT_MS,
+    learned: LearnedChurnModel | None | str = "fit",
 ) -> ReplaySummary:
     """Replay a JSON-lines event file as of ``as_of_ms`` and write one signal per line to ``out_path``.
 
     ``as_of_ms=None`` ("latest") scores each customer as of their own newest event, like the
     stream; ``params`` pins the BG/NBD parameters instead of fitting them on the file.
+    ``learned`` is the churn model: ``"fit"`` trains it on the file as of ``as_of_ms`` (the
+    newest event for "latest"), as the sink's refit does on its history; None uses BG/NBD alone.
     """
+    from domain.model.churn_training import train_churn_model  # imports this module
+
     parsed = read_events_file(events_path, currency, earliest_ms)
     folded = fold_events(parsed.events, as_of_ms if as_of_ms is not None else 2**62)
-    params, signals = score_states(folded.states, as_of_ms, horizon_days, params)
+    if learned == "fit":
+        newest = max((e.occurred_at for e in parsed.events), default=0)
+        learned = train_churn_model(parsed.events, (as_of_ms if as_of_ms is not None else newest) + 1, horizon_days)
+    elif isinstance(learned, str):
+        raise ValueError(f"learned must be a model, None or 'fit', not {learned!r}")
+    params, signals = score_states(folded.states, as_of_ms, horizon_days, params, learned)
     with open(out_path, "w", encoding="utf-8") as out:
         out.writelines(json.dumps(signal_to_dict(signal), separators=(",", ":")) + "\n" for signal in signals)
     return ReplaySummary(
@@ -416,4 +431,5 @@ def run_replay(
         params=params,
         tier_counts=dict(Counter(s.tier for s in signals)),
         out_path=str(out_path),
+        churn_model=None if learned is None else learned.buyers,
     )

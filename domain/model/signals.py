@@ -1,7 +1,8 @@
 """The loyalty signal of one customer: score, tier, churn risk and know-me profile. Pure.
 
 :func:`score_customer` is the whole model: components (:mod:`.components`), churn risk from
-BG/NBD (:mod:`.churn`), tier rules (:mod:`.tiers`) and the know-me profile (:mod:`.knowme`).
+the learned model over BG/NBD (:mod:`.churn_learned`, :mod:`.churn`), tier rules (:mod:`.tiers`)
+and the know-me profile (:mod:`.knowme`).
 :func:`signal_to_dict` gives the datum of ``schemas/loyalty_signal.avsc``.
 """
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 from domain.model import churn
 from domain.model.churn import BgNbdParams
+from domain.model.churn_learned import LearnedChurnModel, churn_risk
 from domain.model.components import (
     LOOKBACK_DAYS,
     compute_components,
@@ -59,12 +61,19 @@ class LoyaltySignal:
     open_issues: int = 0
     greeting_hint: str = ""
     params_source: str = "default"
+    churn_model: str = "bgnbd"
+    churn_drivers: list[dict[str, object]] = field(default_factory=list)
 
 
 def score_customer(
-    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS
+    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS,
+    learned: LearnedChurnModel | None = None,
 ) -> LoyaltySignal:
-    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only."""
+    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only.
+
+    ``learned`` is the churn model fitted on the business's history; without it (or for a
+    never-buyer, or a model of another horizon) the churn risk is BG/NBD's.
+    """
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, not {horizon_days}")
     rhythm = rhythm_gap(state, params.population_gap_days)
@@ -77,12 +86,11 @@ def score_customer(
         known_since = state.first_seen_at if state.first_seen_at is not None else as_of
         days_known = max(0, as_of - known_since) / DAY_MS
         p_alive = None
-        risk = churn.prospect_churn_probability(params, days_known, horizon_days)
         expected = churn.prospect_expected_purchases(params, days_known, horizon_days)
     else:
         p_alive = churn.p_alive(params, summary)
-        risk = churn.churn_probability(params, summary, horizon_days)
         expected = churn.expected_purchases(params, summary, horizon_days)
+    risk = churn_risk(state, as_of, params, horizon_days, learned)
 
     service = window(state, SERVICE_WINDOW_DAYS, as_of)
     first = state.first_purchase_at
@@ -110,7 +118,7 @@ def score_customer(
         tier=tier,
         tier_reason=reason,
         components=components,
-        churn_risk=round(min(1.0, max(0.0, risk)), 6),
+        churn_risk=round(min(1.0, max(0.0, risk.risk)), 6),
         horizon_days=horizon_days,
         p_alive=None if p_alive is None else round(p_alive, 6),
         expected_purchases=round(expected, 6),
@@ -121,6 +129,8 @@ def score_customer(
         purchases=state.lifetime.purchases,
         **know_me_values(profile),
         params_source=params.source,
+        churn_model=risk.model,
+        churn_drivers=[{"feature": name, "contribution": value} for name, value in risk.drivers],
     )
 
 
@@ -133,4 +143,5 @@ def signal_to_dict(signal: LoyaltySignal) -> dict[str, object]:
     data["components"] = dict(signal.components)
     data["last_purchase_categories"] = list(signal.last_purchase_categories)
     data["last_purchase_skus"] = list(signal.last_purchase_skus)
+    data["churn_drivers"] = [dict(d) for d in signal.churn_drivers]
     return data

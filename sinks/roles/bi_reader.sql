@@ -1,5 +1,5 @@
 -- The BI role for a ClickHouse SERVER (chDB, the embedded engine, has no access control). Apply as an
--- administrator after `loyalty init` (the views of migration 0004 must exist), with {db}
+-- administrator after `loyalty init` (the views of migrations 0004 and 0006 must exist), with {db}
 -- replaced by the database (LOYALTY_CLICKHOUSE_DATABASE), e.g.
 --   sed 's/{db}/loyalty/g' sinks/roles/bi_reader.sql | clickhouse-client --multiquery
 -- Idempotent: the role is created IF NOT EXISTS, grants repeat harmlessly. Then give the roles to
@@ -19,6 +19,8 @@ ALTER TABLE {db}.v_tier_transitions_weekly MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_customers_at_risk MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_alerts_outcome MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_alerts_daily MODIFY SQL SECURITY DEFINER;
+ALTER TABLE {db}.v_alerts_daily_by_origin MODIFY SQL SECURITY DEFINER;
+ALTER TABLE {db}.v_alerts_live MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_recognition_and_quality MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_tiers_current MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_score_histogram MODIFY SQL SECURITY DEFINER;
@@ -29,6 +31,8 @@ GRANT SELECT ON {db}.v_tier_transitions_weekly TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_customers_at_risk TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_alerts_outcome TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_alerts_daily TO loyalty_bi_reader;
+GRANT SELECT ON {db}.v_alerts_daily_by_origin TO loyalty_bi_reader;
+GRANT SELECT ON {db}.v_alerts_live TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_recognition_and_quality TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_tiers_current TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_score_histogram TO loyalty_bi_reader;

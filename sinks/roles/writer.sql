@@ -6,7 +6,8 @@
 -- loyalty_writer: what the worker needs against a server once an administrator has run
 -- `loyalty init`: INSERT into the tables it writes, and SELECT of the few columns it reads
 -- back (the applied migration versions, the model parameters, the refit's purchase rhythm).
--- No SELECT of raw interactions or contact pseudonyms. The materialized views of 0004 run with
+-- No SELECT of contact pseudonyms; of the raw interactions only the columns the churn refit
+-- reads. The materialized views of 0004 run with
 -- their definer's rights, so INSERT into signals_history fills signals_daily and
 -- customer_week_tiers without a grant on them.
 CREATE ROLE IF NOT EXISTS loyalty_writer;
@@ -23,6 +24,14 @@ GRANT INSERT, SELECT ON {db}.model_params TO loyalty_writer;
 GRANT CREATE DATABASE ON {db}.* TO loyalty_writer;
 GRANT CREATE TABLE ON {db}.schema_migrations TO loyalty_writer;
 GRANT SELECT(version) ON {db}.schema_migrations TO loyalty_writer;
+-- The churn model's refit (streams/churn_params.py) reads a sample of the raw interactions back,
+-- without contact pseudonyms or items.
+GRANT SELECT(event_id, customer_id, occurred_at, channel, order_id, amount_minor, currency, discount_minor,
+             promo_code, is_return, location_id) ON {db}.purchases TO loyalty_writer;
+GRANT SELECT(event_id, customer_id, occurred_at, direction, reason, wait_seconds, duration_seconds, resolved,
+             sentiment, effort_score, nps, agent_id) ON {db}.calls TO loyalty_writer;
+GRANT SELECT(event_id, customer_id, occurred_at, channel, location_id, duration_seconds, recognized)
+    ON {db}.visits TO loyalty_writer;
 -- The BG/NBD refit (streams/params.py) reads the purchase rhythm of the relationships.
 GRANT SELECT(customer_id, version, purchases_lifetime, first_purchase_at, last_purchase_at, mean_gap_days)
     ON {db}.relationships TO loyalty_writer;

@@ -1,15 +1,26 @@
-"""Fault injection for the fault-test suite: switch files that make ClickHouse writes fail.
+"""Fault injection for the fault-test suite: switch files that make ClickHouse writes fail, and
+a state pipeline that stops a batch between two steps of its written order.
 
-A worker uses it when ``LOYALTY_SINK_FACTORY=tests.faults.injection:make_sink`` (the worker runs
-from the repository); the switches live in ``<data_dir>/faults``. While the file
+A worker uses the sink when ``LOYALTY_SINK_FACTORY=tests.faults.injection:make_sink`` (the worker
+runs from the repository); the switches live in ``<data_dir>/faults``. While the file
 ``clickhouse_down`` exists there every write fails before reaching ClickHouse, as
 when the server is away. When ``clickhouse_ack_lost`` exists, the next write reaches ClickHouse
 and then reports an error, as when an acknowledgement is lost on the way back; the file is
 removed so it happens once.
+
+A state worker uses :class:`PausingPipeline` when
+``LOYALTY_PIPELINE_FACTORY=tests.faults.injection:PausingPipeline``. When the switch
+``pause_before_changelog`` exists, the next batch that raised alerts stops as its changelog step
+begins, i.e. after its alerts were acknowledged (step 2 of ``streams/app.py``) and before the
+changelog records that remember them and the batch's offsets (steps 3 and 4). The switch is
+removed and ``paused_before_changelog`` written with the batch's alert ids; the batch then waits
+for ever, for the test to ``kill -9`` the process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from pathlib import Path
 
@@ -17,6 +28,8 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from config.settings import Settings
 from sinks.clickhouse import ClickHouseSink, SinkBatch
+from streams.app import Pipeline
+from streams.processor import Effects
 
 logger = logging.getLogger(__name__)
 
@@ -51,3 +64,32 @@ def make_sink(settings: Settings) -> ClickHouseSink:
     switches.mkdir(parents=True, exist_ok=True)
     logger.warning("fault injection is enabled (switches in %s): for tests only", switches)
     return FaultInjectingSink(settings.clickhouse_url, settings.clickhouse_database, switches, settings.clickhouse_cluster)
+
+
+PAUSE_SWITCH = "pause_before_changelog"
+PAUSED_MARKER = "paused_before_changelog"
+
+
+class PausingPipeline(Pipeline):
+    """The standard pipeline, stopping a batch at the start of its changelog step on request."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.switches = switches_of(self.settings)
+        self.switches.mkdir(parents=True, exist_ok=True)
+        self.batch_alert_ids: list[str] = []
+        logger.warning("fault injection is enabled (switches in %s): for tests only", self.switches)
+
+    async def produce_outputs(self, effects: Effects) -> None:
+        self.batch_alert_ids = sorted(str(alert["alert_id"]) for _, alert in effects.alerts)
+        await super().produce_outputs(effects)
+
+    async def produce_changelog(self) -> None:
+        switch = self.switches / PAUSE_SWITCH
+        if self.batch_alert_ids and switch.exists():
+            switch.unlink()
+            (self.switches / PAUSED_MARKER).write_text(json.dumps(self.batch_alert_ids))
+            logger.warning("injected pause before the changelog step: %d alerts acknowledged, waiting to be killed",
+                           len(self.batch_alert_ids))
+            await asyncio.Event().wait()
+        await super().produce_changelog()

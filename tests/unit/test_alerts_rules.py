@@ -131,6 +131,8 @@ def test_score_drop_fires_once_with_explanation_and_context() -> None:
             "greeting_hint": "Welcome back! Last time you bought bags and shoes in store S01.",
             "expected_next_purchase_at": t(32), "churn_risk": 0.25,
         },
+        # the rules have no clock: the worker stamps these when it publishes (domain.alerts.stamp)
+        "processed_at": None, "historical": False,
     }
     assert not state.episodes["score_drop"].active  # recovered at day 14
 

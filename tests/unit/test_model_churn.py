@@ -190,7 +190,7 @@ def test_fit_from_states_equals_fit_from_arrays() -> None:
     data = simulate(seed=5, n=300, params=TRUE)
     as_of = T0 + 800 * DAY_MS
     states = []
-    xs, txs, Ts = [], [], []
+    xs, txs, Ts, event_counts = [], [], [], []
     for i in range(300):
         first = as_of - round(data["T"][i] * DAY_MS)
         # x repeat purchases spread up to t_x
@@ -199,14 +199,17 @@ def test_fit_from_states_equals_fit_from_arrays() -> None:
         for k, at in enumerate(times):
             apply_event(state, PurchaseEvent(f"c{i}-{k}", f"c{i}", at, "web", f"o{i}{k}", 100, "EUR"), 10**13)
         states.append(state)
-        xs.append(len(times) - 1)
+        xs.append(len({at // DAY_MS for at in times}) - 1)  # repeat purchase days: same-day purchases are one
+        event_counts.append(len(times))
         txs.append((times[-1] - first) / DAY_MS)
         Ts.append((as_of - first) / DAY_MS)
     from_states = churn.fit_bgnbd(states, as_of)
     from_arrays = churn.fit_bgnbd_arrays(xs, txs, Ts)
     assert (from_states.r, from_states.alpha, from_states.a, from_states.b) == pytest.approx(
         (from_arrays.r, from_arrays.alpha, from_arrays.a, from_arrays.b), rel=1e-9)
-    gaps = [t / x for x, t in zip(xs, txs) if x > 0]
+    # the population gap is the median of the rhythm's mean gaps, which are over purchase times
+    # (same-day purchases included), so per customer t_x / (purchases - 1)
+    gaps = [t / (n - 1) for n, t in zip(event_counts, txs) if n > 1]
     assert from_states.population_gap_days == pytest.approx(float(np.median(gaps)), abs=1e-5)
 
 

@@ -87,8 +87,21 @@ def test_data_written_with_the_old_schema_is_read_with_the_new_one():
     assert decoded["items"][1]["sku"] == "sku-2"
 
 
+def test_an_alert_written_before_the_live_flag_reads_as_live_without_a_processing_time():
+    old_schema = json.loads(history_paths("alert")[0].read_text())
+    assert {"processed_at", "historical"}.isdisjoint(f["name"] for f in old_schema["fields"])
+    datum = {"alert_id": "a1", "customer_id": "C1", "kind": "gone_quiet", "severity": "info",
+             "raised_at": 1_767_225_600_000, "model_version": "m", "summary": "s", "before_score": None,
+             "after_score": 50.0, "before_tier": None, "after_tier": "loyal", "tier_reason": "r",
+             "measure": "days_since_last_purchase", "measure_before": 10.0, "measure_after": 25.0,
+             "threshold": 20.0, "explanation": [], "context": None}
+    data = Codec("alert", schema=old_schema).encode(datum)
+    assert data[2:10] != codec("alert").fingerprint
+    assert codec("alert").decode(data) == {**datum, "processed_at": None, "historical": False}
+
+
 def test_history_is_compatible_and_an_incompatible_change_is_caught(tmp_path, monkeypatch):
-    for name in ("purchase", "call", "visit", "relationship_state", "dead_letter"):
+    for name in ("purchase", "call", "visit", "relationship_state", "dead_letter", "alert"):
         assert check_compatibility(name) == [], name
     # A new required field without a default cannot read old data: the checker must say so.
     import schemas
