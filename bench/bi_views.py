@@ -38,7 +38,7 @@ DAY_MS = 86_400_000
 END_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: a fixed end, so every run loads the same data
 HISTORY_DAYS = 56  # eight weeks of signal history
 # How the synthetic base is spread over the tiers (in TIERS order).
-TIER_WEIGHTS = np.array([0.05, 0.10, 0.08, 0.12, 0.10, 0.25, 0.30])
+TIER_WEIGHTS = np.array([0.05, 0.10, 0.08, 0.12, 0.10, 0.25, 0.25, 0.05])
 TIER_STAYS = 0.8  # chance that a new version keeps the previous version's tier
 ALERT_SHARE = 0.05  # customers with an alert
 PURCHASES_PER_CUSTOMER = 3

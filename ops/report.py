@@ -25,11 +25,13 @@ Query = Callable[[str], tuple[Sequence[str], Sequence[Sequence[Any]]]]
 """Runs one read query and returns (column names, rows)."""
 
 LOYAL_TIERS = ("fiercely_loyal", "loyal")
+AUDIENCE_TIERS = ("transactional", "captive")
+"""Customers who buy without being loyal: the big audience that is not a loyal base."""
 TIER_COLOURS = {
-    "fiercely_loyal": "#1b7837", "loyal": "#7fbf7b", "transactional": "#f1a340", "at_risk": "#d73027",
-    "lapsed": "#8c8c8c", "new": "#4393c3", "prospect": "#c2a5cf",
+    "fiercely_loyal": "#1b7837", "loyal": "#7fbf7b", "transactional": "#f1a340", "captive": "#b35806",
+    "at_risk": "#d73027", "lapsed": "#8c8c8c", "new": "#4393c3", "prospect": "#c2a5cf",
 }
-"""One colour per tier, the same in every chart."""
+"""One colour per tier, the same in every chart (captive in a darker orange beside transactional)."""
 
 # Every figure of the report, from the BI views. {db}: the database; {days}: the window of the
 # daily series, ending at the newest event day; {top}: customers at risk listed.
@@ -44,7 +46,8 @@ SQL: dict[str, str] = {
         "FROM {db}.v_daily_tiers) WHERE day > newest - {days} ORDER BY day, tier"
     ),
     "audience": (
-        "SELECT day, active_customers, loyal_customers, transactional_customers, loyal_share, transactional_share "
+        "SELECT day, active_customers, loyal_customers, transactional_customers, captive_customers, loyal_share, "
+        "transactional_or_captive_share, loyal_revenue_share, transactional_or_captive_revenue_share "
         "FROM (SELECT *, max(day) OVER () AS newest FROM {db}.v_audience_vs_loyal) "
         "WHERE day > newest - {days} ORDER BY day"
     ),
@@ -158,6 +161,7 @@ def key_figures(report: Report) -> list[tuple[str, ...]]:
     tiers = dict(zip(now.column("tier"), now.column("customers"), strict=True))
     customers = sum(int(n) for n in tiers.values())
     loyal = sum(int(tiers.get(t, 0)) for t in LOYAL_TIERS)
+    audience_now = sum(int(tiers.get(t, 0)) for t in AUDIENCE_TIERS)
     audience = report["audience"].rows
     at_risk = report["at_risk"].column("value_at_risk_minor")
     alerts = sum(int(n) for n in report["alerts_daily"].column("alerts"))
@@ -166,8 +170,13 @@ def key_figures(report: Report) -> list[tuple[str, ...]]:
         ("customers", f"{customers:,}"),
         ("fiercely loyal + loyal now", f"{loyal:,} ({percent(loyal / customers) if customers else '-'})"),
         ("transactional now", f"{int(tiers.get('transactional', 0)):,}"),
+        ("captive now", f"{int(tiers.get('captive', 0)):,}"),
+        ("transactional + captive now", f"{audience_now:,} ({percent(audience_now / customers) if customers else '-'})"),
         ("active on the newest day", "-" if latest is None else f"{int(latest[1]):,} on {day_label(latest[0])}"),
-        ("loyal share of them", "-" if latest is None else percent(latest[4])),
+        ("loyal share of them", "-" if latest is None else percent(latest[5])),
+        ("transactional + captive share", "-" if latest is None else percent(latest[6])),
+        ("loyal share of revenue", "-" if latest is None or latest[7] is None else percent(latest[7])),
+        ("transactional + captive revenue", "-" if latest is None or latest[8] is None else percent(latest[8])),
         (f"value at risk, top {report.top}", money(sum(float(v) for v in at_risk), report.currency)),
         (f"alerts, last {report.days} days", f"{alerts:,}"),
     ]
@@ -189,9 +198,11 @@ def sections(report: Report) -> list[tuple[str, list[str], list[tuple[str, ...]]
         (f"Customers per tier at the end of each day, last {report.days} days", ["day", *tier_columns, "total"],
          tiers_by_day(report, tier_columns)),
         (f"Audience vs loyal base, last {report.days} days",
-         ["day", "active", "loyal", "transactional", "loyal share", "transactional share"],
-         [(day_label(d), number(int(a)), number(int(lo)), number(int(tr)), percent(ls), percent(ts))
-          for d, a, lo, tr, ls, ts in audience.rows]),
+         ["day", "active", "loyal", "transactional", "captive", "loyal share", "transactional or captive share",
+          "loyal revenue share", "transactional or captive revenue share"],
+         [(day_label(d), number(int(a)), number(int(lo)), number(int(tr)), number(int(ca)), percent(ls), percent(ts),
+           percent(lr), percent(tr_r))
+          for d, a, lo, tr, ca, ls, ts, lr, tr_r in audience.rows]),
         (f"Top {report.top} customers at risk (value at risk = churn risk x expected spend)",
          ["customer", "tier", "churn risk", "expected spend", "value at risk"],
          [(str(c), str(t), number(r, 3), money(e, cur), money(v, cur)) for c, t, r, e, v in risk.rows]),

@@ -214,6 +214,10 @@ class ClickHouseSink:
         applied = []
         for version, name, sql in migrations():
             if version in done:
+                # On a cluster, the rewrite of a later statement needs the tables created earlier
+                # (a materialized view reads their local form); rewriting is pure text, nothing runs.
+                for text in split_statements(sql.replace("{db}", db)):
+                    self.ddl(text)
                 continue
             for statement in (s for text in split_statements(sql.replace("{db}", db)) for s in self.ddl(text)):
                 self.client.command(statement)

@@ -12,8 +12,10 @@ statement is rewritten so that every table exists twice:
   else ``rand()``. Inserts and reads go through it, so queries and views keep their names.
 
 Materialized views are created on every node reading and writing the local tables (each node
-aggregates what its shard receives); plain views (created or replaced) and ``ALTER TABLE`` run
-``ON CLUSTER`` (an ``ALTER`` on both the local and the distributed table). Pure: text in, text out.
+aggregates what its shard receives), and a change of a materialized view's query (``ALTER
+TABLE ... MODIFY QUERY``) runs ``ON CLUSTER`` reading the local tables likewise; plain views
+(created or replaced) and other ``ALTER TABLE`` statements run ``ON CLUSTER`` (an ``ALTER`` on
+both the local and the distributed table). Pure: text in, text out.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\S+)\.(\w+)\s*(\(.*\))\
                           re.S)
 CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\S+)\.(\w+) TO (\S+)\.(\w+) AS(.*)$", re.S)
 CREATE_VIEW = re.compile(r"^(CREATE VIEW IF NOT EXISTS|CREATE OR REPLACE VIEW) (\S+)\.(\w+) AS(.*)$", re.S)
+MODIFY_QUERY = re.compile(r"^ALTER TABLE (\S+)\.(\w+) MODIFY QUERY(.*)$", re.S)
 ALTER_TABLE = re.compile(r"^ALTER TABLE (\S+)\.(\w+) (.*)$", re.S)
 CREATE_DATABASE = re.compile(r"^CREATE DATABASE IF NOT EXISTS (\S+)$")
 MERGE_TREES = ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "SummingMergeTree", "CollapsingMergeTree")
@@ -48,6 +51,9 @@ def on_cluster(statement: str, cluster: str, tables: set[str]) -> list[str]:
     if match := CREATE_VIEW.match(statement):
         create, db, name, body = match.groups()
         return [f"{create} {db}.{name} ON CLUSTER {cluster} AS{body}"]
+    if match := MODIFY_QUERY.match(statement):  # a materialized view's query: it reads the local tables
+        db, name, body = match.groups()
+        return [f"ALTER TABLE {db}.{name} ON CLUSTER {cluster} MODIFY QUERY{_read_local(body, tables)}"]
     if match := ALTER_TABLE.match(statement):
         db, name, change = match.groups()
         return [f"ALTER TABLE {db}.{local_name(name)} ON CLUSTER {cluster} {change}",

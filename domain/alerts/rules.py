@@ -8,7 +8,7 @@ The five kinds of alert, and when each starts an *episode*:
 * ``score_drop``: the loyalty score is at least ``score_drop_points`` (15) below its trailing
   ``score_peak_days`` (30) day peak.
 * ``tier_downgrade``: the tier moves from ``downgrade_from_at_least`` (loyal) or better to
-  ``downgrade_to_at_most`` (transactional) or worse, in :data:`TIER_ORDER`.
+  ``downgrade_to_at_most`` (transactional, with which captive ranks) or worse, in :data:`TIER_ORDER`.
 * ``gone_quiet``: no purchase by the customer's own expected next purchase plus a tolerance of
   ``max(quiet_tolerance_min_days, quiet_tolerance_gap_share x usual gap)`` (3 days, 50 %).
 * ``relationship_strain``: in the last ``strain_window_days`` (30): at least
@@ -59,12 +59,19 @@ TIER_ORDER = ("lapsed", "at_risk", "transactional", "loyal", "fiercely_loyal")
 """Tiers that can be ranked, worst first. ``prospect`` and ``new`` are not ranked: a customer
 cannot be downgraded from or to them (nothing is known yet about their loyalty)."""
 
+SHARED_RANKS = {"captive": "transactional"}
+"""Tiers ranked with another one. ``captive`` ranks with ``transactional``: both buy without
+being loyal (the "big audience, not a loyal base" side), so loyal -> captive is a one-place
+downgrade (a warning) and fiercely_loyal -> captive a two-place one (critical), and the ranks
+stored with earlier alerts keep their meaning."""
+
 VALUED_TIERS = ("loyal", "fiercely_loyal")
 """Tiers whose customers have the most to lose: a gone-quiet alert for them is a warning."""
 
 
 def tier_rank(tier: str | None) -> int | None:
-    """Position in :data:`TIER_ORDER` (0 = lapsed), or None for an unranked tier."""
+    """Position in :data:`TIER_ORDER` (0 = lapsed; see :data:`SHARED_RANKS`), or None for an unranked tier."""
+    tier = SHARED_RANKS.get(tier, tier) if tier is not None else None
     return TIER_ORDER.index(tier) if tier in TIER_ORDER else None
 
 

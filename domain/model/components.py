@@ -67,6 +67,16 @@ def rhythm_gap(state: RelationshipState, population_gap_days: float) -> Rhythm:
     return Rhythm(max(MIN_GAP_DAYS, mean_gap), "own")
 
 
+def gap_variation(state: RelationshipState) -> float | None:
+    """How regular the customer buys: standard deviation over mean of the gaps between their
+    recent purchases (0 is clockwork; a lognormal rhythm with sigma 1 gives about 1.3). None
+    without a gap, or when every recent purchase fell at one instant."""
+    rhythm = purchase_rhythm(state)
+    if rhythm.mean_gap_days is None or rhythm.gap_stddev_days is None or rhythm.mean_gap_days <= 0:
+        return None
+    return rhythm.gap_stddev_days / rhythm.mean_gap_days
+
+
 def days_since_last_purchase(state: RelationshipState, as_of: int) -> float | None:
     if state.last_purchase is None:
         return None

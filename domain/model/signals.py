@@ -14,8 +14,10 @@ from domain.model import churn
 from domain.model.churn import BgNbdParams
 from domain.model.churn_learned import LearnedChurnModel, churn_risk
 from domain.model.components import (
+    LOOKBACK_DAYS,
     compute_components,
     days_since_last_purchase,
+    gap_variation,
     loyalty_score,
     rhythm_gap,
 )
@@ -23,7 +25,7 @@ from domain.model.knowme import know_me, know_me_values
 from domain.model.tiers import TierInputs, assign_tier
 from domain.relationship import DAY_MS, RelationshipState, window
 
-MODEL_VERSION = "loyalty-model-1.0.0"
+MODEL_VERSION = "loyalty-model-1.1.0"
 """Recorded in every signal; bump it when weights, rules or the churn model change."""
 DEFAULT_HORIZON_DAYS = 90
 SERVICE_WINDOW_DAYS = 90
@@ -103,6 +105,8 @@ def score_customer(
         unresolved_calls_90d=service.unresolved_calls,
         score=score,
         components=components,
+        calls_365d=window(state, LOOKBACK_DAYS, as_of).calls,  # memoised: the components' window
+        gap_variation=gap_variation(state),
     ))
     profile = know_me(state, as_of)
     last_at = profile.last_purchase_at

@@ -5,23 +5,35 @@ The rules are tried in this order; the first that holds decides (:func:`assign_t
 1. ``prospect``: never bought (only visits, calls or returns).
 2. ``lapsed``: no purchase for at least ``max(90 days, 3 x their usual gap)``.
 3. ``new``: first purchase less than 60 days ago (too early to judge loyalty).
-4. ``at_risk``: overdue (no purchase for ``max(14 days, 2 x their usual gap)``), or BG/NBD
-   P(alive) below 0.5, or a cancel request in the last 90 days, or a complaint together with
-   an unresolved call in the last 90 days.
-5. ``fiercely_loyal``: loyalty score >= 75 AND at least 3 purchases AND price independence >= 90
+4. ``at_risk``, leaving: overdue (no purchase for ``max(14 days, 2 x their usual gap)``), or
+   BG/NBD P(alive) below 0.5, or a cancel request in the last 90 days. Behaviour that says the
+   customer is going comes first: an overdue or cancelling customer is at_risk, never captive.
+5. ``captive``: buys often and regularly, at full price, while the relationship is poor: at
+   least 6 purchases, a usual gap of at most 30 days, a gap variation (standard deviation over
+   mean of the recent gaps) of at most 0.6, price independence >= 40 (not here for the
+   discounts) AND relationship quality below 40 over at least 3 calls in the last 365 days. Below
+   40 means worse than half the calls unresolved, half of them complaints, sentiment -0.4 and
+   effort 5.5 of 7 together; 50 is what no calls give, so silence never makes a customer
+   captive, and the 3 calls keep one bad call from doing so. These customers stay because they
+   have no real alternative: they count as a loyal base and leave when a competitor appears.
+6. ``at_risk``, unhappy: a complaint together with an unresolved call in the last 90 days (a
+   customer who does not buy like a captive one).
+7. ``fiercely_loyal``: loyalty score >= 75 AND at least 3 purchases AND price independence >= 90
    (almost never needs a discount) AND relationship quality >= 50 (no bad service record) AND
    at least two of: breadth >= 50, recognition >= 80, relationship quality >= 85. Volume alone
    cannot get here: a neutral (no visits, no calls) recognition or quality is no evidence.
-6. ``loyal``: loyalty score >= 55 AND price independence >= 40.
-7. ``transactional``: everyone else who buys: mostly on discount, or with little relationship.
+8. ``loyal``: loyalty score >= 55 AND price independence >= 40.
+9. ``transactional``: everyone else who buys: mostly on discount, or with little relationship.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-TIERS = ("prospect", "lapsed", "new", "at_risk", "fiercely_loyal", "loyal", "transactional")
-"""Every tier, in the order the rules are tried."""
+TIERS = ("prospect", "lapsed", "new", "at_risk", "fiercely_loyal", "loyal", "transactional", "captive")
+"""Every tier, in the order the tiers were introduced: the symbols of the signal schema's ``tier``
+enum and the tier codes of the BI tables (``customer_week_tiers``) follow it, so a new tier is
+only ever appended. The order the rules are tried in is the module docstring's."""
 
 LAPSED_MIN_DAYS = 90.0
 LAPSED_GAPS = 3.0
@@ -37,6 +49,12 @@ FIERCE_BREADTH = 50.0
 FIERCE_RECOGNITION = 80.0
 FIERCE_QUALITY = 85.0
 FIERCE_EVIDENCE_NEEDED = 2
+CAPTIVE_MIN_PURCHASES = 6
+CAPTIVE_MAX_GAP_DAYS = 30.0
+CAPTIVE_MAX_GAP_VARIATION = 0.6
+CAPTIVE_PRICE_INDEPENDENCE = 40.0
+CAPTIVE_QUALITY_BELOW = 40.0
+CAPTIVE_MIN_CALLS = 3
 LOYAL_SCORE = 55.0
 LOYAL_PRICE_INDEPENDENCE = 40.0
 
@@ -55,6 +73,8 @@ class TierInputs:
     unresolved_calls_90d: int
     score: float
     components: dict[str, float]
+    calls_365d: int = 0  # the calls relationship_quality is measured on
+    gap_variation: float | None = None  # std dev / mean of the recent gaps; None below 2 gaps
 
 
 def assign_tier(f: TierInputs) -> tuple[str, str]:
@@ -67,9 +87,14 @@ def assign_tier(f: TierInputs) -> tuple[str, str]:
         return "lapsed", f"no purchase for {since:.0f} days (lapsed after {lapsed_after:.0f})"
     if f.days_since_first_purchase < NEW_DAYS:
         return "new", f"first purchase {f.days_since_first_purchase:.0f} days ago"
-    risk = _risk_reason(f)
-    if risk:
-        return "at_risk", risk
+    leaving = _leaving_reason(f)
+    if leaving:
+        return "at_risk", leaving
+    captive = _captive_reason(f)
+    if captive:
+        return "captive", captive
+    if f.complaints_90d > 0 and f.unresolved_calls_90d > 0:
+        return "at_risk", "complained and has an unresolved call in the last 90 days"
     c = f.components
     fierce_evidence = [
         name for name, ok in (
@@ -93,7 +118,7 @@ def assign_tier(f: TierInputs) -> tuple[str, str]:
     return "transactional", f"buys, but little relationship (score {f.score:.0f})"
 
 
-def _risk_reason(f: TierInputs) -> str:
+def _leaving_reason(f: TierInputs) -> str:
     assert f.days_since_last_purchase is not None
     overdue_after = max(AT_RISK_MIN_DAYS, AT_RISK_GAPS * f.gap_days)
     if f.days_since_last_purchase >= overdue_after:
@@ -102,6 +127,25 @@ def _risk_reason(f: TierInputs) -> str:
         return f"P(alive) {f.p_alive:.2f} below {AT_RISK_P_ALIVE}"
     if f.cancel_requests_90d > 0:
         return "asked to cancel in the last 90 days"
-    if f.complaints_90d > 0 and f.unresolved_calls_90d > 0:
-        return "complained and has an unresolved call in the last 90 days"
     return ""
+
+
+def _captive_reason(f: TierInputs) -> str:
+    """Why the customer is captive (rule 5), or "" when they are not."""
+    c = f.components
+    if not (
+        f.purchases >= CAPTIVE_MIN_PURCHASES
+        and f.gap_days <= CAPTIVE_MAX_GAP_DAYS
+        and f.gap_variation is not None
+        and f.gap_variation <= CAPTIVE_MAX_GAP_VARIATION
+        and c["price_independence"] >= CAPTIVE_PRICE_INDEPENDENCE
+        and f.calls_365d >= CAPTIVE_MIN_CALLS
+        and c["relationship_quality"] < CAPTIVE_QUALITY_BELOW
+    ):
+        return ""
+    recent = [f"{n} {what}{'' if n == 1 else 's'}" for n, what in (
+        (f.complaints_90d, "complaint"), (f.unresolved_calls_90d, "unresolved call")) if n]
+    return (f"buys every {f.gap_days:.0f} days ({f.purchases} purchases, gap variation {f.gap_variation:.2f}, "
+            f"price independence {c['price_independence']:.0f}) but relationship quality "
+            f"{c['relationship_quality']:.0f} over {f.calls_365d} calls"
+            + (f" ({', '.join(recent)} in 90 days)" if recent else ""))

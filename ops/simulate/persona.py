@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from importlib import resources
 from typing import Any, Literal, get_args
 
+from domain.model.tiers import TIERS
 from domain.records import EventKind
 
 Shape = Literal["steady", "lapsing", "new"]
@@ -44,10 +45,14 @@ class Persona:
     # Chance per year that the customer stops buying for good (they may still visit or call):
     # churn spread over the whole history, so a backtest at any cut-off has churners to find.
     dropout_per_year: float = 0.0
+    # The tier the model should give such a customer while they behave as described (the oracle
+    # of the persona table); None where it changes on purpose (lapsing customers slow down).
+    expected_tier: str | None = None
 
 
 _PAIRS = ("purchase_every_days", "nps_range")
-_REQUIRED = {f.name for f in fields(Persona) if f.name != "name" and f.name not in ("shape", "dropout_per_year")}
+_OPTIONAL = ("shape", "dropout_per_year", "expected_tier")
+_REQUIRED = {f.name for f in fields(Persona) if f.name != "name" and f.name not in _OPTIONAL}
 _KNOWN = {f.name for f in fields(Persona)} - {"name"}
 
 
@@ -64,6 +69,8 @@ def _persona(name: str, entry: Mapping[str, Any]) -> Persona:
         raise ValueError(f"persona {name!r}: anchor must be one of {get_args(EventKind)}")
     if values.get("shape", "steady") not in get_args(Shape):
         raise ValueError(f"persona {name!r}: shape must be one of {get_args(Shape)}")
+    if values.get("expected_tier", TIERS[0]) not in TIERS:
+        raise ValueError(f"persona {name!r}: expected_tier must be one of {TIERS}")
     return Persona(name=name, **values)
 
 

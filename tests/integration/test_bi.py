@@ -44,6 +44,7 @@ from sinks.clickhouse import ClickHouseSink, migrations, split_statements
 
 ROLES = Path(__file__).resolve().parents[2] / "sinks" / "roles"
 BI_SQL = next(sql for _, name, sql in migrations() if name == "bi")
+CAPTIVE_SQL = next(sql for _, name, sql in migrations() if name == "captive")
 
 
 def ts(text: str) -> datetime:
@@ -375,10 +376,11 @@ def test_a_replayed_row_inflates_no_count(sink):
 
 
 def test_the_tier_list_in_sql_is_the_model_s():
-    lists = re.findall(r"\[('prospect'[^\]]*)\]", BI_SQL)
-    assert lists, "no tier list found in 0004_bi.sql"
-    for found in lists:
-        assert tuple(t.strip(" '\n") for t in found.split(",")) == TIERS
+    """Tier codes only grow: 0004 wrote the first seven, 0009 appended captive; the newest list is TIERS."""
+    def lists(sql: str) -> list[tuple[str, ...]]:
+        return [tuple(t.strip(" '\n") for t in found.split(",")) for found in re.findall(r"\[('prospect'[^\]]*)\]", sql)]
+    assert lists(BI_SQL) and all(found == TIERS[:7] for found in lists(BI_SQL))
+    assert lists(CAPTIVE_SQL) and all(found == TIERS for found in lists(CAPTIVE_SQL))
 
 
 # -- roles -----------------------------------------------------------------------------------------
@@ -591,9 +593,9 @@ def migrated_before(sink: ClickHouseSink, suffix: str, monkeypatch: pytest.Monke
 
 def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkeypatch):
     """A database that had signals before migration 0004: the snapshot starts complete."""
-    older = migrated_before(sink, "before_bi", monkeypatch, "bi", "daily_tiers")
+    older = migrated_before(sink, "before_bi", monkeypatch, "bi", "daily_tiers", "captive")  # 0007 and 0009 change 0004's views
     try:
-        assert older.migrate() == ["0004_bi", "0007_daily_tiers"]
+        assert older.migrate() == ["0004_bi", "0007_daily_tiers", "0009_captive"]
         got = older.query(f"SELECT day, tier, uniqMerge(customers), sum(signals) FROM {older.database}.signals_daily "
                           "GROUP BY day, tier ORDER BY day, tier")[1]
         assert got == SNAPSHOT
@@ -607,12 +609,119 @@ def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkey
 def test_0007_backfills_tier_days_from_history_written_before_it(sink, monkeypatch):
     """A database with 0004's views and a signal history: after 0007 the daily tiers are the
     module's, built from each customer-day's newest history row."""
-    older = migrated_before(sink, "before_daily", monkeypatch, "daily_tiers")
+    older = migrated_before(sink, "before_daily", monkeypatch, "daily_tiers", "captive")
     try:
-        assert older.migrate() == ["0007_daily_tiers"]
+        assert older.migrate() == ["0007_daily_tiers", "0009_captive"]
         assert older.query(DAILY_SQL.replace("{db}", older.database))[1] == approx_rows(DAILY)
         got = older.query(f"SELECT day, active_customers, loyal_customers, transactional_customers, loyal_share, "
                           f"transactional_share FROM {older.database}.v_audience_vs_loyal ORDER BY day")[1]
         assert got == approx_rows(AUDIENCE)
     finally:
         sink.client.command(f"DROP DATABASE IF EXISTS {older.database}")
+
+# -- captive customers (migration 0009) ----------------------------------------------------------------
+#
+# A database of its own on the same engine, migrated up to 0008, then given these signals, then
+# migrated to 0009 (as a database that had captive signals before 0009 would be):
+#
+#     id  history (version: day tier score churn spend)                      now          relationship (90 days)
+#     K   1: 01-05 loyal 60 .25 3000; 2: 01-13 captive 50 .25 3000           captive      no visits, 5 calls, 2 unresolved
+#     L   1: 01-06 loyal 70 .25 4000; 2: 01-13 loyal 72 .25 5000             loyal        no visits, no calls
+#     M   1: 01-06 transactional 30 .5 1000                                  transactional no visits, no calls
+#     N   1: 01-13 captive 45 .25 2000                                       captive      2 visits, none recognised; 3 calls,
+#                                                                                         1 unresolved
+
+CAPTIVE_HISTORY = [
+    signal("K", 1, "2026-01-05 10:00", "loyal", 60, 0.25, 3000),
+    signal("K", 2, "2026-01-13 10:00", "captive", 50, 0.25, 3000, 12, 3),
+    signal("L", 1, "2026-01-06 10:00", "loyal", 70, 0.25, 4000),
+    signal("L", 2, "2026-01-13 12:00", "loyal", 72, 0.25, 5000, 8, 2),
+    signal("M", 1, "2026-01-06 11:00", "transactional", 30, 0.5, 1000),
+    signal("N", 1, "2026-01-13 11:00", "captive", 45, 0.25, 2000, 9, 2),
+]
+CAPTIVE_RELATIONSHIPS = [
+    ["K", 2, 0, None, 5, 2, -0.5, ts("2026-01-13 10:00")],
+    ["L", 2, 0, None, 0, 0, None, ts("2026-01-13 12:00")],
+    ["M", 1, 0, None, 0, 0, None, ts("2026-01-06 11:00")],
+    ["N", 1, 2, 0.0, 3, 1, -0.3, ts("2026-01-13 11:00")],
+]
+
+
+@pytest.fixture(scope="module")
+def captive_db(sink: ClickHouseSink) -> Iterator[ClickHouseSink]:
+    from sinks import clickhouse
+
+    db = ClickHouseSink(sink.dsn, f"{sink.database}_captive")
+    db._client = sink.client  # the same engine (chDB opens one directory per process)
+    every = clickhouse.migrations()
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(clickhouse, "migrations", lambda: [m for m in every if m[1] != "captive"])
+            db.migrate()
+        current = [row for row in CAPTIVE_HISTORY if row[1] == max(r[1] for r in CAPTIVE_HISTORY if r[0] == row[0])]
+        db.client.insert(f"{db.database}.signals_history", CAPTIVE_HISTORY, column_names=SIGNAL_COLUMNS)
+        db.client.insert(f"{db.database}.signals_current", current, column_names=SIGNAL_COLUMNS)
+        # as the sink writes them: one tier_days row per signal (FINAL keeps each day's newest)
+        db.client.insert(f"{db.database}.tier_days", [tier_day(r) for r in CAPTIVE_HISTORY], column_names=TIER_DAY_COLUMNS)
+        db.client.insert(f"{db.database}.relationships", CAPTIVE_RELATIONSHIPS, column_names=REL_COLUMNS)
+        yield db
+    finally:
+        sink.client.command(f"DROP DATABASE IF EXISTS {db.database}")
+
+
+def week_codes(db: ClickHouseSink) -> list[tuple[Any, ...]]:
+    return db.query(f"SELECT customer_id, arrayMap(c -> (intDiv(c, 16), c % 16), week_ends.2) "
+                    f"FROM {db.database}.customer_week_tiers FINAL ORDER BY customer_id")[1]
+
+
+def test_captive_customers_reach_the_bi_views(captive_db):
+    db = captive_db
+    # before 0009, 0004's materialized view had no code for captive: 0, '(unknown)'
+    assert week_codes(db) == [("K", [(1, 6), (2, 0)]), ("L", [(1, 6), (2, 6)]), ("M", [(1, 7)]), ("N", [(1, 0)])]
+    assert db.migrate() == ["0009_captive"]
+    # 0009 recoded the captive weeks already stored (8) ...
+    assert week_codes(db) == [("K", [(1, 6), (2, 8)]), ("L", [(1, 6), (2, 6)]), ("M", [(1, 7)]), ("N", [(1, 8)])]
+    # ... and codes new captive signals as 8: N's week 3 (version 2, code 2 * 16 + 8)
+    n2 = signal("N", 2, "2026-01-19 11:00", "captive", 44, 0.25, 2000)
+    db.client.insert(f"{db.database}.signals_history", [n2], column_names=SIGNAL_COLUMNS)
+    db.client.insert(f"{db.database}.tier_days", [tier_day(n2)], column_names=TIER_DAY_COLUMNS)
+    assert week_codes(db)[3] == ("N", [(1, 8), (2, 8)])
+    q = db.database
+
+    # "big audience or loyal base?": day, active, loyal, transactional, captive, transactional or captive,
+    # their shares, revenue (the 365-day spend of the day's active customers), loyal and
+    # transactional-or-captive revenue and revenue shares
+    got = db.query(f"SELECT day, active_customers, loyal_customers, transactional_customers, captive_customers, "
+                   "transactional_or_captive_customers, loyal_share, transactional_share, captive_share, "
+                   "transactional_or_captive_share, revenue_365d_minor, loyal_revenue_365d_minor, "
+                   "transactional_or_captive_revenue_365d_minor, loyal_revenue_share, "
+                   f"transactional_or_captive_revenue_share FROM {q}.v_audience_vs_loyal ORDER BY day")[1]
+    assert got == approx_rows([
+        (date(2026, 1, 5), 1, 1, 0, 0, 0, 1.0, 0.0, 0.0, 0.0, 3000, 3000, 0, 1.0, 0.0),  # K loyal
+        (date(2026, 1, 6), 2, 1, 1, 0, 1, 0.5, 0.5, 0.0, 0.5, 5000, 4000, 1000, 0.8, 0.2),  # L loyal, M transactional
+        # K (3000) and N (2000) captive, L loyal (5000)
+        (date(2026, 1, 13), 3, 1, 0, 2, 2, 1 / 3, 0.0, 2 / 3, 2 / 3, 10000, 5000, 5000, 0.5, 0.5),
+        (date(2026, 1, 19), 1, 0, 0, 1, 1, 0.0, 0.0, 1.0, 1.0, 2000, 0, 2000, 0.0, 1.0),  # N captive
+    ])
+    got = db.query(f"SELECT week, from_tier, to_tier, customers FROM {q}.v_tier_transitions_weekly "
+                   "ORDER BY week, from_tier, to_tier")[1]
+    assert got == [
+        (date(2026, 1, 5), "(new)", "loyal", 2), (date(2026, 1, 5), "(new)", "transactional", 1),
+        (date(2026, 1, 12), "(new)", "captive", 1), (date(2026, 1, 12), "loyal", "captive", 1),
+        (date(2026, 1, 12), "loyal", "loyal", 1), (date(2026, 1, 12), "transactional", "transactional", 1),
+        (date(2026, 1, 19), "captive", "captive", 2), (date(2026, 1, 19), "loyal", "loyal", 1),
+        (date(2026, 1, 19), "transactional", "transactional", 1),
+    ]
+    got = db.query(f"SELECT day, tier, customers, revenue_365d_minor FROM {q}.v_daily_tiers "
+                   "WHERE tier = 'captive' ORDER BY day")[1]
+    # K (3000) and N (2000) captive from 01-13, carried forward to the newest day (N's 01-19 row
+    # keeps both in captive): every day 2 customers and 5000 of revenue
+    assert got == [(date(2026, 1, d), "captive", 2, 5000) for d in range(13, 20)]
+    got = db.query(f"SELECT tier, customers, share, avg_loyalty_score, revenue_365d_minor FROM {q}.v_tiers_current "
+                   "ORDER BY tier")[1]
+    assert got == approx_rows([("captive", 2, 0.5, 47.5, 5000), ("loyal", 1, 0.25, 72.0, 5000),
+                               ("transactional", 1, 0.25, 30.0, 1000)])
+    got = db.query(f"SELECT recognition, service, customers, loyal_share, transactional_share, captive_share "
+                   f"FROM {q}.v_recognition_and_quality ORDER BY recognition_order, service_order")[1]
+    assert got == approx_rows([("no visits", "no calls", 2, 0.5, 0.5, 0.0), ("no visits", "unresolved", 1, 0.0, 0.0, 1.0),
+                               ("0-25%", "unresolved", 1, 0.0, 0.0, 1.0)])

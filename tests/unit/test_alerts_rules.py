@@ -188,6 +188,11 @@ def test_score_peaks_stay_compact() -> None:
     ("new", "at_risk", None),
     ("prospect", "lapsed", None),
     ("loyal", "loyal", None),
+    # captive ranks with transactional (rules.SHARED_RANKS): one place below loyal
+    ("loyal", "captive", "warning"),
+    ("fiercely_loyal", "captive", "critical"),
+    ("captive", "at_risk", None),
+    ("transactional", "captive", None),
 ])
 def test_tier_downgrade(before: str, after: str, expected: str | None) -> None:
     alerts, _ = run([(sig(0, tier=before), CALM), (sig(1, tier=after), CALM)])
@@ -200,6 +205,13 @@ def test_tier_downgrade_record() -> None:
     assert (a.kind, a.before_tier, a.after_tier, a.measure, a.measure_before, a.measure_after, a.threshold) == (
         "tier_downgrade", "loyal", "at_risk", "tier_rank", 3.0, 1.0, 2.0)
     assert a.summary == "tier fell from loyal to at_risk (because at_risk)"
+
+
+def test_a_captive_tier_has_the_rank_of_transactional() -> None:
+    alerts, _ = run([(sig(0, tier="fiercely_loyal"), CALM), (sig(1, tier="captive"), CALM)])
+    (a,) = alerts
+    assert (a.before_tier, a.after_tier, a.measure_before, a.measure_after, a.threshold, a.severity) == (
+        "fiercely_loyal", "captive", 4.0, 2.0, 2.0, "critical")
 
 
 def test_a_first_signal_raises_no_downgrade() -> None:

@@ -54,6 +54,14 @@ def test_views_alters_databases_and_backfills():
     assert on_cluster(backfill, "c1", set()) == [backfill]
 
 
+def test_a_replaced_view_and_a_materialized_view_s_new_query():
+    assert on_cluster("CREATE OR REPLACE VIEW db.v AS SELECT 1 FROM db.t", "c1", set()) == [
+        "CREATE OR REPLACE VIEW db.v ON CLUSTER c1 AS SELECT 1 FROM db.t"]
+    (alter,) = on_cluster("ALTER TABLE db.week_mv MODIFY QUERY\nSELECT tier FROM db.signals_history GROUP BY tier",
+                          "c1", {"signals_history"})
+    assert alter == "ALTER TABLE db.week_mv ON CLUSTER c1 MODIFY QUERY\nSELECT tier FROM db.signals_history_local GROUP BY tier"
+
+
 def test_every_migration_statement_has_a_cluster_form():
     sink = ClickHouseSink("http://example.invalid:8123/", "loyalty", cluster="prod")
     created, distributed = [], []
@@ -69,6 +77,10 @@ def test_every_migration_statement_has_a_cluster_form():
                     assert "ENGINE = Replicated" in rewritten and "non_replicated" not in rewritten
     assert sorted(created) == sorted(f"{name}_local" for name in distributed)
     assert "loyalty.signals_current" in distributed and "loyalty.purchases" in distributed
+    (modify,) = [s for _, name, sql in migrations() if name == "captive"
+                 for s in sink.ddl(split_statements(sql.replace("{db}", "loyalty"))[0])]
+    assert modify.startswith("ALTER TABLE loyalty.customer_week_tiers_mv ON CLUSTER prod MODIFY QUERY")
+    assert "FROM loyalty.signals_history_local" in modify
 
 
 def test_one_server_and_the_embedded_engine_run_the_files_as_written():

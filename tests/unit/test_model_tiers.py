@@ -77,6 +77,71 @@ def test_tier_rules(case: str, inputs: TierInputs, tier: str) -> None:
     assert got in TIERS and reason
 
 
+# ---------------------------------------------------------------------------------------------
+# captive: volume and regularity at full price, with a poor relationship. Each threshold from both
+# sides; the base case, without the rule, would be loyal (score 60 >= 55, price independence 85).
+
+POOR = {"recency": 100.0, "frequency": 60.0, "monetary": 50.0, "breadth": 30.0,
+        "relationship_quality": 30.0, "price_independence": 85.0, "recognition": 20.0}
+CAPTIVE = TierInputs(
+    purchases=12, days_since_first_purchase=300.0, days_since_last_purchase=5.0, gap_days=9.0,
+    p_alive=0.95, cancel_requests_90d=0, complaints_90d=0, unresolved_calls_90d=0, score=60.0,
+    components=POOR, calls_365d=10, gap_variation=0.3,
+)
+
+
+def poor(**changes: float) -> dict[str, float]:
+    return {**POOR, **changes}
+
+
+@pytest.mark.parametrize("case, inputs, tier", [
+    ("regular full-price buyer with a poor relationship", CAPTIVE, "captive"),
+    # volume: at least 6 purchases, a usual gap of at most 30 days
+    ("6 purchases", replace(CAPTIVE, purchases=6), "captive"),
+    ("5 purchases", replace(CAPTIVE, purchases=5), "loyal"),
+    ("a 30-day gap", replace(CAPTIVE, gap_days=30.0), "captive"),
+    ("a 30.01-day gap", replace(CAPTIVE, gap_days=30.01), "loyal"),
+    # regularity: gap variation at most 0.6, and a rhythm to measure
+    ("gap variation 0.6", replace(CAPTIVE, gap_variation=0.6), "captive"),
+    ("gap variation 0.61", replace(CAPTIVE, gap_variation=0.61), "loyal"),
+    ("no gap to measure", replace(CAPTIVE, gap_variation=None), "loyal"),
+    # not here for the discounts: price independence at least 40
+    ("price independence 40", replace(CAPTIVE, components=poor(price_independence=40.0)), "captive"),
+    ("price independence 39.99", replace(CAPTIVE, components=poor(price_independence=39.99)), "transactional"),
+    # a poor relationship: quality below 40 over at least 3 calls
+    ("quality 39.99", replace(CAPTIVE, components=poor(relationship_quality=39.99)), "captive"),
+    ("quality 40", replace(CAPTIVE, components=poor(relationship_quality=40.0)), "loyal"),
+    ("3 calls", replace(CAPTIVE, calls_365d=3), "captive"),
+    ("2 calls are too few to judge", replace(CAPTIVE, calls_365d=2), "loyal"),
+    ("no calls: neutral quality is no evidence", replace(CAPTIVE, calls_365d=0, components=poor(
+        relationship_quality=50.0)), "loyal"),
+    # leaving comes first: overdue after max(14, 2 x 9) = 18 days, P(alive), a cancel request
+    ("17 days since the last purchase", replace(CAPTIVE, days_since_last_purchase=17.0), "captive"),
+    ("18 days: overdue", replace(CAPTIVE, days_since_last_purchase=18.0), "at_risk"),
+    ("P(alive) 0.49", replace(CAPTIVE, p_alive=0.49), "at_risk"),
+    ("a cancel request", replace(CAPTIVE, cancel_requests_90d=1), "at_risk"),
+    ("lapsed", replace(CAPTIVE, days_since_last_purchase=90.0), "lapsed"),
+    ("new", replace(CAPTIVE, days_since_first_purchase=59.0), "new"),
+    # an unresolved complaint: captive when they buy like one, at_risk when they do not
+    ("complaint with an unresolved call", replace(CAPTIVE, complaints_90d=1, unresolved_calls_90d=1), "captive"),
+    ("the same with 5 purchases", replace(CAPTIVE, purchases=5, complaints_90d=1, unresolved_calls_90d=1),
+     "at_risk"),
+    # never together with fiercely_loyal (which needs quality >= 50)
+    ("strong all round", replace(BASE, calls_365d=10, gap_variation=0.1), "fiercely_loyal"),
+])
+def test_captive_rule(case: str, inputs: TierInputs, tier: str) -> None:
+    got, reason = assign_tier(inputs)
+    assert got == tier, f"{case}: {reason}"
+
+
+def test_the_captive_reason_names_the_facts() -> None:
+    assert assign_tier(CAPTIVE)[1] == ("buys every 9 days (12 purchases, gap variation 0.30, price independence 85) "
+                                       "but relationship quality 30 over 10 calls")
+    assert assign_tier(replace(CAPTIVE, complaints_90d=2, unresolved_calls_90d=1))[1] == (
+        "buys every 9 days (12 purchases, gap variation 0.30, price independence 85) but relationship quality 30 "
+        "over 10 calls (2 complaints, 1 unresolved call in 90 days)")
+
+
 def test_reasons_name_the_evidence() -> None:
     assert assign_tier(BASE)[1] == "score 85, buys at full price, strong breadth and recognition and relationship_quality"
     assert assign_tier(replace(BASE, days_since_last_purchase=120.0))[1] == "no purchase for 120 days (lapsed after 90)"
@@ -126,3 +191,32 @@ def test_a_complaint_left_unresolved_puts_a_loyal_customer_at_risk() -> None:
                 10_000 * DAY_MS)
     signal = score_customer(state, as_of, DEFAULT_PARAMS)
     assert (signal.tier, signal.tier_reason) == ("at_risk", "complained and has an unresolved call in the last 90 days")
+
+
+def test_a_full_price_regular_with_calls_gone_wrong_is_captive() -> None:
+    """Every 6 days at full price for a year, in one channel; four calls in the last 365 days:
+
+    call   days before   reason             resolved  sentiment  effort
+    1      200           billing            no        -0.6       6
+    2      150           complaint          no        -0.8       7
+    3      100           technical_support  yes       -0.2       5
+    4       20           complaint          no        -0.4       6
+
+    relationship quality = 35 x 1/4 resolved + 25 x (-0.5 + 1) / 2 + 20 x (7 - 6) / 6 + 20 x 2/4
+    without complaints = 8.75 + 6.25 + 3.33 + 10 = 28.33; the gaps are all 6 days (variation 0), and
+    the usual gap is floored at 7 days (components.MIN_GAP_DAYS).
+    Without the captive rule the unresolved complaint 20 days ago would make this customer at_risk;
+    without the calls it is loyal (test_volume_alone_never_makes_a_customer_fiercely_loyal).
+    """
+    state = heavy_buyer(True, False)
+    as_of = T0 + (59 * 6 + 2) * DAY_MS
+    calls = [(200, "billing", False, -0.6, 6), (150, "complaint", False, -0.8, 7),
+             (100, "technical_support", True, -0.2, 5), (20, "complaint", False, -0.4, 6)]
+    for i, (days, reason, resolved, sentiment, effort) in enumerate(calls):
+        apply_event(state, CallEvent(f"k{i}", "c1", as_of - days * DAY_MS, "inbound", reason, 30, 300, resolved, "a1",
+                                     sentiment=sentiment, effort_score=effort), 10_000 * DAY_MS)
+    signal = score_customer(state, as_of, DEFAULT_PARAMS)
+    assert signal.components["relationship_quality"] == 28.33
+    assert (signal.tier, signal.tier_reason) == ("captive", (
+        "buys every 7 days (60 purchases, gap variation 0.00, price independence 100) but relationship quality 28 "
+        "over 4 calls (1 complaint, 1 unresolved call in 90 days)"))

@@ -18,14 +18,15 @@ DB = "bi_db"
 
 ANSWERS: dict[str, tuple[list[str], list[tuple[Any, ...]]]] = {
     "tiers_now": (["tier", "customers", "share", "avg_loyalty_score", "avg_churn_risk", "revenue_365d_minor"], [
-        ("loyal", 6, 0.6, 70.0, 0.2, 600000), ("transactional", 3, 0.3, 30.0, 0.5, 90000),
-        ("fiercely_loyal", 1, 0.1, 95.0, 0.05, 250000)]),
+        ("loyal", 6, 0.6, 70.0, 0.2, 600000), ("captive", 2, 0.2, 40.0, 0.3, 60000),
+        ("fiercely_loyal", 1, 0.1, 95.0, 0.05, 250000), ("transactional", 1, 0.1, 30.0, 0.5, 30000)]),
     "tiers_over_time": (["day", "tier", "customers"], [
         (date(2026, 1, 5), "loyal", 4), (date(2026, 1, 5), "transactional", 2),
-        (date(2026, 1, 6), "fiercely_loyal", 1), (date(2026, 1, 6), "loyal", 3)]),
-    "audience": (["day", "active_customers", "loyal_customers", "transactional_customers", "loyal_share",
-                  "transactional_share"], [
-        (date(2026, 1, 5), 6, 4, 2, 4 / 6, 2 / 6), (date(2026, 1, 6), 4, 4, 0, 1.0, 0.0)]),
+        (date(2026, 1, 6), "captive", 2), (date(2026, 1, 6), "fiercely_loyal", 1), (date(2026, 1, 6), "loyal", 3)]),
+    "audience": (["day", "active_customers", "loyal_customers", "transactional_customers", "captive_customers",
+                  "loyal_share", "transactional_or_captive_share", "loyal_revenue_share",
+                  "transactional_or_captive_revenue_share"], [
+        (date(2026, 1, 5), 6, 4, 2, 0, 4 / 6, 2 / 6, 0.8, 0.2), (date(2026, 1, 6), 6, 4, 0, 2, 4 / 6, 2 / 6, 0.7, 0.3)]),
     "score_histogram": (["bin_from", "bin_to", "customers"], [(20, 30, 3), (60, 70, 6), (90, 100, 1)]),
     "at_risk": (["customer_id", "tier", "churn_risk", "expected_spend_minor", "value_at_risk_minor"], [
         ("c-<script>1", "loyal", 0.5, 20000.0, 10000.0), ("c2", "transactional", 0.25, 8000.0, 2000.0)]),
@@ -113,19 +114,29 @@ def test_the_terminal_report_prints_the_figures(report):
     text = render_text(report)
     lines = text.splitlines()
     assert lines[0] == "Loyalty report (bi_db) - 2026-01-07 08:00 UTC"
-    assert "customers                   10" in lines
-    assert "fiercely loyal + loyal now  7 (70.0%)" in lines
-    assert "value at risk, top 2        120.00 EUR" in lines  # (10000 + 2000) minor units
-    assert "alerts, last 7 days         7" in lines
-    assert "active on the newest day    4 on 2026-01-06" in lines
+    assert "customers                        10" in lines  # 6 + 2 + 1 + 1
+    assert "fiercely loyal + loyal now       7 (70.0%)" in lines
+    assert "value at risk, top 2             120.00 EUR" in lines  # (10000 + 2000) minor units
+    assert "alerts, last 7 days              7" in lines
+    assert "active on the newest day         6 on 2026-01-06" in lines
     assert "loyal           6          60.0%  70.0       0.200           6,000.00 EUR" in lines
-    assert "2026-01-05  6       4      2              66.7%        33.3%" in lines
+    # the big audience that is not a loyal base: transactional (1) and captive (2) now; on the newest
+    # day 2 of 6 active customers (33.3%) and 30% of their revenue
+    assert "captive now                      2" in lines
+    assert "transactional + captive now      3 (30.0%)" in lines
+    assert "loyal share of them              66.7%" in lines
+    assert "transactional + captive share    33.3%" in lines
+    assert "loyal share of revenue           70.0%" in lines
+    assert "transactional + captive revenue  30.0%" in lines
+    assert "captive         2          20.0%  40.0       0.300           600.00 EUR" in lines
+    assert ("2026-01-05  6       4      2              0        66.7%        33.3%                           "
+            "80.0%                20.0%") in lines
     # The daily series as a table: a tier without customers that day shows 0; total = the row's sum.
     block = text.split("Customers per tier at the end of each day, last 7 days\n")[1].split("\n\n")[0]
-    assert block.splitlines() == ["day         fiercely_loyal  loyal  transactional  total",
-                                  "----------  --------------  -----  -------------  -----",
-                                  "2026-01-05  0               4      2              6",
-                                  "2026-01-06  1               3      0              4"]
+    assert block.splitlines() == ["day         fiercely_loyal  loyal  transactional  captive  total",
+                                  "----------  --------------  -----  -------------  -------  -----",
+                                  "2026-01-05  0               4      2              0        6",
+                                  "2026-01-06  1               3      0              2        6"]
     assert "c-<script>1  loyal          0.500       200.00 EUR      100.00 EUR" in lines
     # Only the newest week of the transition matrix.
     assert "Tier transitions, week of 2026-01-05 (tier at the end of the week before -> now)" in lines
@@ -141,7 +152,8 @@ def test_every_chart_draws_one_mark_per_figure(report):
     for name, chart in page.charts.items():
         assert chart["points"] == len(chart["marks"]), name
     assert marks["tiers-over-time"] == {"2026-01-05|loyal": "4", "2026-01-05|transactional": "2",
-                                        "2026-01-06|fiercely_loyal": "1", "2026-01-06|loyal": "3"}
+                                        "2026-01-06|captive": "2", "2026-01-06|fiercely_loyal": "1",
+                                        "2026-01-06|loyal": "3"}
     assert marks["score-histogram"] == {"20-30": "3", "60-70": "6", "90-100": "1"}
     assert marks["tier-transitions"] == {"(new)|fiercely_loyal": "1", "loyal|loyal": "5", "loyal|transactional": "3"}
     assert marks["customers-at-risk"] == {"c-<script>1": "10000.0", "c2": "2000.0"}
@@ -165,6 +177,15 @@ def test_bars_are_proportional_and_stack_within_the_plot(report):
     assert heights["2026-01-05|transactional"] == pytest.approx(2 * unit)
     assert heights["2026-01-06|loyal"] == pytest.approx(3 * unit)
     assert heights["2026-01-05|loyal"] + heights["2026-01-05|transactional"] == pytest.approx(300 - 16 - 56)
+    assert heights["2026-01-06|captive"] == pytest.approx(2 * unit)
+
+
+def test_captive_has_its_own_colour_next_to_transactional(report):
+    svg = re.search(r'<svg[^>]*data-chart="tiers-over-time".*?</svg>', render_html(report), re.S)
+    assert svg
+    fills = {tier: fill for fill, tier in re.findall(r'<rect[^>]*fill="([^"]+)"[^>]*data-key="2026-01-0\d\|(\w+)"',
+                                                     svg.group(0))}
+    assert fills["captive"] == "#b35806" and fills["transactional"] == "#f1a340"
 
 
 def test_an_empty_database_gives_a_page_with_empty_charts():
@@ -175,7 +196,8 @@ def test_an_empty_database_gives_a_page_with_empty_charts():
     assert {name: c["points"] for name, c in charts.items()} == {name: 0 for name in CHARTS}
     assert page.count(">no data</text>") == len(CHARTS)
     text = render_text(built)
-    assert "customers                   0" in text and "(no data)" in text
+    assert "customers                        0" in text and "(no data)" in text
+
 
 
 def test_a_year_of_daily_tiers_draws_a_year_of_days():
