@@ -49,10 +49,11 @@ from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from sinks.webhook import WebhookConfig, WebhookDelivery
 from streams.alerting import Alerting
+from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
 from streams.messages import DeadLetter, Message
 from streams.processor import CustomerProcessor, Effects, ModelParams
-from streams.sink import ClickHouseSinkService, latest_model_params
+from streams.sink import ClickHouseSinkService, latest_params_records, params_from_bytes
 from streams.state import customer_cache, decode_record
 
 logger = logging.getLogger(__name__)
@@ -358,15 +359,21 @@ class Pipeline:
             await pipeline.load_model_params()
 
     async def load_model_params(self) -> None:
-        """Use the newest parameters the sink published, if they differ from those in use."""
+        """Use the newest parameters and co-purchase table the sink published, if they differ from
+        those in use."""
         try:
-            latest = await latest_model_params(self.settings)
+            records = await latest_params_records(self.settings)
         except Exception as exc:  # noqa: BLE001 - the next check tries again; the old parameters stay
             logger.warning("could not read the model parameters topic: %s: %s", type(exc).__name__, exc)
             return
+        latest = params_from_bytes(records[b"bgnbd"]) if b"bgnbd" in records else None
         if latest is not None and latest != self.model.current:
             self.model.current = latest
             logger.info("model parameters from %s: %s", latest.source, latest.as_dict())
+        table = table_from_bytes(records[COPURCHASE_KEY]) if COPURCHASE_KEY in records else None
+        if table is not None and table != self.model.copurchase:
+            self.model.copurchase = table
+            logger.info("co-purchase statistics of %d customers, computed at %d", table.customers, table.computed_at)
 
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self
@@ -411,7 +418,7 @@ class Pipeline:
         """What staff or an IVR needs to recognise a returning customer, with the signal behind it."""
         state = decode_record(stored).state
         signal = signal_to_dict(score_customer(state, max(now, state.last_seen_at or 0), self.model.current,
-                                               self.model.horizon_days))
+                                               self.model.horizon_days, self.model.copurchase))
         know_me = {k: signal[k] for k in KNOW_ME_FIELDS}
         return {"customer_id": state.customer_id, "know_me": know_me, "signal": signal, "facts": facts(state)}
 

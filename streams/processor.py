@@ -25,6 +25,7 @@ from typing import Any
 
 from config.settings import Settings
 from domain.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
+from domain.model.suggest import CoPurchaseTable
 from domain.pseudonymise import scrub_text
 from domain.records import Event
 from domain.relationship import RelationshipState, apply_event, facts
@@ -41,11 +42,14 @@ YIELD_EVERY_CUSTOMERS = 50
 
 
 class ModelParams:
-    """The BG/NBD parameters in use; replaced as a whole when new ones arrive."""
+    """The BG/NBD parameters and the co-purchase table in use; each replaced as a whole when a new
+    one arrives."""
 
-    def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90) -> None:
+    def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90,
+                 copurchase: CoPurchaseTable | None = None) -> None:
         self.current = params
         self.horizon_days = horizon_days
+        self.copurchase = copurchase
 
 
 @dataclass
@@ -142,17 +146,17 @@ class CustomerProcessor:
             outcome = apply_event(state, event, self.dedup_horizon_ms, message.timestamp_ms)
             effects.outcomes[outcome.value] += 1
         checks = [int(m.value) for m, e in items if e is None]
-        params, horizon = self.model.current, self.model.horizon_days
+        params, horizon, copurchase = self.model.current, self.model.horizon_days, self.model.copurchase
         newest = state.last_seen_at or 0  # set by the first event folded
         if events:
             # Scored as of the customer's newest event: deterministic, so a replay of the same
             # events (loyalty replay --as-of latest) gives the same signal.
-            scored = score_customer(state, newest, params, horizon)
+            scored = score_customer(state, newest, params, horizon, copurchase)
             signal = signal_to_dict(scored)
             signal["relationship"] = relationship_facts(state)
             effects.signals.append((key, self.signal_codec.encode(signal)))
         else:
-            scored = score_customer(state, max(max(checks), newest), params, horizon)
+            scored = score_customer(state, max(max(checks), newest), params, horizon, copurchase)
         if self.alerting is not None:
             if events:
                 self.alerting.observe(newest)

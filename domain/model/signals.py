@@ -18,6 +18,7 @@ from domain.model.components import (
     rhythm_gap,
 )
 from domain.model.knowme import know_me, know_me_values
+from domain.model.suggest import CoPurchaseTable, Suggestion, suggestions_to_dicts
 from domain.model.tiers import TierInputs, assign_tier
 from domain.relationship import DAY_MS, RelationshipState, window
 
@@ -57,12 +58,17 @@ class LoyaltySignal:
     open_issues: int = 0
     greeting_hint: str = ""
     params_source: str = "default"
+    suggested_categories: list[Suggestion] = field(default_factory=list)
 
 
 def score_customer(
-    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS
+    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS,
+    copurchase: CoPurchaseTable | None = None,
 ) -> LoyaltySignal:
-    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only."""
+    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only.
+
+    ``copurchase`` is the population's co-purchase table the suggestions come from (none without it).
+    """
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, not {horizon_days}")
     rhythm = rhythm_gap(state, params.population_gap_days)
@@ -96,7 +102,7 @@ def score_customer(
         score=score,
         components=components,
     ))
-    profile = know_me(state, as_of)
+    profile = know_me(state, as_of, copurchase)
     last_at = profile.last_purchase_at
     return LoyaltySignal(
         customer_id=state.customer_id,
@@ -129,4 +135,5 @@ def signal_to_dict(signal: LoyaltySignal) -> dict[str, object]:
     data["components"] = dict(signal.components)
     data["last_purchase_categories"] = list(signal.last_purchase_categories)
     data["last_purchase_skus"] = list(signal.last_purchase_skus)
+    data["suggested_categories"] = suggestions_to_dicts(signal.suggested_categories)
     return data

@@ -88,7 +88,7 @@ def test_data_written_with_the_old_schema_is_read_with_the_new_one():
 
 
 def test_history_is_compatible_and_an_incompatible_change_is_caught(tmp_path, monkeypatch):
-    for name in ("purchase", "call", "visit", "relationship_state", "dead_letter"):
+    for name in ("purchase", "call", "visit", "relationship_state", "dead_letter", "loyalty_signal"):
         assert check_compatibility(name) == [], name
     # A new required field without a default cannot read old data: the checker must say so.
     import schemas
