@@ -219,19 +219,22 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
     from domain.model.backtest import run_backtest
+    from domain.model.backtest_suggest import backtest_suggestions
+    from domain.model.replay import read_events_file
 
     cutoff, horizon = _parse_time(args.cutoff, "--cutoff"), args.horizon_days or settings.churn_horizon_days
     personas = _read_json(args.personas, "--personas") if args.personas else None
     report = run_backtest(args.events, cutoff, horizon, currency=settings.currency, earliest_ms=settings.earliest_event_ms)
     print(report.format())
+    events = read_events_file(args.events, settings.currency, settings.earliest_event_ms).events
+    print()
+    print(backtest_suggestions(events, cutoff).format())
     if args.alerts:
         from domain.alerts import AlertRules
         from domain.alerts.backtest import backtest_gone_quiet
-        from domain.model.replay import read_events_file
 
         rules = AlertRules(quiet_tolerance_gap_share=settings.alert_quiet_tolerance_gaps)
         print()
-        events = read_events_file(args.events, settings.currency, settings.earliest_event_ms).events
         print(backtest_gone_quiet(events, cutoff, horizon, rules=rules).format())
     if personas is not None:
         from domain.model.backtest import persona_confusion
