@@ -373,7 +373,7 @@ class Pipeline:
         table = table_from_bytes(records[COPURCHASE_KEY]) if COPURCHASE_KEY in records else None
         if table is not None and table != self.model.copurchase:
             self.model.copurchase = table
-            logger.info("co-purchase statistics of %d customers, computed at %d", table.customers, table.computed_at)
+            logger.info("co-purchase statistics of %d orders, computed at %d", table.orders, table.computed_at)
 
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self

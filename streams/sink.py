@@ -350,11 +350,11 @@ class ClickHouseSinkService:
                                           partition=0)
 
     async def count_copurchases(self) -> CoPurchaseTable:
-        """The co-purchase statistics of every customer's purchases in ClickHouse (streams.copurchase)."""
+        """The co-purchase statistics of every order in ClickHouse (streams.copurchase)."""
         now = now_ms()
         _, rows = await self.runner.query(COPURCHASE_SQL.format(db=self.settings.clickhouse_database))
         table = table_from_rows(rows, now)
-        logger.info("co-purchase statistics of %d customers, %d categories", table.customers, len(table.buyers))
+        logger.info("co-purchase statistics of %d orders, %d categories", table.orders, len(table.orders_with))
         return table
 
     async def publish_copurchase(self, table: CoPurchaseTable) -> None:

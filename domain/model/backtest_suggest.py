@@ -1,12 +1,12 @@
 """Backtest of the next-best categories: hit rate at 3 on held-out purchases, against popularity. Pure.
 
-Statistics from the purchases before a cut-off (:func:`domain.model.suggest.category_sets`),
+Statistics from the orders before a cut-off (:func:`domain.model.suggest.order_sets`),
 each customer's suggestions as of the cut-off from their state folded from the events before it
 (the worker's :func:`domain.model.suggest.suggest`), and the customer's *first purchase at or after
 the cut-off* held out: a hit when any of its categories is among the suggested ones. Evaluated:
 customers who bought before the cut-off and again after it. The baseline, ranked the same way in
-the same run, suggests the most popular categories (by customers who bought them before the
-cut-off) not bought recently, the same exclusion the suggestions obey.
+the same run, suggests the most popular categories (by orders before the cut-off) not bought
+recently, the same exclusion the suggestions obey.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from domain.model.replay import fold_events
-from domain.model.suggest import SUGGESTIONS, CoPurchaseTable, category_sets, recent_categories, suggest, table_from_sets
+from domain.model.suggest import SUGGESTIONS, CoPurchaseTable, order_sets, recent_categories, suggest, table_from_sets
 from domain.records import Event, PurchaseEvent
 from domain.relationship import RelationshipState
 
@@ -26,7 +26,7 @@ class SuggestionBacktest:
     customers: int  # evaluated: bought before the cut-off and after it
     hits: int  # co-purchase suggestions
     baseline_hits: int  # popularity
-    table_customers: int  # customers the statistics were counted on
+    table_orders: int  # orders the statistics were counted on
     categories: int
 
     @property
@@ -40,7 +40,7 @@ class SuggestionBacktest:
     def format(self) -> str:
         return "\n".join([
             (f"next purchased category, hit rate @{SUGGESTIONS} ({self.customers} customers who bought before and "
-             f"after the cut-off; statistics of {self.table_customers} customers, {self.categories} categories)"),
+             f"after the cut-off; statistics of {self.table_orders} orders, {self.categories} categories)"),
             f"{'suggester':<36}{'hits':>8}{'rate':>8}",
             f"{'co-purchase suggestions':<36}{self.hits:>8}{self.hit_rate:>8.4f}",
             f"{'baseline: most popular, not recent':<36}{self.baseline_hits:>8}{self.baseline_hit_rate:>8.4f}",
@@ -73,7 +73,7 @@ def popular_not_recent(state: RelationshipState, table: CoPurchaseTable, k: int 
 
 def backtest_suggestions(events: Sequence[Event], cutoff_ms: int) -> SuggestionBacktest:
     """Hit rate at 3 of the suggestions and of the popularity baseline (events in any order)."""
-    table = table_from_sets(category_sets(events, before=cutoff_ms).values())
+    table = table_from_sets(order_sets(events, before=cutoff_ms))
     states = fold_events(events, cutoff_ms - 1).states  # strictly before the cut-off
     held_out = {cid: cats for cid, cats in next_purchases(events, cutoff_ms).items()
                 if cid in states and states[cid].last_purchase is not None}
@@ -84,6 +84,6 @@ def backtest_suggestions(events: Sequence[Event], cutoff_ms: int) -> SuggestionB
         customers=len(held_out),
         hits=hits_at_k(suggested, held_out),
         baseline_hits=hits_at_k(baseline, held_out),
-        table_customers=table.customers,
-        categories=len(table.buyers),
+        table_orders=table.orders,
+        categories=len(table.orders_with),
     )
