@@ -37,14 +37,11 @@ import logging
 import os
 import secrets
 import ssl
-from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, cast
 
 import faust
 import faust.web
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import ProducerFenced
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import EventT, StoreT, TableT
 from faust.types import Message as FaustMessage
@@ -60,7 +57,6 @@ from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from streams.alerting import Alerting
 from streams.decoding import EventDecoder
-from streams.fencing import Fenced, PartitionProducers
 from streams.messages import Message
 from streams.processor import CustomerProcessor, Effects, ModelParams
 from streams.sink import ClickHouseSinkService, latest_model_params
@@ -138,10 +134,6 @@ class BatchedChangelogStore:
                                                                  key, value, None))
                        for (key, value, _), meta in written]
             cast(StoreT, self.table.data).apply_changelog_batch(cast(list[EventT], applied), to_key=_same, to_value=_same)
-
-
-# A table record waiting to be sent: its store and (key, value, partition).
-Pending = tuple[BatchedChangelogStore, tuple[bytes, bytes, int]]
 
 
 def _same(value: Any) -> Any:
@@ -292,7 +284,6 @@ class Pipeline:
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
         self.partitioner = DefaultPartitioner()
-        self.fence = PartitionProducers(settings)
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -306,79 +297,41 @@ class Pipeline:
 
     # -- producing ----------------------------------------------------------------------------
 
-    async def produce(self, effects: Effects) -> set[int]:
-        """Make a batch's effects durable in the written order (module docstring, steps 2 to 4), one
-        transaction per input partition; return the partitions whose effects were dropped because
-        this worker no longer owns them (fenced or revoked)."""
-        outputs: dict[int, Effects] = defaultdict(Effects)
-        for message, home in effects.forwards:
-            outputs[message.partition].forwards.append((message, home))
-        for letter in effects.dead_letters:
-            outputs[letter.message.partition].dead_letters.append(letter)
-        for key, signal in effects.signals:
-            outputs[effects.homes[key]].signals.append((key, signal))
-        for key, alert in effects.alerts:
-            outputs[effects.homes[key]].alerts.append((key, alert))
-        changelog: dict[int, list[Pending]] = defaultdict(list)
-        for store in (self.relationship_store, self.due_time_store):
-            for record in store.take():
-                changelog[record[2]].append((store, record))
-        partitions = sorted(set(outputs) | set(changelog))
-        results = await asyncio.gather(*(self.produce_partition(p, outputs[p], changelog[p]) for p in partitions),
-                                       return_exceptions=True)
-        dropped: set[int] = set()
-        written: list[tuple[Pending, Any]] = []
-        for partition, result in zip(partitions, results):
-            if isinstance(result, Fenced):
-                logger.warning("dropping the batch's records of partition %d: %s", partition, result)
-                dropped.add(partition)
-            elif isinstance(result, BaseException):
-                raise result
-            else:
-                written.extend(result)
-        for store in (self.relationship_store, self.due_time_store):
-            store.apply([(record, meta) for (owner, record), meta in written if owner is store])
-        return dropped
+    async def produce(self, effects: Effects) -> None:
+        """Make a batch's effects durable in the written order (module docstring, steps 2 and 3):
+        its outputs first, then the changelog records that remember them."""
+        await self.produce_outputs(effects)
+        await self.produce_changelog()
 
-    async def produce_partition(self, partition: int, outputs: Effects,
-                                changelog: list[Pending]) -> list[tuple[Pending, Any]]:
-        """One partition's share of a batch in one transaction of its producer: outputs, then the
-        changelog records that remember them; :class:`Fenced` when the partition is not this worker's."""
-        producer = await self.fence.producer(partition)
-        try:
-            await producer.begin_transaction()
-            await self.produce_outputs(outputs, producer)
-            written = await self.produce_changelog(changelog, producer)
-            await producer.commit_transaction()
-        except ProducerFenced as exc:
-            self.fence.discard(partition)
-            raise Fenced(partition, "another worker's producer took over its transactional id") from exc
-        return written
-
-    async def produce_outputs(self, effects: Effects, producer: AIOKafkaProducer) -> None:
-        """Hand forwards, dead letters, signals and alerts to the producer and await their
-        acknowledgements once."""
-        topics = self.topics
+    async def produce_outputs(self, effects: Effects) -> None:
+        """Hand the batch's forwards, dead letters, signals and alerts to the producer and await
+        their acknowledgements once."""
+        producer, topics = self.app.producer, self.topics
         pending = []
         for message, home in effects.forwards:
             logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
-            pending.append(await producer.send(message.topic, message.value, message.key, home))
+            pending.append(await producer.send(message.topic, message.key, message.value, home, None, None))
         for letter in effects.dead_letters:
             value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
-            pending.append(await producer.send(topics.dead_letters, value, letter.message.key))
+            pending.append(await producer.send(topics.dead_letters, letter.message.key, value, None, None, None))
         for key, signal in effects.signals:
-            pending.append(await producer.send(topics.signals, signal, key))
+            pending.append(await producer.send(topics.signals, key, signal, None, None, None))
         for key, alert in effects.alerts:
-            pending.append(await producer.send(topics.alerts, self.alert_codec.encode(alert), key))
+            pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
         await asyncio.gather(*pending)
 
-    async def produce_changelog(self, changelog: list[Pending],
-                                producer: AIOKafkaProducer) -> list[tuple[Pending, Any]]:
-        """Hand table records to the producer (their changelogs) and await their acknowledgements
-        once; the caller applies them to the local stores once the transaction is committed."""
-        sent = [await producer.send(store.topic, value, key, partition)
-                for store, (key, value, partition) in changelog]
-        return list(zip(changelog, await asyncio.gather(*sent)))
+    async def produce_changelog(self) -> None:
+        """Hand the records the batch wrote to its tables to the producer (their changelogs), await
+        their acknowledgements once, and apply them to the local stores (moving the persisted
+        changelog offsets forward)."""
+        producer = self.app.producer
+        stores = (self.relationship_store, self.due_time_store)
+        records = [store.take() for store in stores]
+        changelog = [await producer.send(store.topic, key, value, partition, None, None)
+                     for store, mine in zip(stores, records) for key, value, partition in mine]
+        acknowledged = iter(await asyncio.gather(*changelog))
+        for store, mine in zip(stores, records):
+            store.apply([(record, next(acknowledged)) for record in mine])
 
     def partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
@@ -399,9 +352,7 @@ class Pipeline:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
-                dropped = await pipeline.produce(effects)
-                if dropped:
-                    pipeline.drop(events, dropped)
+                await pipeline.produce(effects)
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
                 yield None
@@ -409,16 +360,6 @@ class Pipeline:
         # A crashed agent stops the worker (it exits non-zero) so a supervisor restarts it from the
         # last committed offsets, instead of a live process whose partitions no longer move.
         self.app.agent(channel, name="track_customers", supervisor_strategy=CrashingSupervisor)(track_customers)
-
-    def drop(self, events: list[EventT], partitions: set[int]) -> None:
-        """Leave the records of ``partitions`` unacknowledged (their new owner reads them again from
-        the committed offsets; acknowledged, Faust could commit them should the partition come back
-        here) and forget the cached states the batch folded them into."""
-        for event in events:
-            if event.message.partition in partitions:
-                # One more reference than the stream releases: the take buffer's ack leaves it pending.
-                event.message.incref()
-        self.states.clear()
 
     def _add_timers(self) -> None:
         app, pipeline, settings = self.app, self, self.settings
@@ -455,16 +396,8 @@ class Pipeline:
             # them: from now on read their states from the tables again.
             pipeline.states.clear()
 
-        async def own_producers(sender: Any, assigned: Any = None, *args: Any, signal: Any = None,
-                                **kwargs: Any) -> None:
-            # One transactional producer per input partition now owned (starting it fences the
-            # partition's previous owner); those of partitions no longer owned are stopped.
-            pipeline.fence.assign({tp.partition for tp in assigned or () if tp.topic in inputs})
-
-        inputs = {*self.topics.inputs, self.topics.alert_due}
         self.app.on_partitions_revoked.connect(forget_cached_states)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(forget_cached_states)  # type: ignore[arg-type]
-        self.app.on_partitions_assigned.connect(own_producers)  # type: ignore[arg-type]
 
     def _lifecycle_service(self) -> Any:
         pipeline = self
@@ -480,7 +413,6 @@ class Pipeline:
                 await pipeline.load_model_params()
 
             async def on_stop(self) -> None:
-                await pipeline.fence.stop()
                 if pipeline.webhooks is not None:
                     await pipeline.webhooks.stop()
                 if pipeline.sink is not None:

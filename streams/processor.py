@@ -59,9 +59,6 @@ class Effects:
     alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     customers: int = 0
-    # The partition each customer's records were read from: its signals, alerts and changelog
-    # records are sent by that partition's producer (streams.fencing).
-    homes: dict[bytes, int] = field(default_factory=dict)
 
 
 # A customer's items in a batch: (message, event) for an input record, (message, None) for a
@@ -137,7 +134,6 @@ class CustomerProcessor:
 
         ``now`` is the worker's clock, which tells live alerts from historical ones."""
         first, last = items[0][0], items[-1][0]
-        effects.homes[key] = first.partition
         record = self.states.get(key, first)
         events = [(m, e) for m, e in items if e is not None]
         if record is None:
