@@ -87,25 +87,21 @@ class PausingPipeline(Pipeline):
         self.switches = switches_of(self.settings)
         self.switches.mkdir(parents=True, exist_ok=True)
         self.batch_alert_ids: list[str] = []
-        self.paused = False
         logger.warning("fault injection is enabled (switches in %s): for tests only", self.switches)
 
-    async def produce(self, effects: Effects) -> Any:
+    async def produce_outputs(self, effects: Effects) -> None:
         self.batch_alert_ids = sorted(str(alert["alert_id"]) for _, alert in effects.alerts)
-        return await super().produce(effects)
+        await super().produce_outputs(effects)
 
-    async def produce_changelog(self, *args: Any, **kwargs: Any) -> Any:
+    async def produce_changelog(self) -> None:
         switch = self.switches / PAUSE_SWITCH
-        if self.batch_alert_ids and (self.paused or switch.exists()):
-            # Every partition's changelog step of the batch stops here (each has its own transaction).
-            if not self.paused:
-                self.paused = True
-                switch.unlink()
-                (self.switches / PAUSED_MARKER).write_text(json.dumps(self.batch_alert_ids))
-                logger.warning("injected pause before the changelog step: %d alerts acknowledged, waiting to be "
-                               "killed", len(self.batch_alert_ids))
+        if self.batch_alert_ids and switch.exists():
+            switch.unlink()
+            (self.switches / PAUSED_MARKER).write_text(json.dumps(self.batch_alert_ids))
+            logger.warning("injected pause before the changelog step: %d alerts acknowledged, waiting to be killed",
+                           len(self.batch_alert_ids))
             await asyncio.Event().wait()
-        return await super().produce_changelog(*args, **kwargs)
+        await super().produce_changelog()
 
 
 HOLD_SWITCH = "hold_before_changelog"
