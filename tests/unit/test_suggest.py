@@ -149,7 +149,8 @@ def test_the_signal_carries_the_suggestions_and_the_greeting_the_first(table: Co
     datum = signal_to_dict(signal)
     assert datum["suggested_categories"][0] == {
         "category": "socks", "reason": "bought with shoes in 86 % of orders with shoes", "score": 0.857143}
-    assert Codec("loyalty_signal").decode(Codec("loyalty_signal").encode(datum)) == {**datum, "relationship": None, "day_ends": []}
+    signal_codec = Codec("loyalty_signal")
+    assert signal_codec.decode(signal_codec.encode(datum)) == {**datum, "relationship": None, "day_ends": []}
     # a popularity fallback is not worth a sentence in the greeting
     only_popular = score_customer(state_of(purchase("p1", 0, ("shoes", 3), ("socks", 1), ("care", 1))),
                                   T0 + 1 * DAY_MS, P, copurchase=table)
