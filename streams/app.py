@@ -9,22 +9,32 @@ The order of a batch's effects in the state worker:
 
 1. records are decoded and folded; each changed customer is scored, its alert rules evaluated
    and its record (state and what the rules remember) kept in memory, nothing sent yet;
-2. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
+2. the fence of each input partition the batch read is confirmed: one transaction of the
+   partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
+   whose fence fails is another worker's now: the batch's share of it is dropped (its outputs,
+   its table records, its cached states and due times) and its records are left unacknowledged,
+   so that their partition's owner reads them again;
+3. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
    and their acknowledgements awaited;
-3. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
+4. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
    remember the batch's events and its alert episodes) are sent and their acknowledgements
    awaited; the acknowledged records are applied to the local RocksDB store;
-4. the agent returns from its loop body, which acks the batch's events; Faust commits the input
-   offsets on its commit interval.
+5. the agent returns from its loop body, which acks the batch's events (those of lost partitions
+   excepted); Faust commits the input offsets on its commit interval.
 
-A crash before 3 has completed re-reads the batch against the state before it: the rules are
+A crash before 4 has completed re-reads the batch against the state before it: the rules are
 evaluated again and raise the same alerts (ids are deterministic), so an alert is on the topic at
-least once and in the ``alerts`` table once by ``alert_id``. A crash between 3 and 4 re-reads a
+least once and in the ``alerts`` table once by ``alert_id``. A crash between 4 and 5 re-reads a
 batch the state already holds: the remembered event ids make the repeats count once, and the
-remembered episodes raise nothing new (their alerts were acknowledged in 2). Signals may be
+remembered episodes raise nothing new (their alerts were acknowledged in 3). Signals may be
 produced twice; the sink's keys collapse them. Webhooks are delivered from the alerts topic by the
 sink process (:mod:`streams.webhooks`), so an alert on the topic is delivered whatever happens to
 the state worker.
+
+A worker frozen (or cut off) longer than the session timeout before 2 finds its fences taken by
+the partitions' new owner and writes nothing for them. Frozen after 2 has committed and before 4
+is acknowledged, it still writes its batch late, after the new owner's records: the fence narrows
+the window to the batch's produce round trips, it does not close it (docs/guarantees.md).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ removed so it happens once.
 A state worker uses :class:`PausingPipeline` when
 ``LOYALTY_PIPELINE_FACTORY=tests.faults.injection:PausingPipeline``. When the switch
 ``pause_before_changelog`` exists, the next batch that raised alerts stops as its changelog step
-begins, i.e. after its alerts were acknowledged (step 2 of ``streams/app.py``) and before the
-changelog records that remember them and the batch's offsets (steps 3 and 4). The switch is
+begins, i.e. after its alerts were acknowledged (step 3 of ``streams/app.py``) and before the
+changelog records that remember them and the batch's offsets (steps 4 and 5). The switch is
 removed and ``paused_before_changelog`` written with the batch's alert ids; the batch then waits
 for ever, for the test to ``kill -9`` the process.
 
