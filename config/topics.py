@@ -45,6 +45,12 @@ class Topics:
         """Internal, one partition: the BG/NBD parameters the sink fitted, newest last."""
         return f"{self.prefix}model-params"
 
+    @property
+    def state_fences(self) -> str:
+        """Internal, compacted: one tiny record per input partition and batch, each in a transaction
+        of the partition's fence producer (:mod:`streams.fencing`)."""
+        return f"{self.prefix}state-fences"
+
     def for_kind(self, kind: EventKind) -> str:
         return {"purchase": self.purchases, "call": self.calls, "visit": self.visits}[kind]
 
@@ -57,7 +63,7 @@ class Topics:
         return (self.dead_letters, self.signals, self.alerts)
 
     def all(self) -> tuple[str, ...]:
-        return self.inputs + self.outputs + (self.alert_due, self.model_params)
+        return self.inputs + self.outputs + (self.alert_due, self.model_params, self.state_fences)
 
 
 KIND_BY_SUFFIX: dict[str, EventKind] = {"purchases": "purchase", "calls": "call", "visits": "visit"}

@@ -25,13 +25,14 @@ def create_topics(settings: Settings) -> list[str]:
     try:
         existing = set(admin.list_topics())
         config = {"max.message.bytes": str(settings.max_message_bytes)}
+        compacted = {**config, "cleanup.policy": "compact"}
         wanted = [
-            NewTopic(name, 1 if name == topics.model_params else settings.partitions, 1, topic_configs=config)
+            NewTopic(name, 1 if name == topics.model_params else settings.partitions, 1,
+                     topic_configs=compacted if name == topics.state_fences else config)
             for name in topics.all() if name not in existing
         ]
         # The tables' changelogs too: a worker that starts before the broker's metadata lists a
         # changelog Faust has just created would find it with 0 partitions and crash its agents.
-        compacted = {**config, "cleanup.policy": "compact"}
         wanted += [
             NewTopic(name, settings.partitions, 1, topic_configs=compacted)
             for name in changelog_topics(settings) if name not in existing

@@ -78,6 +78,12 @@ class Alerting:
         self.historical += sum(1 for alert in alerts if alert["historical"])
         return alerts
 
+    def forget(self, keys: list[bytes]) -> None:
+        """Unschedule customers whose batch was dropped (their partition is lost): the index follows
+        the table again once the partition's owner, maybe this worker again, re-reads them."""
+        for key in keys:
+            self.due.cancel(key.decode())
+
     def due_now(self, limit: int = 5000) -> list[tuple[str, int]]:
         """Customers whose gone-quiet time has passed in stream time."""
         return self.due.pop_due(self.stream_time, limit=limit)

@@ -9,22 +9,32 @@ The order of a batch's effects in the state worker:
 
 1. records are decoded and folded; each changed customer is scored, its alert rules evaluated
    and its record (state and what the rules remember) kept in memory, nothing sent yet;
-2. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
+2. the fence of each input partition the batch read is confirmed: one transaction of the
+   partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
+   whose fence fails is another worker's now: the batch's share of it is dropped (its outputs,
+   its table records, its cached states and due times) and its records are left unacknowledged,
+   so that their partition's owner reads them again;
+3. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
    and their acknowledgements awaited;
-3. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
+4. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
    remember the batch's events and its alert episodes) are sent and their acknowledgements
    awaited; the acknowledged records are applied to the local RocksDB store;
-4. the agent returns from its loop body, which acks the batch's events; Faust commits the input
-   offsets on its commit interval.
+5. the agent returns from its loop body, which acks the batch's events (those of lost partitions
+   excepted); Faust commits the input offsets on its commit interval.
 
-A crash before 3 has completed re-reads the batch against the state before it: the rules are
+A crash before 4 has completed re-reads the batch against the state before it: the rules are
 evaluated again and raise the same alerts (ids are deterministic), so an alert is on the topic at
-least once and in the ``alerts`` table once by ``alert_id``. A crash between 3 and 4 re-reads a
+least once and in the ``alerts`` table once by ``alert_id``. A crash between 4 and 5 re-reads a
 batch the state already holds: the remembered event ids make the repeats count once, and the
-remembered episodes raise nothing new (their alerts were acknowledged in 2). Signals may be
+remembered episodes raise nothing new (their alerts were acknowledged in 3). Signals may be
 produced twice; the sink's keys collapse them. Webhooks are delivered from the alerts topic by the
 sink process (:mod:`streams.webhooks`), so an alert on the topic is delivered whatever happens to
 the state worker.
+
+A worker frozen (or cut off) longer than the session timeout before 2 finds its fences taken by
+the partitions' new owner and writes nothing for them. Frozen after 2 has committed and before 4
+is acknowledged, it still writes its batch late, after the new owner's records: the fence narrows
+the window to the batch's produce round trips, it does not close it (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -59,6 +69,7 @@ from streams.alerting import Alerting
 from streams.churn_params import churn_from_bytes
 from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
+from streams.fencing import Fences
 from streams.messages import Message
 from streams.processor import CustomerProcessor, Effects, ModelParams
 from streams.sink import ClickHouseSinkService, latest_published, params_from_bytes
@@ -87,6 +98,23 @@ def message_of(event: EventT) -> Message:
     """A Faust event as the framework-free :class:`Message` the processors take (ms timestamps)."""
     m = event.message
     return Message(m.topic, m.partition, m.offset, m.key, m.value or b"", round(m.timestamp * 1000), event)
+
+
+def leave_unacknowledged(events: list[EventT], lost: set[int]) -> None:
+    """Keep the records of ``lost`` partitions from being acknowledged when the agent's loop body
+    returns: their partition's owner reads them again from the committed offsets (Faust seeks there
+    after every rebalance). Acknowledged, Faust could commit them should the partition come back
+    to this worker, and they would never be folded by anyone."""
+    spans: dict[str, list[int]] = {}
+    for event in events:
+        message = event.message
+        if message.partition in lost:
+            message.incref()  # one reference more than the take buffer's ack releases
+            span = spans.setdefault(f"{message.topic}[{message.partition}]", [message.offset, message.offset])
+            span[0], span[1] = min(span[0], message.offset), max(span[1], message.offset)
+    logger.warning("partitions %s are another worker's now: the batch's effects for them were dropped and "
+                   "their records left unacknowledged: %s", sorted(lost),
+                   ", ".join(f"{where}@{low}-{high}" for where, (low, high) in sorted(spans.items())))
 
 
 class ChangelogApplied(NamedTuple):
@@ -123,6 +151,10 @@ class BatchedChangelogStore:
 
     def put(self, key: bytes, value: bytes, message: Message) -> None:
         self.pending.append((key, value, message.partition))
+
+    def discard(self, partitions: set[int]) -> None:
+        """Forget the records written for ``partitions`` since the last :meth:`take` (a lost partition's)."""
+        self.pending = [record for record in self.pending if record[2] not in partitions]
 
     def take(self) -> list[tuple[bytes, bytes, int]]:
         """The records written since the last call, in order."""
@@ -286,6 +318,7 @@ class Pipeline:
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
         self.partitioner = DefaultPartitioner()
+        self.fences = Fences(settings, self.topics.state_fences)
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -294,16 +327,32 @@ class Pipeline:
         self._add_agent()
         self._add_timers()
         self._forget_cached_states_on_rebalance()
+        self._fence_assigned_partitions()
         self._add_pages()
         self.app.service(self._lifecycle_service())
 
     # -- producing ----------------------------------------------------------------------------
 
-    async def produce(self, effects: Effects) -> None:
-        """Make a batch's effects durable in the written order (module docstring, steps 2 and 3):
-        its outputs first, then the changelog records that remember them."""
+    async def produce(self, effects: Effects) -> set[int]:
+        """Make a batch's effects durable in the written order (module docstring, steps 2 to 4):
+        the fences of the partitions it read first, then its outputs, then the changelog records
+        that remember them. Returns the partitions found lost, whose share was dropped."""
+        owned = await self.fences.confirm(effects.partitions)
+        lost = effects.partitions - owned
+        if lost:
+            self.drop(effects, lost)
         await self.produce_outputs(effects)
         await self.produce_changelog()
+        return lost
+
+    def drop(self, effects: Effects, lost: set[int]) -> None:
+        """Drop the share of ``lost`` partitions of a batch: its outputs, its table records (never
+        sent nor applied to RocksDB), and the cached states and gone-quiet times it changed."""
+        keys = effects.drop(lost)
+        for store in (self.relationship_store, self.due_time_store):
+            store.discard(lost)
+        self.states.forget(keys)
+        self.alerting.forget(keys)
 
     async def produce_outputs(self, effects: Effects) -> None:
         """Hand the batch's forwards, dead letters, signals and alerts to the producer and await
@@ -354,7 +403,9 @@ class Pipeline:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
-                await pipeline.produce(effects)
+                lost = await pipeline.produce(effects)
+                if lost:
+                    leave_unacknowledged(events, lost)
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
                 yield None
@@ -362,6 +413,23 @@ class Pipeline:
         # A crashed agent stops the worker (it exits non-zero) so a supervisor restarts it from the
         # last committed offsets, instead of a live process whose partitions no longer move.
         self.app.agent(channel, name="track_customers", supervisor_strategy=CrashingSupervisor)(track_customers)
+
+    def _fence_assigned_partitions(self) -> None:
+        pipeline = self
+        inputs = {*self.topics.inputs, self.topics.alert_due}
+
+        async def revoke_fences(sender: Any, revoked: Any = None, *args: Any, signal: Any = None,
+                                **kwargs: Any) -> None:
+            pipeline.fences.revoke({tp.partition for tp in revoked or () if tp.topic in inputs})
+
+        async def assign_fences(sender: Any, assigned: Any = None, *args: Any, signal: Any = None,
+                                **kwargs: Any) -> None:
+            # Started in the background: a batch's fence waits for its partition's producer, so
+            # the rebalance itself is not held up by the broker round trips.
+            pipeline.fences.assign({tp.partition for tp in assigned or () if tp.topic in inputs})
+
+        self.app.on_partitions_revoked.connect(revoke_fences)  # type: ignore[arg-type]
+        self.app.on_partitions_assigned.connect(assign_fences)  # type: ignore[arg-type]
 
     def _add_timers(self) -> None:
         app, pipeline, settings = self.app, self, self.settings
@@ -425,6 +493,7 @@ class Pipeline:
                 await pipeline.load_model_params()
 
             async def on_stop(self) -> None:
+                await pipeline.fences.stop()
                 if pipeline.webhooks is not None:
                     await pipeline.webhooks.stop()
                 if pipeline.sink is not None:
@@ -454,6 +523,7 @@ class Pipeline:
             "app_id": self.settings.app_id,
             "role": self.role,
             "processed": dict(self.processor.totals),
+            "fences": self.fences.status(),
             "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             if app.consumer else [],
         }

@@ -11,7 +11,8 @@ customer has one ordered writer. A batch is worked at three grains:
   earlier day (:mod:`domain.model.days`);
 * per batch: the produced records (signals, alerts, dead letters, forwards) are handed to the
   producer together and their acknowledgements awaited once, by the caller, before the
-  changelog records that remember them (see :mod:`streams.app`).
+  changelog records that remember them (see :mod:`streams.app`); the share of a partition the
+  worker turns out to have lost is dropped first (:meth:`Effects.drop`).
 
 Nothing here writes ClickHouse: the sink process stores what the worker produces.
 """
@@ -68,6 +69,21 @@ class Effects:
     alerts: list[tuple[bytes, dict[str, Any]]] = field(default_factory=list)
     outcomes: Counter[str] = field(default_factory=Counter)
     customers: int = 0
+    # The input partition each changed customer's records were read from, and every partition the
+    # batch read: a batch's effects are produced only for partitions whose fence holds
+    # (streams.fencing), so a lost partition's share can be dropped.
+    homes: dict[bytes, int] = field(default_factory=dict)
+    partitions: set[int] = field(default_factory=set)
+
+    def drop(self, partitions: set[int]) -> list[bytes]:
+        """Remove the effects of the records read from ``partitions``; return the keys of the
+        customers whose signals or alerts went with them."""
+        homes = self.homes
+        self.forwards = [(m, home) for m, home in self.forwards if m.partition not in partitions]
+        self.dead_letters = [d for d in self.dead_letters if d.message.partition not in partitions]
+        self.signals = [(k, v) for k, v in self.signals if homes[k] not in partitions]
+        self.alerts = [(k, a) for k, a in self.alerts if homes[k] not in partitions]
+        return [k for k, p in homes.items() if p in partitions]
 
 
 # A customer's items in a batch: (message, event) for an input record, (message, None) for a
@@ -131,6 +147,8 @@ class CustomerProcessor:
                 await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
             self.customer(key, items, effects, now)
         effects.customers = len(by_customer)
+        effects.partitions = ({p for _, p in by_customer} | {m.partition for m, _ in effects.forwards}
+                              | {d.message.partition for d in effects.dead_letters})
         effects.outcomes["dead_lettered"] = len(effects.dead_letters)
         effects.outcomes["forwarded"] = len(effects.forwards)
         effects.outcomes["alerts"] = len(effects.alerts)
@@ -143,6 +161,7 @@ class CustomerProcessor:
 
         ``now`` is the worker's clock, which tells live alerts from historical ones."""
         first, last = items[0][0], items[-1][0]
+        effects.homes[key] = first.partition
         record = self.states.get(key, first)
         events = [(m, e) for m, e in items if e is not None]
         if record is None:

@@ -79,6 +79,11 @@ class StateCache(Generic[T]):
     def clear(self) -> None:
         self._values.clear()
 
+    def forget(self, keys: list[bytes]) -> None:
+        """Drop the cached values of ``keys`` (written in a batch whose writes were dropped)."""
+        for key in keys:
+            self._values.pop(key, None)
+
     def __len__(self) -> int:
         return len(self._values)
 

@@ -309,3 +309,75 @@ def test_the_api_refuses_to_listen_beyond_loopback_without_a_token(tmp_path: Pat
         Pipeline(exposed, store="memory://", role="state")
     Pipeline(Settings(data_dir=tmp_path, kafka_bootstrap="127.0.0.1:1", web_host="0.0.0.0", api_token="s3cret"),
              store="memory://", role="state")
+
+
+class FencesStandIn:
+    """Stands in for :class:`streams.fencing.Fences`: every partition but ``lost`` holds."""
+
+    def __init__(self, lost: set[int]) -> None:
+        self.lost = lost
+        self.asked: list[set[int]] = []
+
+    async def confirm(self, partitions: set[int]) -> set[int]:
+        self.asked.append(set(partitions))
+        return set(partitions) - self.lost
+
+
+def test_a_lost_partitions_share_of_a_batch_is_dropped_and_left_unacknowledged(pipeline: Pipeline):
+    # Customers alternate between partitions 0 and 1, and the records go in together so that
+    # batches mix both. Partition 1's fence fails: its customers' signals, alerts and table
+    # records must not leave, their cached states must go, and their records must stay
+    # unacknowledged; partition 0 goes on as if nothing happened.
+    events = [e for e in _events() if e.kind == "purchase"]
+    customers = sorted({e.customer_id for e in events})
+    home = {cid: n % 2 for n, cid in enumerate(customers)}
+    kept = {cid for cid in customers if home[cid] == 0}
+    expected = expected_by_customer([e for e in events if e.customer_id in kept])
+    fences = FencesStandIn(lost={1})
+    pipeline.fences = fences  # type: ignore[assignment]
+    sent: list[Effects] = []
+    offsets = iter(range(1_000_000))
+
+    async def produce_outputs(effects: Effects) -> None:
+        sent.append(effects)
+
+    async def produce_changelog() -> None:
+        for store in (pipeline.relationship_store, pipeline.due_time_store):
+            store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
+
+    pipeline.produce_outputs = produce_outputs  # type: ignore[method-assign]
+    pipeline.produce_changelog = produce_changelog  # type: ignore[method-assign]
+    topics = Topics(pipeline.settings.topic_prefix)
+    messages: dict[int, list[FaustMessage]] = {0: [], 1: []}
+
+    async def run() -> None:
+        async with pipeline.app.agents["track_customers"].test_context() as agent:
+            stream = agent.stream()
+            for n, event in enumerate(events):
+                partition = home[event.customer_id]
+                message = FaustMessage(topic=topics.purchases, partition=partition, offset=n, timestamp=time.time(),
+                                       timestamp_type=0, headers=None, key=event.customer_id.encode(),
+                                       value=encode_event(event), checksum=b"",
+                                       generation_id=agent.to_message(None, None).generation_id)
+                message.incref()  # what the consumer's conductor does for the one channel reading the topic
+                messages[partition].append(message)
+                await stream.channel.put(await stream.channel.decode(message))
+            for _ in range(200):
+                if pipeline.processor.totals["messages"] == len(events):
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)  # the last batch's loop body returns and its records are acked
+
+    asyncio.run(run())
+    assert pipeline.processor.totals["messages"] == len(events)
+    # Some batch read both partitions (else the drop inside a batch went untried).
+    assert {0, 1} in fences.asked
+    assert {key.decode() for e in sent for key, _ in e.signals} == kept
+    assert not [a for e in sent for _, a in e.alerts if a["customer_id"] not in kept]
+    stored = {bytes(k).decode(): decode_record(bytes(v)).state for k, v in pipeline.relationships.items()}
+    assert {cid: (s.events_applied, s.lifetime.purchases, s.lifetime.spend_minor) for cid, s in stored.items()} == {
+        cid: (x.events, x.purchases, x.spend_minor) for cid, x in expected.items()}
+    assert not {bytes(k).decode() for k, _ in pipeline.due_times.items()} - kept
+    assert len(pipeline.states) == len(kept)  # partition 1's cached states forgotten
+    assert [m.acked for m in messages[0]] == [True] * len(messages[0])
+    assert [(m.acked, m.refcount) for m in messages[1]] == [(False, 1)] * len(messages[1])

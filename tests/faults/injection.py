@@ -11,18 +11,20 @@ removed so it happens once.
 A state worker uses :class:`PausingPipeline` when
 ``LOYALTY_PIPELINE_FACTORY=tests.faults.injection:PausingPipeline``. When the switch
 ``pause_before_changelog`` exists, the next batch that raised alerts stops as its changelog step
-begins, i.e. after its alerts were acknowledged (step 2 of ``streams/app.py``) and before the
-changelog records that remember them and the batch's offsets (steps 3 and 4). The switch is
+begins, i.e. after its alerts were acknowledged (step 3 of ``streams/app.py``) and before the
+changelog records that remember them and the batch's offsets (steps 4 and 5). The switch is
 removed and ``paused_before_changelog`` written with the batch's alert ids; the batch then waits
 for ever, for the test to ``kill -9`` the process.
 
 A state worker uses :class:`HoldingPipeline` when
 ``LOYALTY_PIPELINE_FACTORY=tests.faults.injection:HoldingPipeline``. When the switch
-``hold_before_changelog`` exists, the next batch that changed customers is held as its changelog
-step begins (folded, its signals and alerts handed to the producer, nothing of its changelog sent):
-the switch is removed, ``held_before_changelog`` written with the batch's customer ids, and the
-batch waits until the file ``release_changelog`` exists. The test freezes the process there
-(SIGSTOP) to make a zombie of it, writes the release file, and resumes it later.
+``hold_before_effects`` exists, the next batch that changed customers is held before its first
+effect (folded, nothing sent, its fences not yet confirmed: step 2 of ``streams/app.py``); when
+``hold_before_changelog`` exists, it is held as its changelog step begins (fences confirmed, its
+signals and alerts acknowledged, nothing of its changelog sent). The switch is removed,
+``held_before_changelog`` written with the batch's customer ids, and the batch waits until the
+file ``release_changelog`` exists. The test freezes the process there (SIGSTOP) to make a zombie
+of it, writes the release file, and resumes it later.
 """
 
 from __future__ import annotations
@@ -105,12 +107,14 @@ class PausingPipeline(Pipeline):
 
 
 HOLD_SWITCH = "hold_before_changelog"
+HOLD_BEFORE_EFFECTS_SWITCH = "hold_before_effects"
 HELD_MARKER = "held_before_changelog"
 RELEASE_FILE = "release_changelog"
 
 
 class HoldingPipeline(Pipeline):
-    """The standard pipeline, holding one batch at the start of its changelog step until released."""
+    """The standard pipeline, holding one batch before its effects or at the start of its changelog
+    step until released."""
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
@@ -122,16 +126,20 @@ class HoldingPipeline(Pipeline):
 
     async def produce(self, effects: Effects) -> Any:
         self.batch_customers = sorted({key.decode() for key, _ in effects.signals})
+        await self._hold_on(HOLD_BEFORE_EFFECTS_SWITCH)
         return await super().produce(effects)
 
     async def produce_changelog(self, *args: Any, **kwargs: Any) -> Any:
-        switch = self.switches / HOLD_SWITCH
+        await self._hold_on(HOLD_SWITCH)
+        return await super().produce_changelog(*args, **kwargs)
+
+    async def _hold_on(self, name: str) -> None:
+        switch = self.switches / name
         if not self.holding and self.batch_customers and switch.exists():
             switch.unlink()
             self.holding = True
             (self.switches / HELD_MARKER).write_text(json.dumps(self.batch_customers))
-            logger.warning("injected hold before the changelog step: %d customers", len(self.batch_customers))
-        # Every changelog step of the held batch waits (a batch may send it per partition).
+            logger.warning("injected hold (%s): %d customers", name, len(self.batch_customers))
+        # Every step of the held batch waits (a batch may send it in parts).
         while self.holding and not (self.switches / RELEASE_FILE).exists():
             await asyncio.sleep(0.05)
-        return await super().produce_changelog(*args, **kwargs)

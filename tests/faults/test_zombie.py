@@ -2,17 +2,17 @@
 in flight, its partitions taken by the other worker, then resumed.
 
 Two state workers (``HoldingPipeline``, :mod:`tests.faults.injection`) and a sink run as separate
-processes, with a 6 s session timeout. Worker A holds its first batch at the start of the changelog
-step (folded; its signals and alerts handed to the producer; nothing of its changelog sent) and
-is frozen there with SIGSTOP. After the session timeout the group drops A and B takes every
-partition: B reads A's batch again (its offsets were never committed) and a second half of every
-customer's events. Only then is A resumed (frozen about 2x the session timeout). A resumed
-worker's late writes must not overwrite B's: the changelog's latest record per customer, the
-ClickHouse relationships and the signals topic's last record per customer must all equal the
-ledger. The case runs three times.
+processes, with a 6 s session timeout. Worker A holds its first batch that changed customers
+before its first effect (folded, its fences not yet confirmed, nothing sent) and is frozen there
+with SIGSTOP. After the session timeout the group drops A and B takes every partition: B reads A's
+batch again (its offsets were never committed) and a second half of every customer's events. Only
+then is A resumed (frozen about 2x the session timeout). A resumed worker's late writes must not
+overwrite B's: the changelog's latest record per customer, the ClickHouse relationships and the
+signals topic's last record per customer must all equal the ledger. The case runs three times.
 
-Marked ``known_issue``: the resumed worker's late changelog writes overwrite B's states (see
-docs/guarantees.md). Run it with ``./loyalty test -m known_issue tests/faults/test_zombie.py``.
+The same freeze after A's fences were confirmed and its signals acknowledged, at the start of its
+changelog step, is the window a fence does not close (docs/guarantees.md): marked ``known_issue``,
+run it with ``./loyalty test -m known_issue tests/faults/test_zombie.py``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import pytest
 
 from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from streams.sink import sink_group_id
-from tests.faults.injection import HELD_MARKER, HOLD_SWITCH, RELEASE_FILE, switches_of
+from tests.faults.injection import HELD_MARKER, HOLD_BEFORE_EFFECTS_SWITCH, HOLD_SWITCH, RELEASE_FILE, switches_of
 from tests.faults.test_roles import _last_signal_versions
 from tests.harness import (
     changelog_states,
@@ -45,9 +45,15 @@ SESSION_TIMEOUT = 6.0
 FREEZE = 2 * SESSION_TIMEOUT
 
 
-@pytest.mark.known_issue
-@pytest.mark.parametrize("run", [1, 2, 3])
-def test_zombie_worker_frozen_past_the_session_timeout_writes_nothing_late(make_worker, figures, run):
+HOLDS = {"before_effects": HOLD_BEFORE_EFFECTS_SWITCH, "before_changelog": HOLD_SWITCH}
+
+
+@pytest.mark.parametrize(("hold", "run"), [
+    ("before_effects", 1), ("before_effects", 2), ("before_effects", 3),
+    # Frozen between its fence and its writes: the window a fence leaves open.
+    pytest.param("before_changelog", 1, marks=pytest.mark.known_issue),
+])
+def test_zombie_worker_frozen_past_the_session_timeout_writes_nothing_late(make_worker, figures, hold, run):
     sink = make_worker("sink", role="sink", kafka_session_timeout_seconds=SESSION_TIMEOUT,
                        pipeline_factory="tests.faults.injection:HoldingPipeline")
     settings = sink.settings
@@ -73,13 +79,14 @@ def test_zombie_worker_frozen_past_the_session_timeout_writes_nothing_late(make_
     inputs = {f"{settings.topic_prefix}{name}[{p}]" for name in ("purchases", "calls", "visits")
               for p in range(settings.partitions)}
 
-    # A holds its first batch before the changelog step; freeze it there.
-    (switches / HOLD_SWITCH).touch()
+    # A holds its first batch that changed customers (before its effects, or before its
+    # changelog step); freeze it there.
+    (switches / HOLDS[hold]).touch()
     outgoing = to_outgoing(first, seed=run, duplicate_rate=0.02)
     publish(settings, outgoing)
     sent += len(outgoing)
     wait_until(lambda: (switches / HELD_MARKER).exists(), timeout=90, interval=0.1,
-               what="state worker A holding a batch before its changelog")
+               what=f"state worker A holding a batch {hold}")
     held = json.loads((switches / HELD_MARKER).read_text())
     zombie.pause()
     frozen_at = time.monotonic()
@@ -112,7 +119,7 @@ def test_zombie_worker_frozen_past_the_session_timeout_writes_nothing_late(make_
     stale = {cid for cid, state in state_totals(changelog_states(settings)).items()
              if state != expected_totals(expected).get(cid)}
     row = figures(measure_figures(
-        f"zombie: state worker frozen {frozen:.0f}s (run {run})", settings, query, sent, valid,
+        f"zombie: state worker frozen {frozen:.0f}s {hold} (run {run})", settings, query, sent, valid,
         recovery_seconds=moved,
         note=f"held batch: {len(held)} customers, {len(set(held) & later)} with later events; "
              f"changelog wrong for {len(stale)} customers"))

@@ -1,0 +1,141 @@
+"""Fences for state workers: a worker frozen past the session timeout (a "zombie") must not write
+for partitions another worker has taken meanwhile.
+
+Each input partition ``p`` has one transactional id, ``<app id>-fence-<p>``. The worker assigned
+``p`` starts a producer with that id; its first transaction waits for the broker's
+``InitProducerId``, which bumps the id's epoch and fences every earlier producer of that id, the
+previous owner's included. Before a batch produces anything, the worker commits one transaction of
+one tiny record on the fence topic for each partition the batch read (:meth:`Fences.confirm`, all
+partitions concurrently). A zombie's transaction fails with ``ProducerFenced`` once the new owner's
+producer is up: the zombie learns it lost the partition before it sends a single record for it.
+The changelogs, outputs and inputs stay outside transactions (their readers, Faust's table
+recovery among them, never meet a transaction marker); only the fence topic carries them.
+
+What a fence does not close: a worker frozen after its fence committed and before its writes are
+acknowledged writes them late (see docs/guarantees.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import InvalidProducerEpoch, KafkaError, ProducerFenced
+
+from config.settings import Settings
+from streams.sink import aiokafka_config
+
+logger = logging.getLogger(__name__)
+
+# What the broker answers a producer whose transactional id another producer has taken over.
+FENCED_ERRORS = (ProducerFenced, InvalidProducerEpoch)
+
+
+@dataclass(eq=False)
+class _Fence:
+    """The producer of one partition's transactional id, while this worker owns the partition."""
+
+    partition: int
+    producer: AIOKafkaProducer
+    started: asyncio.Task[None]
+    # Held during a transaction, and by the stop: a producer is never stopped mid-transaction.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    discarded: bool = False
+
+
+class Fences:
+    """The fence producers of the input partitions this worker owns; started on assignment."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.value = settings.web_url.encode()  # who holds the fence, for someone reading the topic
+        self._fences: dict[int, _Fence] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self.confirmed = 0
+        self.fenced = 0
+
+    def transactional_id(self, partition: int) -> str:
+        return f"{self.settings.app_id}-fence-{partition}"
+
+    def assign(self, partitions: Iterable[int]) -> None:
+        """A new assignment (full set): start a fresh producer for each partition, fencing whoever
+        held it before, this worker's own earlier producer included, since another worker may have
+        owned the partition in between without this one seeing it."""
+        wanted = set(partitions)
+        self.revoke(list(self._fences))
+        for partition in sorted(wanted):
+            producer = AIOKafkaProducer(**aiokafka_config(self.settings),
+                                        transactional_id=self.transactional_id(partition),
+                                        client_id=f"{self.settings.app_id}-fence-{partition}")
+            self._fences[partition] = _Fence(partition, producer, asyncio.ensure_future(producer.start()))
+        if wanted:
+            logger.info("fences of partitions %s starting", sorted(wanted))
+
+    def revoke(self, partitions: Iterable[int]) -> None:
+        """Give up ``partitions``: their producers are stopped in the background (after any
+        transaction in flight), and a confirm in flight reports them lost."""
+        for partition in partitions:
+            fence = self._fences.pop(partition, None)
+            if fence is not None:
+                fence.discarded = True
+                task = asyncio.ensure_future(_stop(fence))
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    async def confirm(self, partitions: Iterable[int]) -> set[int]:
+        """Commit one fence transaction per partition, concurrently; return the partitions this
+        worker still owns. A partition not assigned, revoked meanwhile, or whose transaction the
+        broker refused as fenced, is lost (a fenced producer is discarded: only a new assignment
+        starts another). Other Kafka errors are raised."""
+        wanted = list(partitions)
+        held = await asyncio.gather(*(self._confirm(p) for p in wanted))
+        owned = {p for p, ok in zip(wanted, held, strict=True) if ok}
+        self.confirmed += len(owned)
+        self.fenced += len(wanted) - len(owned)
+        return owned
+
+    async def _confirm(self, partition: int) -> bool:
+        fence = self._fences.get(partition)
+        if fence is None:
+            return False
+        async with fence.lock:
+            if fence.discarded:
+                return False
+            try:
+                await asyncio.shield(fence.started)
+                await fence.producer.begin_transaction()
+                await (await fence.producer.send(self.topic, self.value, str(partition).encode()))
+                await fence.producer.commit_transaction()
+            except FENCED_ERRORS as exc:
+                logger.warning("partition %d is fenced: another worker's producer took over %s (%s)",
+                               partition, self.transactional_id(partition), type(exc).__name__)
+                if self._fences.get(partition) is fence:
+                    self.revoke([partition])
+                return False
+        # Revoked while the transaction was on its way: the partition may be another worker's.
+        return not fence.discarded
+
+    async def stop(self) -> None:
+        """Stop every producer (the worker is stopping)."""
+        self.revoke(list(self._fences))
+        if self._stopping:
+            await asyncio.gather(*self._stopping)
+
+    def status(self) -> dict[str, object]:
+        return {"partitions": sorted(self._fences), "confirmed": self.confirmed, "fenced": self.fenced}
+
+
+async def _stop(fence: _Fence) -> None:
+    async with fence.lock:
+        try:
+            await fence.started
+            await fence.producer.stop()
+        except (KafkaError, AssertionError) as exc:
+            # A fenced producer may not stop cleanly (aiokafka asserts on its state): it is gone
+            # either way, and the partition's new owner aborted whatever it had open.
+            logger.info("fence producer of partition %d stopped with %s: %s", fence.partition,
+                        type(exc).__name__, exc)
