@@ -69,8 +69,10 @@ class Demo:
 
 @pytest.fixture
 def demo_settings(settings: Settings, tmp_path: Path) -> Settings:
-    # with an API token, so the summary's queries and its profile request must carry it
-    return settings.model_copy(update={"api_token": SecretStr("demo-test-token")})
+    # With an API token, so the summary's queries and its profile request must carry it. The
+    # gone-quiet timer stays out of the run: a round of it after the summary would add alerts the
+    # summary could not have counted.
+    return settings.model_copy(update={"api_token": SecretStr("demo-test-token"), "alert_check_seconds": 3600.0})
 
 
 @pytest.fixture
@@ -147,11 +149,11 @@ def test_demo_summary_answers_from_clickhouse_and_the_http_profile(demo: Demo, d
     assert printed_kinds == live_day
     assert _count(match[2]) == sum(live_day.values()) > 0
     historical_db, everything = (int(v) for v in rows(f"SELECT countIf(historical), count() FROM {alerts}")[0])
-    match = re.search(r"The history raised ([\d,]+) historical alerts .*?(?: ([\d,]+) more came from its last)?",
-                      output)
+    match = re.search(r"The history raised ([\d,]+) historical alerts", output)
     assert match, output
     assert _count(match[1]) == historical_db > 0
-    before = _count(match[2]) if match[2] else 0
+    more = re.search(r"([\d,]+) more came from its last", output)
+    before = _count(more[1]) if more else 0
     assert sum(live_day.values()) + before + historical_db == everything  # each alert counted once
     examples = re.findall(r"^  (\w+), (C\d+): ", output, re.M)
     live_pairs = {(str(k), str(c)) for k, c in rows(
