@@ -437,7 +437,7 @@ class DemoSize(NamedTuple):
     history_days: float
 
 
-DEMO_DEFAULT = DemoSize(customers=1000, history_days=365.0)
+DEMO_DEFAULT = DemoSize(customers=500, history_days=365.0)
 """The demo's base: a year of history, so the tiers show, for a base that runs in about a minute."""
 DEMO_QUICK = DemoSize(customers=300, history_days=90.0)
 """``demo --quick``: a smaller base and a quarter of history, for a fast look and for the tests."""

@@ -20,7 +20,7 @@ from config.settings import Settings
 from ops.admin import worker_get, worker_query
 from tests.harness import REPO
 
-pytestmark = pytest.mark.integration
+pytestmark = pytest.mark.kafka
 
 CUSTOMERS = 150
 DEMO_TIMEOUT = 900.0  # a guard against a hung run, not a timed assertion
