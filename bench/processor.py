@@ -5,6 +5,10 @@ state agent calls, with a dict for each table. It shows the per-event cost of th
 own work, which bounds its throughput whatever Kafka does.
 
     PYTHONPATH=. .venv/bin/python bench/processor.py [--customers 10000] [--batch 2000] [--kind purchase] [--profile]
+        [--copurchase]
+
+``--copurchase`` gives the worker a co-purchase table counted over the generated orders, so every
+signal carries its suggested categories; without it there are none (as before the sink's first count).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 
 from config.settings import Settings
 from config.topics import Topics
+from domain.model.suggest import order_sets, table_from_sets
 from ops.simulate import encode_event, generate
 from streams.alerting import Alerting
 from streams.app import tune_garbage_collector
@@ -45,17 +50,20 @@ def main() -> None:
     parser.add_argument("--cache", type=int, default=100_000, help="decoded states kept (0: decode every time)")
     parser.add_argument("--gc", default="worker", choices=["worker", "default"],
                         help="the worker's collector settings (default) or Python's defaults")
+    parser.add_argument("--copurchase", action="store_true", help="suggest next-best categories from a co-purchase table")
     parser.add_argument("--profile", action="store_true", help="print the top 30 functions (see --sort)")
     parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"], help="profile order")
     args = parser.parse_args()
 
     settings = Settings(kafka_bootstrap="127.0.0.1:1")  # nothing connects
     topics = Topics(settings.topic_prefix)
+    end = int(time.time() * 1000) - 60_000
+    generated = generate(args.customers, 1, 3, end, args.history_days)
+    model = ModelParams(copurchase=table_from_sets(order_sets(generated)) if args.copurchase else None)
     processor = CustomerProcessor(settings, customer_cache(DictStore(), args.cache),
                                   EventDecoder(settings, b"bench"), topics.alert_due,
-                                  model=ModelParams(), alerting=Alerting(DictStore()))
-    end = int(time.time() * 1000) - 60_000
-    events = [e for e in generate(args.customers, 1, 3, end, args.history_days) if e.kind == args.kind]
+                                  model=model, alerting=Alerting(DictStore()))
+    events = [e for e in generated if e.kind == args.kind]
     events = events[: args.max_events]
     topic = topics.for_kind(args.kind)
     messages = [Message(topic, 0, i, e.customer_id.encode(), encode_event(e), e.occurred_at)

@@ -123,11 +123,13 @@ class Settings(BaseSettings):
     sink_batch_max_seconds: float = Field(
         0.25, gt=0, description="Longest time the ClickHouse sink gathers a batch before inserting it, seconds.")
     model_params_check_seconds: float = Field(
-        30.0, gt=0, description="How often a state worker looks for newly fitted BG/NBD parameters on the model-params topic.")
+        30.0, gt=0,
+        description="How often a state worker looks for new BG/NBD parameters and co-purchase tables on the model-params topic.")
     churn_horizon_days: int = Field(
         90, ge=1, le=730, description="Horizon of churn_risk: probability of no purchase within this many days.")
     model_refit_minutes: float = Field(
-        60.0, gt=0, description="How often the worker refits the BG/NBD population parameters from ClickHouse."
+        60.0, gt=0,
+        description="How often the sink refits the BG/NBD population parameters and co-purchase statistics from ClickHouse.",
     )
     alert_score_drop_points: float = Field(15.0, gt=0, description="score_drop fires this many points below the 30-day peak.")
     alert_cooldown_days: float = Field(14.0, ge=0, description="No second alert of a kind for a customer within this many days.")

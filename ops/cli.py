@@ -280,6 +280,12 @@ def cmd_backtest(settings: Settings, args: argparse.Namespace) -> int:
                         f"{comparison.bgnbd.brier:.4f}: {comparison.verdict()}")
     print("\nsummary (learned vs BG/NBD):")
     print("\n".join(verdicts))
+    if args.events is None and (args.dataset or "simulated") != "simulated":
+        return 0  # no product categories in the public histories: nothing to suggest from
+    from domain.model.backtest_suggest import backtest_suggestions
+
+    print()
+    print(backtest_suggestions(events, pairs[0][0]).format())
     if args.events is None:
         return 0
     cutoff, horizon = pairs[0]

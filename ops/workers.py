@@ -103,6 +103,17 @@ class WorkerProcess:
             self.proc.kill()
             return self.proc.wait()
 
+    def pause(self) -> None:
+        """SIGSTOP: the process freezes (no heartbeats, no I/O) until :meth:`resume`, as a long GC
+        pause or a suspended VM would freeze it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT: a process frozen with :meth:`pause` runs on from where it stopped."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+
     def kill(self) -> None:
         """SIGKILL, as a crash."""
         if self.proc is not None and self.proc.poll() is None:

@@ -34,6 +34,7 @@ SIGNAL_COLUMNS = (
     "days_since_last_purchase", "purchase_gap_days", "purchase_gap_source", "purchases", "spend_365d_minor",
     "last_purchase_at", "last_purchase_categories", "last_purchase_skus", "last_purchase_channel",
     "last_purchase_location_id", "favourite_category", "preferred_channel", "open_issues", "greeting_hint",
+    "suggested_categories", "suggestion_reasons", "suggestion_scores",
     "params_source", "churn_model", "churn_driver_features", "churn_driver_contributions", "updated_at",
 )
 ALERT_COLUMNS = (
@@ -75,13 +76,18 @@ def raw_row(event: Event) -> dict[str, Any]:
 
 def signal_row(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> dict[str, Any]:
     """The signals_current / signals_history row of a signal datum."""
-    row = {k: v for k, v in signal.items() if k not in ("components", "relationship", "churn_drivers")}
+    row = {k: v for k, v in signal.items()
+           if k not in ("components", "relationship", "churn_drivers", "suggested_categories", "day_ends")}
     for name in SIGNAL_COMPONENTS:
         row[f"component_{name}"] = signal["components"][name]
     drivers = signal.get("churn_drivers") or []
     row["churn_model"] = signal.get("churn_model", "bgnbd")
     row["churn_driver_features"] = [d["feature"] for d in drivers]
     row["churn_driver_contributions"] = [d["contribution"] for d in drivers]
+    suggestions = signal.get("suggested_categories") or []  # absent from signals of older writers
+    row["suggested_categories"] = [s["category"] for s in suggestions]
+    row["suggestion_reasons"] = [s["reason"] for s in suggestions]
+    row["suggestion_scores"] = [s["score"] for s in suggestions]
     row.update(version=version, spend_365d_minor=spend_365d_minor, updated_at=now)
     return row
 

@@ -57,6 +57,7 @@ from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from streams.alerting import Alerting
 from streams.churn_params import churn_from_bytes
+from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
 from streams.messages import Message
 from streams.processor import CustomerProcessor, Effects, ModelParams
@@ -379,11 +380,13 @@ class Pipeline:
             await pipeline.load_model_params()
 
     async def load_model_params(self) -> None:
-        """Use the newest parameters the sink published, if they differ from those in use."""
+        """Use the newest BG/NBD parameters, churn model and co-purchase table the sink published,
+        each if it differs from the one in use."""
         try:
             published = await latest_published(self.settings)
             latest = params_from_bytes(published[b"bgnbd"]) if b"bgnbd" in published else None
             learned = churn_from_bytes(published[b"churn"]) if b"churn" in published else None
+            table = table_from_bytes(published[COPURCHASE_KEY]) if COPURCHASE_KEY in published else None
         except Exception as exc:  # noqa: BLE001 - the next check tries again; the old parameters stay
             logger.warning("could not read the model parameters topic: %s: %s", type(exc).__name__, exc)
             return
@@ -393,6 +396,9 @@ class Pipeline:
         if learned is not None and learned != self.model.churn:
             self.model.churn = learned
             logger.info("churn model trained on %d buyers as of %s", learned.buyers, learned.trained_cutoff)
+        if table is not None and table != self.model.copurchase:
+            self.model.copurchase = table
+            logger.info("co-purchase statistics of %d orders, computed at %d", table.orders, table.computed_at)
 
     def _forget_cached_states_on_rebalance(self) -> None:
         pipeline = self
@@ -437,7 +443,8 @@ class Pipeline:
         """What staff or an IVR needs to recognise a returning customer, with the signal behind it."""
         state = decode_record(stored).state
         signal = signal_to_dict(score_customer(state, max(now, state.last_seen_at or 0), self.model.current,
-                                               self.model.horizon_days))
+                                               self.model.horizon_days, learned=self.model.churn,
+                                               copurchase=self.model.copurchase))
         know_me = {k: signal[k] for k in KNOW_ME_FIELDS}
         return {"customer_id": state.customer_id, "know_me": know_me, "signal": signal, "facts": facts(state)}
 

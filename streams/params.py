@@ -11,15 +11,26 @@ from sinks.clickhouse import ClickHouseSink
 
 # A deterministic sample bounds the fit's cost; 100,000 buyers pin four parameters tightly.
 REFIT_SAMPLE = 100_000
+# BG/NBD's (x, t_x, T) as domain.model.churn.summarise gives them, from the raw purchases (the
+# events the workers accepted): x counts repeat purchase *days* (UTC), several purchases on one day
+# being one transaction; returns are no purchases; T runs to now (or to a later last purchase).
+# The population's typical gap is the median of the buyers' own mean gaps in the relationships.
 REFIT_SQL = """
-SELECT purchases_lifetime - 1 AS x,
-       (toUnixTimestamp64Milli(last_purchase_at) - toUnixTimestamp64Milli(first_purchase_at)) / 86400000 AS t_x,
-       greatest({now} - toUnixTimestamp64Milli(first_purchase_at), 0) / 86400000 AS T,
-       mean_gap_days
-FROM {db}.relationships FINAL
-WHERE purchases_lifetime > 0 AND first_purchase_at IS NOT NULL AND last_purchase_at IS NOT NULL
-ORDER BY cityHash64(customer_id)
-LIMIT {sample}
+SELECT p.x, p.t_x, p.T, r.mean_gap_days
+FROM (
+    SELECT customer_id,
+           uniqExact(toDate(occurred_at, 'UTC')) - 1 AS x,
+           (max(toUnixTimestamp64Milli(occurred_at)) - min(toUnixTimestamp64Milli(occurred_at))) / 86400000 AS t_x,
+           (greatest({now}, max(toUnixTimestamp64Milli(occurred_at))) - min(toUnixTimestamp64Milli(occurred_at)))
+               / 86400000 AS T
+    FROM {db}.purchases FINAL
+    WHERE NOT is_return
+    GROUP BY customer_id
+    ORDER BY cityHash64(customer_id), customer_id
+    LIMIT {sample}
+) AS p
+LEFT JOIN (SELECT customer_id, mean_gap_days FROM {db}.relationships FINAL) AS r ON r.customer_id = p.customer_id
+ORDER BY cityHash64(p.customer_id), p.customer_id
 """
 PARAM_COLUMNS = ("fitted_at", "model_version", "source", "r", "alpha", "a", "b", "buyers", "log_likelihood",
                  "population_gap_days")

@@ -29,6 +29,7 @@ from config.settings import Settings
 from domain.model import DEFAULT_PARAMS, BgNbdParams, score_customer, signal_to_dict
 from domain.model.churn_learned import LearnedChurnModel
 from domain.model.days import day_end_to_dict, fold_batch
+from domain.model.suggest import CoPurchaseTable
 from domain.pseudonymise import scrub_text
 from domain.records import Event
 from domain.relationship import RelationshipState, facts
@@ -45,14 +46,16 @@ YIELD_EVERY_CUSTOMERS = 50
 
 
 class ModelParams:
-    """The BG/NBD parameters and the learned churn model in use; each replaced as a whole when a new
-    one arrives. Without a learned model (or with one of another horizon) the churn risk is BG/NBD's."""
+    """The BG/NBD parameters, the learned churn model and the co-purchase table in use; each
+    replaced as a whole when a new one arrives. Without a learned model (or with one of another
+    horizon) the churn risk is BG/NBD's; without a co-purchase table nothing is suggested."""
 
     def __init__(self, params: BgNbdParams = DEFAULT_PARAMS, horizon_days: int = 90,
-                 churn: LearnedChurnModel | None = None) -> None:
+                 churn: LearnedChurnModel | None = None, copurchase: CoPurchaseTable | None = None) -> None:
         self.current = params
         self.horizon_days = horizon_days
         self.churn = churn
+        self.copurchase = copurchase
 
 
 @dataclass
@@ -148,6 +151,7 @@ class CustomerProcessor:
             record = CustomerRecord(RelationshipState(events[0][1].customer_id))
         state = record.state
         params, horizon, learned = self.model.current, self.model.horizon_days, self.model.churn
+        copurchase = self.model.copurchase
         # Folded in arrival order; a batch spanning several event days also closes its earlier
         # days (scored as of each day's last event), so daily tiers follow event time.
         outcomes, day_ends = fold_batch(state, [(e, m.timestamp_ms) for m, e in events], self.dedup_horizon_ms,
@@ -162,13 +166,13 @@ class CustomerProcessor:
             # Scored as of the customer's newest event: deterministic, so a replay of the same
             # events (loyalty replay --as-of latest) gives the same signal. It is also the end of
             # the newest event day, which the sink stores from the signal itself.
-            scored = score_customer(state, newest, params, horizon, learned)
+            scored = score_customer(state, newest, params, horizon, learned, copurchase)
             signal = signal_to_dict(scored)
             signal["relationship"] = relationship_facts(state)
             signal["day_ends"] = [day_end_to_dict(end) for end in day_ends]
             effects.signals.append((key, self.signal_codec.encode(signal)))
         else:
-            scored = score_customer(state, max(max(checks), newest), params, horizon, learned)
+            scored = score_customer(state, max(max(checks), newest), params, horizon, learned, copurchase)
         if self.alerting is not None:
             if events:
                 self.alerting.observe(newest)

@@ -18,8 +18,9 @@ One loop, batch after batch:
 A crash between 3 and 4 replays the batch: the same records in the same ranges give the same
 tokens, and records replayed in other boundaries collapse on the ReplacingMergeTree keys.
 
-The sink also owns the embedded engine's reads (BI, the report, ``loyalty query``) and refits
-the BG/NBD parameters on a timer, publishing them on the model-params topic for the state workers.
+The sink also owns the embedded engine's reads (BI, the report, ``loyalty query``) and, on a
+timer, refits the BG/NBD parameters and counts the co-purchase statistics
+(:mod:`streams.copurchase`), publishing both on the model-params topic for the state workers.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from config.settings import Settings
 from config.topics import Topics
 from domain.model import BgNbdParams
+from domain.model.suggest import CoPurchaseTable
 from schemas import DecodeError, codec
 from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
 from sinks.readonly import check_read_query, read_settings
@@ -58,6 +60,7 @@ from sinks.rows import (
     tier_day_rows,
 )
 from streams.churn_params import CHURN_EVENTS_SQL, CHURN_SAMPLE, churn_to_bytes, fit_churn_from_rows
+from streams.copurchase import COPURCHASE_KEY, COPURCHASE_SQL, table_from_rows, table_to_bytes
 from streams.decoding import EventDecoder
 from streams.messages import DeadLetter, Message
 from streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows, load_params, store_params
@@ -92,11 +95,12 @@ def params_from_bytes(data: bytes) -> BgNbdParams:
 
 
 PUBLISHED_LOOKBACK = 200
-"""Records read back from the end of the model-params topic to find the newest of each key."""
+"""Records read back from the end of the model-params topic to find the newest of each key (the
+sink publishes each key once per refit, so every key's newest record is among the last few)."""
 
 
-async def latest_published(settings: Settings) -> dict[bytes, bytes]:
-    """The newest value of each key among the last records of the model-params topic."""
+async def latest_published(settings: Settings, tail: int = PUBLISHED_LOOKBACK) -> dict[bytes, bytes]:
+    """The newest value of each key among the last ``tail`` records of the model-params topic."""
     topic = Topics(settings.topic_prefix).model_params
     consumer = AIOKafkaConsumer(**aiokafka_config(settings), group_id=None, enable_auto_commit=False,
                                 client_id=f"{settings.app_id}-params")
@@ -105,26 +109,23 @@ async def latest_published(settings: Settings) -> dict[bytes, bytes]:
         tp = TopicPartition(topic, 0)
         consumer.assign([tp])
         end = (await consumer.end_offsets([tp]))[tp]
+        start = max(end - tail, (await consumer.beginning_offsets([tp]))[tp])  # retention may have deleted older ones
+        latest: dict[bytes, bytes] = {}
         if end == 0:
-            return {}
-        consumer.seek(tp, max(0, end - PUBLISHED_LOOKBACK))
-        newest: dict[bytes, bytes] = {}
-        while await consumer.position(tp) < end:
+            return latest
+        consumer.seek(tp, start)
+        position = start
+        while position < end:
             records = (await consumer.getmany(tp, timeout_ms=5000)).get(tp, [])
             if not records:
                 break
             for record in records:
                 if record.key is not None and record.value:
-                    newest[record.key] = record.value
-        return newest
+                    latest[record.key] = record.value
+            position = records[-1].offset + 1
+        return latest
     finally:
         await consumer.stop()
-
-
-async def latest_model_params(settings: Settings) -> BgNbdParams | None:
-    """The newest BG/NBD parameters on the model-params topic (None when none were published)."""
-    value = (await latest_published(settings)).get(b"bgnbd")
-    return None if value is None else params_from_bytes(value)
 
 
 def sink_group_id(settings: Settings) -> str:
@@ -339,6 +340,10 @@ class ClickHouseSinkService:
                 await self.refit_churn_model()
             except Exception:  # noqa: BLE001 - the next refit tries again; the old model stays in use
                 logger.exception("churn model refit failed")
+            try:
+                await self.publish_copurchase(await self.count_copurchases())
+            except Exception:  # noqa: BLE001 - the next refit tries again; the old table stays in use
+                logger.exception("co-purchase statistics failed")
 
     async def refit_model(self) -> BgNbdParams:
         """Refit BG/NBD on (a sample of) the buyers in ClickHouse and store the result."""
@@ -372,6 +377,19 @@ class ClickHouseSinkService:
     async def publish_params(self, params: BgNbdParams) -> None:
         assert self.producer is not None
         await self.producer.send_and_wait(self.topics.model_params, params_to_bytes(params), key=b"bgnbd",
+                                          partition=0)
+
+    async def count_copurchases(self) -> CoPurchaseTable:
+        """The co-purchase statistics of every order in ClickHouse (streams.copurchase)."""
+        now = now_ms()
+        _, rows = await self.runner.query(COPURCHASE_SQL.format(db=self.settings.clickhouse_database))
+        table = table_from_rows(rows, now)
+        logger.info("co-purchase statistics of %d orders, %d categories", table.orders, len(table.orders_with))
+        return table
+
+    async def publish_copurchase(self, table: CoPurchaseTable) -> None:
+        assert self.producer is not None
+        await self.producer.send_and_wait(self.topics.model_params, table_to_bytes(table), key=COPURCHASE_KEY,
                                           partition=0)
 
     # -- reads --------------------------------------------------------------------------------

@@ -225,6 +225,7 @@ def _price_shift(f: AlertFacts, rules: AlertRules) -> float | None:
 def _context(signal: LoyaltySignal) -> AlertContext:
     shared = know_me_values(signal)
     del shared["last_purchase_skus"]  # an alert names categories, not SKUs (alert.avsc)
+    del shared["suggested_categories"]  # a drop in loyalty is no occasion to sell (alert.avsc)
     shared["last_purchase_categories"] = list(signal.last_purchase_categories)
     return AlertContext(
         **shared,

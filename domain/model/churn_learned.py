@@ -16,6 +16,13 @@ input, by an L2-regularised logistic regression fitted with Newton's method (IRL
 
 Fallback to BG/NBD: customers who never bought, no fitted model, a model fitted for another
 horizon, or a history too small to learn from (:data:`MIN_TRAIN_BUYERS`, :data:`MIN_TRAIN_CLASS`).
+
+Tenure drifts with the calendar: between the training cut-off and the time a model scores, every
+buyer is ``horizon`` days older. When the training buyers' tenures do not span one horizon (a young
+history: the oldest first bought less than ``horizon`` days before the training cut-off), the model
+would score every buyer beyond the tenures it saw, extrapolating a slope learned from weeks of
+history; :func:`fit_model` then leaves ``tenure`` out (:data:`DRIFTING_FEATURES`). BG/NBD's logit,
+an input, still carries the customer's age through its own model.
 """
 
 from __future__ import annotations
@@ -53,6 +60,9 @@ FEATURES: tuple[str, ...] = (
     "visits_90d",  # ln(1 + visits in 90 days)
     "channels",  # channels bought or visited in
 )
+DRIFTING_FEATURES: tuple[str, ...] = ("tenure",)
+"""Inputs that grow by one horizon between training and scoring for every buyer: fitted only when
+the training buyers' values span that growth (:func:`fit_model`)."""
 MIN_TRAIN_BUYERS = 200
 """Fewer training buyers than this and no model is fitted: BG/NBD alone."""
 MIN_TRAIN_CLASS = 20
@@ -267,16 +277,31 @@ def fit_model(
     if len(rows) < MIN_TRAIN_BUYERS or min(positives, len(rows) - positives) < MIN_TRAIN_CLASS:
         return None
     X = np.asarray(rows, dtype=float)
+    names = fitted_features(X, horizon_days)
+    X = X[:, [_FEATURE_INDEX[name] for name in names]]
     means = X.mean(axis=0)
     scales = X.std(axis=0)
     scales = np.where(scales < _SPREAD_FLOOR, 1.0, scales)
     coef, intercept = fit_logistic((X - means) / scales, y, l2)
     return LearnedChurnModel(
-        horizon_days=horizon_days, features=FEATURES,
+        horizon_days=horizon_days, features=names,
         means=tuple(round(float(v), 12) for v in means), scales=tuple(round(float(v), 12) for v in scales),
         coefficients=tuple(round(float(v), 12) for v in coef), intercept=round(intercept, 12),
         buyers=len(rows), base_rate=round(positives / len(rows), 6), trained_cutoff=trained_cutoff,
     )
+
+
+def fitted_features(X: np.ndarray, horizon_days: int) -> tuple[str, ...]:
+    """:data:`FEATURES` less the drifting ones whose training values do not span one horizon.
+
+    ``tenure`` is ln(1 + days): it is kept when the oldest training buyer's tenure is at least
+    ``horizon_days``, so that at scoring time (every buyer ``horizon_days`` older) the tenures lie
+    within about twice the range the slope was learned on, not far beyond it.
+    """
+    oldest_days = math.expm1(float(X[:, _FEATURE_INDEX["tenure"]].max())) if len(X) else 0.0
+    # 1e-6: ln/expm1 round trip of a tenure of exactly one horizon
+    short = oldest_days + 1e-6 < horizon_days
+    return tuple(name for name in FEATURES if not (short and name in DRIFTING_FEATURES))
 
 
 def sample_key(customer_id: str) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
+from domain.model.suggest import CoPurchaseTable, Suggestion, suggest
 from domain.relationship import DAY_MS, RelationshipState, favourite, preferred_channel, window
 
 OPEN_ISSUE_DAYS = 90
@@ -32,6 +33,7 @@ class KnowMe:
     favourite_category: str | None
     preferred_channel: str | None
     open_issues: int
+    suggested_categories: list[Suggestion]  # next-best categories, best first (domain.model.suggest)
 
 
 KNOW_ME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(KnowMe))
@@ -44,10 +46,11 @@ def know_me_values(profile: object) -> dict[str, Any]:
     return {name: getattr(profile, name) for name in KNOW_ME_FIELDS}
 
 
-def know_me(state: RelationshipState, as_of: int) -> KnowMe:
-    """The profile as of ``as_of``."""
+def know_me(state: RelationshipState, as_of: int, copurchase: CoPurchaseTable | None = None) -> KnowMe:
+    """The profile as of ``as_of``; suggestions come from ``copurchase`` (none without it)."""
     last = state.last_purchase
     issues = window(state, OPEN_ISSUE_DAYS, as_of).unresolved_calls
+    suggestions = suggest(state, copurchase)
     return KnowMe(
         last_purchase_at=None if last is None else last.occurred_at,
         last_purchase_categories=[] if last is None else list(last.categories),
@@ -57,12 +60,16 @@ def know_me(state: RelationshipState, as_of: int) -> KnowMe:
         favourite_category=favourite(state.categories_bought),
         preferred_channel=preferred_channel(state),
         open_issues=issues,
-        greeting_hint=greeting_hint(state, as_of, issues),
+        suggested_categories=suggestions,
+        greeting_hint=greeting_hint(state, as_of, issues, suggestions),
     )
 
 
-def greeting_hint(state: RelationshipState, as_of: int, open_issues: int) -> str:
-    """E.g. "Welcome back! Last time (12 days ago) you bought shoes in store S01."."""
+def greeting_hint(
+    state: RelationshipState, as_of: int, open_issues: int, suggestions: list[Suggestion] | None = None
+) -> str:
+    """E.g. "Welcome back! Last time (12 days ago) you bought shoes in store S01. You might also
+    like socks." (the first suggestion when the customer's own purchases led to it)."""
     last = state.last_purchase
     if last is None:
         text = "Welcome! Good to see you."
@@ -70,6 +77,8 @@ def greeting_hint(state: RelationshipState, as_of: int, open_issues: int) -> str
         days = as_of // DAY_MS - last.occurred_at // DAY_MS  # calendar days, UTC
         ago = "today" if days <= 0 else "yesterday" if days == 1 else f"{days} days ago"
         text = f"Welcome back! Last time ({ago}) you bought {_what(last.categories)}{_where(last.channel, last.location_id)}."
+        if suggestions and suggestions[0].from_copurchase:
+            text += f" You might also like {suggestions[0].category}."
     if open_issues:
         plural = "call" if open_issues == 1 else "calls"
         text += f" Open issue: {open_issues} unresolved {plural} in the last {OPEN_ISSUE_DAYS} days."

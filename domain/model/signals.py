@@ -22,6 +22,7 @@ from domain.model.components import (
     rhythm_gap,
 )
 from domain.model.knowme import know_me, know_me_values
+from domain.model.suggest import CoPurchaseTable, Suggestion, suggestions_to_dicts
 from domain.model.tiers import TierInputs, assign_tier
 from domain.relationship import DAY_MS, RelationshipState, window
 
@@ -63,16 +64,18 @@ class LoyaltySignal:
     params_source: str = "default"
     churn_model: str = "bgnbd"
     churn_drivers: list[dict[str, object]] = field(default_factory=list)
+    suggested_categories: list[Suggestion] = field(default_factory=list)
 
 
 def score_customer(
     state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS,
-    learned: LearnedChurnModel | None = None,
+    learned: LearnedChurnModel | None = None, copurchase: CoPurchaseTable | None = None,
 ) -> LoyaltySignal:
     """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only.
 
     ``learned`` is the churn model fitted on the business's history; without it (or for a
-    never-buyer, or a model of another horizon) the churn risk is BG/NBD's.
+    never-buyer, or a model of another horizon) the churn risk is BG/NBD's. ``copurchase`` is the
+    population's co-purchase table the suggestions come from (none without it).
     """
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, not {horizon_days}")
@@ -108,7 +111,7 @@ def score_customer(
         calls_365d=window(state, LOOKBACK_DAYS, as_of).calls,  # memoised: the components' window
         gap_variation=gap_variation(state),
     ))
-    profile = know_me(state, as_of)
+    profile = know_me(state, as_of, copurchase)
     last_at = profile.last_purchase_at
     return LoyaltySignal(
         customer_id=state.customer_id,
@@ -144,4 +147,5 @@ def signal_to_dict(signal: LoyaltySignal) -> dict[str, object]:
     data["last_purchase_categories"] = list(signal.last_purchase_categories)
     data["last_purchase_skus"] = list(signal.last_purchase_skus)
     data["churn_drivers"] = [dict(d) for d in signal.churn_drivers]
+    data["suggested_categories"] = suggestions_to_dicts(signal.suggested_categories)
     return data

@@ -20,6 +20,23 @@ CATEGORIES: dict[str, tuple[int, int]] = {
 }
 """Product categories and the range of their unit prices, minor units."""
 
+AFFINITY: dict[str, tuple[str, str]] = {
+    "shoes": ("apparel", "sports"),
+    "apparel": ("shoes", "beauty"),
+    "beauty": ("apparel", "groceries"),
+    "sports": ("shoes", "electronics"),
+    "electronics": ("home", "sports"),
+    "home": ("household", "electronics"),
+    "household": ("groceries", "home"),
+    "groceries": ("household", "beauty"),
+    "books": ("toys", "home"),
+    "toys": ("books", "sports"),
+}
+"""Co-purchase structure: each category's two partners. A customer's three favourite categories
+are one category and, each with :data:`AFFINITY_SHARE`, its partners (else any other category),
+so customers who buy shoes tend to buy apparel and sports too."""
+AFFINITY_SHARE = 0.8
+
 SKUS_PER_CATEGORY = 60
 STORES = tuple(f"STORE-{n:03d}" for n in range(1, 13))
 ONLINE_LOCATIONS = {"web": "web-shop", "app": "mobile-app"}

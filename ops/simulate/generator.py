@@ -4,6 +4,10 @@ Determinism: everything random comes from ``random.Random`` instances seeded fro
 (one per customer, so a customer's history does not depend on how many others there are); nothing
 reads the clock or the global ``random`` state.
 
+What customers buy: each has three favourite categories (70 % of basket lines), one of them
+and, mostly, its partners in :data:`~ops.simulate.catalogue.AFFINITY`, so purchases carry
+co-purchase structure for the next-best categories to find.
+
 How every customer shows up: the personas' rates are realistic (a loyal customer buys every one
 to two weeks), so a short window would miss most customers. Each customer therefore has an
 *anchor*: if nothing they did falls in the live window (the last ``days``, after any history), one
@@ -22,6 +26,8 @@ from dataclasses import dataclass
 
 from domain.records import CallEvent, Event, PurchaseEvent, PurchaseItem, VisitEvent
 from ops.simulate.catalogue import (
+    AFFINITY,
+    AFFINITY_SHARE,
     AGENTS,
     CATEGORIES,
     CONTACT_HOURS,
@@ -97,7 +103,7 @@ class _CustomerSim:
         self._n = 0
         self.gap_ms = rng.uniform(*persona.purchase_every_days) * DAY_MS
         self.home_store = rng.choice(STORES)
-        self.favourites = rng.sample(sorted(CATEGORIES), 3)
+        self.favourites = _favourites(rng.sample(sorted(CATEGORIES), 3)[0], random.Random(f"favourites|{seed}|{cid}"))
         self.active_from = window.start
         if persona.shape == "new":
             span = min(30 * DAY_MS, window.end - window.start)
@@ -316,6 +322,23 @@ class _CustomerSim:
             recognized=rng.random() < persona.recognized_share,
             categories_viewed=tuple(viewed),
         )
+
+
+def _favourites(first: str, rng: random.Random) -> list[str]:
+    """Three favourite categories: ``first``, then each of the next two one of its partners
+    (:data:`AFFINITY`, with :data:`AFFINITY_SHARE`) or else any other category.
+
+    ``first`` is drawn from the customer's main random stream as before the co-purchase structure
+    existed, and the partners from a stream of their own, so every other draw (times, channels,
+    baskets' sizes) is the same as it was."""
+    chosen = [first]
+    while len(chosen) < 3:
+        partners = [c for c in AFFINITY[first] if c not in chosen]
+        if partners and rng.random() < AFFINITY_SHARE:
+            chosen.append(rng.choice(partners))
+        else:
+            chosen.append(rng.choice([c for c in sorted(CATEGORIES) if c not in chosen]))
+    return chosen
 
 
 def _pick(rng: random.Random, weights: Mapping[str, float]) -> str:

@@ -33,6 +33,7 @@ GRANT SELECT(event_id, customer_id, occurred_at, direction, reason, wait_seconds
              sentiment, effort_score, nps, agent_id) ON {db}.calls TO loyalty_writer;
 GRANT SELECT(event_id, customer_id, occurred_at, channel, location_id, duration_seconds, recognized)
     ON {db}.visits TO loyalty_writer;
--- The BG/NBD refit (streams/params.py) reads the purchase rhythm of the relationships.
+-- The BG/NBD refit (streams/params.py) counts purchase days in the purchases columns above and
+-- reads the customers' mean gaps from the relationships.
 GRANT SELECT(customer_id, version, purchases_lifetime, first_purchase_at, last_purchase_at, mean_gap_days)
     ON {db}.relationships TO loyalty_writer;

@@ -195,27 +195,35 @@ def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(settings: Se
     from sinks.clickhouse import SinkBatch
     from streams.params import load_params
 
+    topics = Topics(settings.topic_prefix)
     service = make_sink_service(settings)
     service.prepare()
     end_ms = int(time.time() * 1000) - 60_000
     states: dict[str, RelationshipState] = {}
-    for event in generate(customers=300, days=1, seed=8, end_ms=end_ms, history_days=180):
+    events = generate(customers=300, days=1, seed=8, end_ms=end_ms, history_days=180)
+    for event in events:
         state = states.setdefault(event.customer_id, RelationshipState(event.customer_id))
         apply_event(state, event, 7 * 86_400_000)
-    batch = SinkBatch()
-    for n, state in enumerate(states.values()):
-        row = {**facts(state), "updated_at": end_ms}
-        batch.rows("relationships", tuple(row)).append(row)
-        batch.cover("test", 0, n)
-    service.sink.write(batch)
+    try:
+        purchases = [(e.customer_id.encode(), encode_event(e)) for e in events if e.kind == "purchase"]
+        service.sink.write(service.rows({TopicPartition(topics.purchases, 0): _records(topics.purchases, purchases)},
+                                        end_ms))
+        batch = SinkBatch()
+        for n, state in enumerate(states.values()):
+            row = {**facts(state), "updated_at": end_ms}
+            batch.rows("relationships", tuple(row)).append(row)
+            batch.cover("test", 0, n)
+        service.sink.write(batch)
 
-    params = asyncio.run(service.refit_model())
-    buyers = [s for s in states.values() if s.lifetime.purchases > 0]
-    assert params.source == "fitted" and params.buyers == len(buyers)
-    # Independently: the same fit from the folded states as of (about) now agrees closely.
-    direct = fit_bgnbd(states.values(), int(time.time() * 1000))
-    assert params.r == pytest.approx(direct.r, rel=0.02) and params.b == pytest.approx(direct.b, rel=0.02)
-    service.runner.shutdown()
+        params = asyncio.run(service.refit_model())
+        buyers = [s for s in states.values() if s.lifetime.purchases > 0]
+        assert params.source == "fitted" and params.buyers == len(buyers)
+        # Independently: the same fit from the folded states as of (about) now.
+        direct = fit_bgnbd(states.values(), int(time.time() * 1000))
+        # (1e-4: the two fits stop their search at slightly different points; x is the same days count)
+        assert params.r == pytest.approx(direct.r, rel=1e-4) and params.b == pytest.approx(direct.b, rel=1e-4)
+    finally:
+        service.runner.shutdown()
 
     again = make_sink_service(settings)
     try:
@@ -223,6 +231,66 @@ def test_refit_uses_the_buyers_in_clickhouse_and_survives_a_restart(settings: Se
         assert stored is not None and (stored.r, stored.source) == (params.r, "fitted")
     finally:
         again.runner.shutdown()
+
+
+def test_refit_counts_purchase_days_from_the_raw_purchases(settings: Settings):
+    """BG/NBD's (x, t_x, T) in the sink's refit: distinct UTC purchase days from the purchases table,
+    as ``churn.summarise`` counts them for replay, backtest and the worker."""
+    from domain.model import churn
+    from domain.records import PurchaseEvent
+    from domain.relationship import DAY_MS, facts
+    from streams.params import REFIT_SAMPLE, REFIT_SQL, fit_from_rows
+
+    topics = Topics(settings.topic_prefix)
+    hour = 3_600_000
+    base = (int(time.time() * 1000) // DAY_MS - 40) * DAY_MS  # midnight UTC, 40 days ago
+    now = base + 30 * DAY_MS
+
+    def buy(eid: str, cid: str, at: int, is_return: bool = False) -> PurchaseEvent:
+        return PurchaseEvent(eid, cid, at, "store", f"o-{eid}", 1_000, "EUR", is_return=is_return)
+
+    events = [
+        # a: three purchases on day 0, one on day 10, a return on day 12: 2 purchase days, x = 1
+        buy("a1", "a", base + 9 * hour), buy("a2", "a", base + 13 * hour), buy("a3", "a", base + 20 * hour),
+        buy("a4", "a", base + 10 * DAY_MS + 12 * hour), buy("a5", "a", base + 12 * DAY_MS, is_return=True),
+        # b: a single purchase (x = 0), sent twice (a replay): one row after FINAL
+        buy("b1", "b", base + 5 * DAY_MS + 6 * hour), buy("b1", "b", base + 5 * DAY_MS + 6 * hour),
+        # c: two hours apart but either side of midnight UTC: two days, x = 1
+        buy("c1", "c", base + 23 * hour), buy("c2", "c", base + 25 * hour),
+        # d: returns only: not a buyer
+        buy("d1", "d", base + 3 * DAY_MS, is_return=True),
+    ]
+    states: dict[str, RelationshipState] = {}
+    for event in events:
+        apply_event(states.setdefault(event.customer_id, RelationshipState(event.customer_id)), event,
+                    settings.dedup_horizon_ms)
+    service = make_sink_service(settings)
+    service.prepare()
+    try:
+        records = [(e.customer_id.encode(), encode_event(e)) for e in events]
+        batch = service.rows({TopicPartition(topics.purchases, 0): _records(topics.purchases, records)}, now)
+        for n, cid in enumerate(("a", "c")):  # b has no relationships row: its gap is NULL
+            row = {**facts(states[cid]), "updated_at": now}
+            batch.rows("relationships", tuple(row)).append(row)
+            batch.cover("relationships-test", 0, n)
+        service.sink.write(batch)
+        _, rows = service.sink.query(REFIT_SQL.format(db=settings.clickhouse_database, now=now, sample=REFIT_SAMPLE))
+    finally:
+        service.runner.shutdown()
+    rows = sorted(rows, key=lambda r: r[2])  # by T: b, c, a
+    # By hand: a first bought at 09:00 of day 0, last at 12:00 of day 10: t_x = 10 + 3/24 days, T =
+    # 30 - 9/24; its mean gap between four purchase times = (10 days + 3 h) / 3. b: x = 0, t_x = 0,
+    # T = 30 - 5 - 6/24, no relationships row. c: t_x = 2 h = 2/24 days, T = 30 - 23/24, gap 2/24 days.
+    assert [int(r[0]) for r in rows] == [0, 1, 1]
+    assert [r[1] for r in rows] == pytest.approx([0.0, 2 / 24, 10 + 3 / 24], abs=1e-12)
+    assert [r[2] for r in rows] == pytest.approx([30 - 5 - 6 / 24, 30 - 23 / 24, 30 - 9 / 24], abs=1e-12)
+    assert rows[0][3] is None  # kept to six decimals in relationships
+    assert [r[3] for r in rows[1:]] == pytest.approx([2 / 24, (10 + 3 / 24) / 3], abs=1e-6)
+    # the same (x, t_x, T) as replay, backtest and the worker take from the state
+    by_state = [churn.summarise(states[cid], now) for cid in ("b", "c", "a")]
+    assert [(int(x), t_x, T) for x, t_x, T, _ in rows] == [(s.x, pytest.approx(s.t_x), pytest.approx(s.T))
+                                                          for s in by_state if s is not None]
+    assert fit_from_rows(rows).population_gap_days == pytest.approx(((10 + 3 / 24) / 3 + 2 / 24) / 2)
 
 
 def test_faust_environment_variables_do_not_override_the_settings(settings: Settings, monkeypatch):

@@ -15,6 +15,14 @@ begins, i.e. after its alerts were acknowledged (step 2 of ``streams/app.py``) a
 changelog records that remember them and the batch's offsets (steps 3 and 4). The switch is
 removed and ``paused_before_changelog`` written with the batch's alert ids; the batch then waits
 for ever, for the test to ``kill -9`` the process.
+
+A state worker uses :class:`HoldingPipeline` when
+``LOYALTY_PIPELINE_FACTORY=tests.faults.injection:HoldingPipeline``. When the switch
+``hold_before_changelog`` exists, the next batch that changed customers is held as its changelog
+step begins (folded, its signals and alerts handed to the producer, nothing of its changelog sent):
+the switch is removed, ``held_before_changelog`` written with the batch's customer ids, and the
+batch waits until the file ``release_changelog`` exists. The test freezes the process there
+(SIGSTOP) to make a zombie of it, writes the release file, and resumes it later.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from clickhouse_connect.driver.exceptions import OperationalError
 
@@ -93,3 +102,36 @@ class PausingPipeline(Pipeline):
                            len(self.batch_alert_ids))
             await asyncio.Event().wait()
         await super().produce_changelog()
+
+
+HOLD_SWITCH = "hold_before_changelog"
+HELD_MARKER = "held_before_changelog"
+RELEASE_FILE = "release_changelog"
+
+
+class HoldingPipeline(Pipeline):
+    """The standard pipeline, holding one batch at the start of its changelog step until released."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.switches = switches_of(self.settings)
+        self.switches.mkdir(parents=True, exist_ok=True)
+        self.batch_customers: list[str] = []
+        self.holding = False
+        logger.warning("fault injection is enabled (switches in %s): for tests only", self.switches)
+
+    async def produce(self, effects: Effects) -> Any:
+        self.batch_customers = sorted({key.decode() for key, _ in effects.signals})
+        return await super().produce(effects)
+
+    async def produce_changelog(self, *args: Any, **kwargs: Any) -> Any:
+        switch = self.switches / HOLD_SWITCH
+        if not self.holding and self.batch_customers and switch.exists():
+            switch.unlink()
+            self.holding = True
+            (self.switches / HELD_MARKER).write_text(json.dumps(self.batch_customers))
+            logger.warning("injected hold before the changelog step: %d customers", len(self.batch_customers))
+        # Every changelog step of the held batch waits (a batch may send it per partition).
+        while self.holding and not (self.switches / RELEASE_FILE).exists():
+            await asyncio.sleep(0.05)
+        return await super().produce_changelog(*args, **kwargs)

@@ -58,9 +58,9 @@ def test_duplicate_ids_count_once_per_customer_also_across_a_restart(make_worker
                                                                      if c != events[i].customer_id]))
               for i in picked]
     first_out = to_outgoing(first + [r for i, r in zip(picked, reused, strict=True) if i < half],
-                            seed=81, duplicate_rate=0.03)
+                            seed=81, duplicate_rate=0.035)
     second_out = to_outgoing(second + [r for i, r in zip(picked, reused, strict=True) if i >= half],
-                             seed=82, duplicate_rate=0.03)
+                             seed=82, duplicate_rate=0.035)
     # 1% of the first part resent after the restart (same key, same bytes, so the same partition).
     after_restart = [o for o in rng.sample(first_out, len(events) // 100) if o.note == "event"]
     second_out += [dataclasses.replace(o, note="duplicate") for o in after_restart]

@@ -427,8 +427,9 @@ def test_alert_encodes_and_decodes(with_context: bool) -> None:
 
 
 def test_alert_context_fields_mirror_the_signal() -> None:
-    # the know-me profile but the SKUs, then when the next purchase was due and the churn risk
-    know_me_but_skus = set(KNOW_ME_FIELDS) - {"last_purchase_skus"}
+    # the know-me profile but the SKUs and the suggestions, then when the next purchase was due
+    # and the churn risk
+    know_me_but_skus = set(KNOW_ME_FIELDS) - {"last_purchase_skus", "suggested_categories"}
     assert set(AlertContext.__dataclass_fields__) == know_me_but_skus | {"expected_next_purchase_at", "churn_risk"}
 
 

@@ -24,6 +24,7 @@ from domain.model.churn_learned import (
     features,
     fit_logistic,
     fit_model,
+    fitted_features,
 )
 from domain.model.churn_training import train_churn_model
 from domain.model.replay import run_replay
@@ -76,6 +77,8 @@ def test_fit_logistic_recovers_known_coefficients() -> None:
 def test_fit_model_standardises_and_refuses_too_little_history() -> None:
     rng = np.random.default_rng(5)
     rows = [[float(v) for v in rng.normal(size=len(FEATURES))] for _ in range(MIN_TRAIN_BUYERS)]
+    for i, row in enumerate(rows):
+        row[FEATURES.index("tenure")] = math.log1p(i)  # up to 199 days: spans the 90-day horizon
     labels = [i % 3 == 0 for i in range(MIN_TRAIN_BUYERS)]
     model = fit_model(rows, labels, 90, trained_cutoff=T0)
     assert model is not None and model.buyers == MIN_TRAIN_BUYERS and model.horizon_days == 90
@@ -85,6 +88,26 @@ def test_fit_model_standardises_and_refuses_too_little_history() -> None:
     assert fit_model(rows[:-1], labels[:-1], 90) is None  # one buyer too few
     few_churned = [i < MIN_TRAIN_CLASS - 1 for i in range(MIN_TRAIN_BUYERS)]
     assert fit_model(rows, few_churned, 90) is None  # 19 churned: one class too small
+
+
+def test_tenure_is_left_out_when_the_training_tenures_do_not_span_one_horizon() -> None:
+    """Every buyer is one horizon older when the model scores than when it was trained: a tenure
+    slope learned on tenures shorter than that would be applied beyond them all."""
+    rng = np.random.default_rng(7)
+    rows = [[float(v) for v in rng.normal(size=len(FEATURES))] for _ in range(MIN_TRAIN_BUYERS)]
+    labels = [i % 2 == 0 for i in range(MIN_TRAIN_BUYERS)]
+    tenure = FEATURES.index("tenure")
+    for i, row in enumerate(rows):
+        row[tenure] = math.log1p(i % 90)  # tenures 0..89 days: the oldest is one day short of 90
+    without = tuple(name for name in FEATURES if name != "tenure")
+    assert fitted_features(np.asarray(rows), 90) == without
+    assert fitted_features(np.asarray(rows), 89) == FEATURES  # 89 days span an 89-day horizon
+    short = fit_model(rows, labels, 90)
+    assert short is not None and short.features == without and len(short.coefficients) == len(FEATURES) - 1
+    rows[0][tenure] = math.log1p(90)  # one buyer 90 days old: the tenures now span the horizon
+    kept = fit_model(rows, labels, 90)
+    assert kept is not None and kept.features == FEATURES
+    assert LearnedChurnModel.from_dict(json.loads(json.dumps(short.as_dict()))) == short
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,6 +280,26 @@ def test_worker_replay_and_backtest_give_the_same_risk(tmp_path: Path) -> None:
         assert worker.churn_drivers == replayed[customer_id]["churn_drivers"]
         checked += 1
     assert checked == report.customers == len(report.risks) > 500
+
+
+def test_a_young_history_trains_without_tenure_and_scores_alike_everywhere() -> None:
+    # history(): first purchases on days 0..59. A 90-day horizon before day 300 trains at day 210
+    # (tenures up to 210 days: kept); a 250-day horizon trains at day 50 (tenures up to 50 days,
+    # far short of 250: left out).
+    events = history(600, seed=8)
+    long_model = train_churn_model(events, CUTOFF, 90)
+    young = train_churn_model(events, CUTOFF, 250)
+    assert long_model is not None and "tenure" in long_model.features
+    assert young is not None and young.features == tuple(n for n in FEATURES if n != "tenure")
+    report = compare_churn(events, CUTOFF, 250)
+    assert report.model == young
+    state = RelationshipState("c0001")
+    for event in events:
+        if event.customer_id == "c0001" and event.occurred_at < CUTOFF:
+            apply_event(state, event, 365 * DAY_MS)
+    signal = score_customer(state, CUTOFF, report.params, 250, young)
+    assert signal.churn_model == "learned" and signal.churn_risk == report.risks["c0001"]
+    assert "tenure" not in {d["feature"] for d in signal.churn_drivers}
 
 
 def test_the_sink_reads_rows_back_as_events_and_publishes_the_model_as_json() -> None:

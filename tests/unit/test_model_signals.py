@@ -179,7 +179,7 @@ def test_signal_to_dict_matches_the_avro_schema_field_for_field() -> None:
 def test_the_signal_carries_the_know_me_profile_field_for_field() -> None:
     assert KNOW_ME_FIELDS == (
         "greeting_hint", "last_purchase_at", "last_purchase_categories", "last_purchase_skus", "last_purchase_channel",
-        "last_purchase_location_id", "favourite_category", "preferred_channel", "open_issues")
+        "last_purchase_location_id", "favourite_category", "preferred_channel", "open_issues", "suggested_categories")
     assert set(KNOW_ME_FIELDS) <= set(SIGNAL_FIELDS)
     rich = state_of(buy("p1", T0), buy("p2", T0 + 10 * DAY_MS, categories=("bags", "shoes")), call("k1", T0, resolved=False))
     as_of = T0 + 20 * DAY_MS

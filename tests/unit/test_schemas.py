@@ -101,7 +101,7 @@ def test_an_alert_written_before_the_live_flag_reads_as_live_without_a_processin
 
 
 def test_history_is_compatible_and_an_incompatible_change_is_caught(tmp_path, monkeypatch):
-    for name in ("purchase", "call", "visit", "relationship_state", "dead_letter", "alert"):
+    for name in ("purchase", "call", "visit", "relationship_state", "dead_letter", "alert", "loyalty_signal"):
         assert check_compatibility(name) == [], name
     # A new required field without a default cannot read old data: the checker must say so.
     import schemas
