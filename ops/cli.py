@@ -444,7 +444,11 @@ class DemoSize(NamedTuple):
 
 
 DEMO_DEFAULT = DemoSize(customers=500, history_days=365.0)
-"""The demo's base: a year of history, so the tiers show, for a base that runs in about a minute."""
+"""The demo's base: a year of history, so the tiers show, for a base that runs in about a minute
+on two cores (docs/performance.md: 1,000 customers cost about 310 CPU-seconds, 500 about 120)."""
+DEMO_WORKERS = 2
+"""State workers the demo starts: the state worker is what a backfill waits for, and a second one
+uses the second core (500 customers: 71 s with two, 97 to 115 s with one)."""
 DEMO_QUICK = DemoSize(customers=300, history_days=90.0)
 """``demo --quick``: a smaller base and a quarter of history, for a fast look and for the tests."""
 
@@ -548,8 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smaller base and a shorter history, for a fast look")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--once", action="store_true", help="exit after the summary instead of running until Ctrl-C")
-    p.add_argument("--workers", type=int, default=1,
-                   help="state workers to start beside the ClickHouse sink (each its own process; default 1)")
+    p.add_argument("--workers", type=int, default=DEMO_WORKERS,
+                   help="state workers to start beside the ClickHouse sink (each its own process; "
+                        f"default {DEMO_WORKERS})")
     p.set_defaults(func=cmd_demo)
     return parser
 

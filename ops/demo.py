@@ -187,52 +187,58 @@ def _unless_set(settings: Settings, values: dict[str, Any]) -> Settings:
     return settings.model_copy(update={k: v for k, v in values.items() if k not in settings.model_fields_set})
 
 
-def _processed(states: Sequence[WorkerProcess]) -> int:
-    """Input records the state workers have folded or refused (from their /status counters)."""
-    total = 0
-    for proc in states:
-        counters = proc.get("/status", timeout=10).get("processed", {})
-        total += sum(int(counters.get(k, 0)) for k in ("applied", "duplicate", "dead_lettered"))
-    return total
+def _committed(settings: Settings, group: str) -> int:
+    """Input records a consumer group has committed in all: the state workers commit a record once
+    its batch's effects were acknowledged, the sink once ClickHouse acknowledged its rows. Read
+    from Kafka, so the waits cost the workers and ClickHouse nothing, and a record that two state
+    workers process around a rebalance counts once."""
+    return sum(figures["committed"] for figures in consumer_lag(settings, group).values())
 
 
-def _landed(settings: Settings) -> int:
-    """Input records the sink has copied to ClickHouse: its committed offsets on the input topics
-    (it commits after ClickHouse acknowledged). Read from Kafka, so the waits cost ClickHouse nothing."""
-    from streams.sink import sink_group_id
+@dataclass(frozen=True)
+class Committed:
+    """Input records committed by the state workers and by the sink."""
 
-    return sum(figures["committed"] for figures in consumer_lag(settings, sink_group_id(settings)).values())
+    processed: int
+    landed: int
+
+    @classmethod
+    def now(cls, settings: Settings) -> Committed:
+        from streams.sink import sink_group_id
+
+        return cls(_committed(settings, settings.app_id), _committed(settings, sink_group_id(settings)))
+
+    def since(self, before: Committed) -> Committed:
+        return Committed(self.processed - before.processed, self.landed - before.landed)
 
 
 def _lag(settings: Settings, group: str, topics: Sequence[str]) -> int:
     return sum(figures["lag"] for figures in consumer_lag(settings, group, topics).values())
 
 
-def wait_processed(settings: Settings, states: Sequence[WorkerProcess], expected: int, clock: Clock,
-                   what: str, landed_before: int) -> None:
-    """Until the state workers have processed ``expected`` input records in all."""
+def wait_processed(settings: Settings, expected: int, clock: Clock, what: str, before: Committed) -> None:
+    """Until the state workers have committed ``expected`` input records more than ``before``."""
     start = time.monotonic()
-    done = 0
+    done = Committed(0, 0)
     while time.monotonic() - start < LANDING_TIMEOUT:
-        done = _processed(states)
-        landed = _landed(settings) - landed_before
-        clock.update(f"{what}: processed {done:,}/{expected:,} events, landed {landed:,}")
-        if done >= expected:
-            clock.update(f"{what}: processed {done:,}/{expected:,} events", final=True)
+        done = Committed.now(settings).since(before)
+        clock.update(f"{what}: processed {done.processed:,}/{expected:,} events, landed {done.landed:,}")
+        if done.processed >= expected:
+            clock.update(f"{what}: processed {done.processed:,}/{expected:,} events", final=True)
             return
         time.sleep(POLL_SECONDS)
-    raise CliError(f"the state workers processed only {done:,} of {expected:,} events within "
+    raise CliError(f"the state workers processed only {done.processed:,} of {expected:,} events within "
                    f"{LANDING_TIMEOUT:.0f}s; see the logs in {settings.data_dir}", EXIT_UNREACHABLE)
 
 
-def wait_landed(settings: Settings, states: Sequence[WorkerProcess], expected_events: int,
-                expected_customers: int, clock: Clock, before: tuple[int, int, int]) -> None:
-    """Until everything the run published is in ClickHouse: the state workers have processed every
-    event and committed their input offsets (which they do after their signals and alerts were
-    acknowledged), then the sink has committed every record of its topics (which it does after
-    ClickHouse acknowledged); finally the deduplicated counts are checked. ``before``: what the
-    sink had copied, and the events and customers ClickHouse held, before this run published
-    (a demo run again on the same topics and data directory adds to them)."""
+def wait_landed(settings: Settings, expected_events: int, expected_customers: int, clock: Clock,
+                before: Committed, events_before: int) -> None:
+    """Until everything the run published is in ClickHouse: the state workers have committed every
+    input record (which they do after their signals and alerts were acknowledged), then the sink
+    has committed every record of its topics (which it does after ClickHouse acknowledged);
+    finally the deduplicated counts are checked. ``before`` and ``events_before``: the committed
+    offsets and the events ClickHouse held before this run published (a demo run again on the same
+    topics and data directory adds to them)."""
     from streams.sink import sink_group_id
 
     topics = Topics(settings.topic_prefix)
@@ -240,14 +246,13 @@ def wait_landed(settings: Settings, states: Sequence[WorkerProcess], expected_ev
     start = time.monotonic()
     landed = customers = 0
     while time.monotonic() - start < LANDING_TIMEOUT:
-        processed = _processed(states)
-        landed = _landed(settings) - before[0]
-        clock.update(f"live day and the rest: processed {processed:,}/{expected_events:,} events, "
-                     f"landed {landed:,}/{expected_events:,}")
-        if (processed >= expected_events and _lag(settings, settings.app_id, topics.inputs) == 0
+        done = Committed.now(settings).since(before)
+        clock.update(f"live day and the rest: processed {done.processed:,}/{expected_events:,} events, "
+                     f"landed {done.landed:,}/{expected_events:,}")
+        if (done.processed >= expected_events and _lag(settings, settings.app_id, topics.inputs) == 0
                 and _lag(settings, sink_group_id(settings), sink_topics) == 0):
-            events, people = _landed_exact(settings)
-            landed, customers = events - before[1], people
+            events, customers = _landed_exact(settings)
+            landed = events - events_before
             if landed >= expected_events and customers >= expected_customers:
                 clock.update(f"landed {landed:,}/{expected_events:,} events of {customers:,} customers in "
                              "ClickHouse, with their signals and alerts", final=True)
@@ -468,11 +473,11 @@ def run_demo(settings: Settings, customers: int, days: float, seed: int, once: b
                   f"history, {len(base.live):,} in the live {days:g} day(s) (the same events: loyalty simulate "
                   f"--customers {customers} --history-days {history_days:g} --days {days:g} --seed {seed} "
                   f"--end {_iso(end_ms)} --dry-run --events-out FILE)")
-        before = (_landed(settings), *_landed_exact(settings))
+        before, events_before = Committed.now(settings), _landed_exact(settings)[0]
         publish_with_progress(settings, base.history, clock, "the history", bulk=True)
-        wait_processed(settings, states, len(base.history), clock, "history", before[0])
+        wait_processed(settings, len(base.history), clock, "history", before)
         publish_with_progress(settings, base.live, clock, "the live day", bulk=False)
-        wait_landed(settings, states, base.events, base.customers, clock, before)
+        wait_landed(settings, base.events, base.customers, clock, before, events_before)
         clock.say("Summary")
         print_summary(settings, base, states[0])
         print(f"\nDone in {clock.elapsed():.0f}s.")
