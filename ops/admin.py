@@ -6,6 +6,7 @@ import json
 import logging
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
@@ -92,15 +93,16 @@ def changelog_topics(settings: Settings) -> tuple[str, ...]:
     return tuple(f"{settings.app_id}-{table}-changelog" for table in ("relationships", "due_times"))
 
 
-def consumer_lag(settings: Settings, group: str | None = None) -> dict[str, dict[str, int]]:
-    """Per input topic: end offsets, committed offsets of a consumer group (by default the state
-    workers'), and the lag."""
-    topics = Topics(settings.topic_prefix)
+def consumer_lag(settings: Settings, group: str | None = None,
+                 topics: Sequence[str] | None = None) -> dict[str, dict[str, int]]:
+    """Per topic (by default the input topics): end offsets, committed offsets of a consumer group
+    (by default the state workers'), and the lag."""
+    names = Topics(settings.topic_prefix).inputs if topics is None else tuple(topics)
     consumer = KafkaConsumer(**settings.kafka_python_config(), group_id=group or settings.app_id,
                              enable_auto_commit=False, client_id="loyalty-status")
     try:
         report: dict[str, dict[str, int]] = {}
-        for name in topics.inputs:
+        for name in names:
             partitions = consumer.partitions_for_topic(name) or set()
             tps = [TopicPartition(name, p) for p in sorted(partitions)]
             if not tps:

@@ -19,7 +19,7 @@ import urllib.error
 from collections.abc import Sequence
 from datetime import UTC
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 from config.settings import Settings, load_settings, parse_time_ms
@@ -53,6 +53,9 @@ def _setup_logging(settings: Settings, debug: bool = False) -> None:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    # kafka-python's note that its network loop was held up (a busy machine, or a long send loop)
+    # is about its own internals: nothing a user of the command can act on.
+    logging.getLogger("kafka.net.selector").setLevel(logging.DEBUG if debug else logging.ERROR)
     # Their warnings on an unreachable server repeat the error the command reports in one line
     # (clickhouse_connect sets the "urllib3" logger itself when imported, hence the child's name).
     for noisy in ("urllib3.connectionpool", "clickhouse_connect"):
@@ -426,9 +429,29 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.workers < 1:
         raise CliError(f"--workers must be at least 1, not {args.workers}")
-    return run_demo(settings, customers=args.customers, days=args.days, seed=args.seed, once=args.once,
-                    workers=args.workers,
-                    history_days=args.history_days)
+    size = DEMO_QUICK if args.quick else DEMO_DEFAULT
+    customers = size.customers if args.customers is None else args.customers
+    history_days = size.history_days if args.history_days is None else args.history_days
+    if customers < 1 or args.days <= 0 or history_days < 0:
+        raise CliError("--customers and --days must be positive and --history-days not negative")
+    return run_demo(settings, customers=customers, days=args.days, seed=args.seed, once=args.once,
+                    workers=args.workers, history_days=history_days)
+
+
+class DemoSize(NamedTuple):
+    customers: int
+    history_days: float
+
+
+DEMO_DEFAULT = DemoSize(customers=300, history_days=365.0)
+"""The demo's base: a year of history, so the tiers show, for a base that runs in about a minute
+on two cores (docs/performance.md: a year of 1,000 customers cost about 310 CPU-seconds)."""
+DEMO_QUICK = DemoSize(customers=150, history_days=90.0)
+"""``demo --quick``: a smaller base and a quarter of history, for a fast look and for the tests."""
+DEMO_WORKERS = 1
+"""State workers the demo starts. Two finished 500 customers in 71 s once, but in another run the
+state workers' committed offsets stalled for 48 s after their start-up rebalance, which the demo's
+wait (lag 0) then waited out; one has no rebalance (97 to 115 s for 500 customers)."""
 
 
 def _command(sub: Any, name: str, help: str) -> argparse.ArgumentParser:
@@ -519,14 +542,20 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(sub, "config", help="print the effective configuration (secrets masked)")
     p.set_defaults(func=cmd_config)
 
-    p = _command(sub, "demo", help="the main job: broker, worker, a simulated day, a summary")
-    p.add_argument("--customers", type=int, default=2000)
-    p.add_argument("--days", type=float, default=1.0, help="days of interactions to publish (ending now)")
-    p.add_argument("--history-days", type=float, default=0.0, help="extra days of history before them")
+    p = _command(sub, "demo", help="the main job: broker, workers, a year of history, a live day, a summary")
+    p.add_argument("--customers", type=int, default=None,
+                   help=f"customers of the simulated base (default {DEMO_DEFAULT.customers:,}; "
+                        f"{DEMO_QUICK.customers:,} with --quick)")
+    p.add_argument("--days", type=float, default=1.0, help="live days to publish after the history (ending now)")
+    p.add_argument("--history-days", type=float, default=None,
+                   help=f"days of history before them (default {DEMO_DEFAULT.history_days:g}; "
+                        f"{DEMO_QUICK.history_days:g} with --quick)")
+    p.add_argument("--quick", action="store_true", help="a smaller base and a shorter history, for a fast look")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--once", action="store_true", help="exit after the summary instead of running until Ctrl-C")
-    p.add_argument("--workers", type=int, default=1,
-                   help="state workers to start beside the ClickHouse sink (each its own process; default 1)")
+    p.add_argument("--workers", type=int, default=DEMO_WORKERS,
+                   help="state workers to start beside the ClickHouse sink (each its own process; "
+                        f"default {DEMO_WORKERS})")
     p.set_defaults(func=cmd_demo)
     return parser
 
