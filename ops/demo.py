@@ -7,7 +7,9 @@ The run, with the seconds since it started in front of every progress line:
    the topics are created and the sink and the state workers start (all at once, not one after
    another);
 2. the history is published in bulk (large producer batches), and the run waits until the state
-   workers have folded it, so the live day meets customers the workers already know;
+   workers have folded it and ClickHouse holds it, so the live day meets customers the workers
+   already know; then the sink refits the model on it (``POST /model/refit``: BG/NBD, the churn
+   model, the co-purchase table) and the run waits until every state worker uses it;
 3. the live day is published; the run waits until the state workers have committed every input
    and the sink has committed every record they produced (consumer-group lag 0: the sink commits
    only after ClickHouse acknowledged), then checks the deduplicated counts in ClickHouse;
@@ -29,7 +31,7 @@ from config.settings import Settings
 from config.topics import Topics
 from domain.records import Event
 from ops import broker
-from ops.admin import consumer_lag, create_topics, worker_query
+from ops.admin import consumer_lag, create_topics, worker_get, worker_query
 from ops.cli import EXIT_UNREACHABLE, CliError, print_table
 from ops.report import AUDIENCE_TIERS, LOYAL_TIERS, SQL, money, percent
 from ops.simulate import DAY_MS, Outgoing, generate, publish, to_outgoing
@@ -39,14 +41,17 @@ WORKER_START_TIMEOUT = 120.0
 LANDING_TIMEOUT = 900.0
 POLL_SECONDS = 0.5
 """How often the waits read the consumer groups' committed offsets."""
-BACKFILL_STATE = {"batch_max_events": 10_000, "batch_max_seconds": 1.0}
+BACKFILL_STATE = {"batch_max_events": 10_000, "batch_max_seconds": 1.0, "model_params_check_seconds": 1.0}
 """Batching of the demo's state workers, unless set in the environment. A year of history
 arrives as a backlog: each customer is scored, evaluated and written once per batch, so batches
 of up to 10,000 events (the default is 2,000 within 0.25 s) mean fewer signals, alert
 evaluations and state writes for the same events (docs/performance.md: 0.9 to 1.3 ms of a state
 worker's CPU per event instead of 2.2 ms). The live day's latency
 grows to about a second, which a demo does not notice. The sink keeps its own batching: larger
-sink batches held its event loop long enough on a busy machine to miss the group's heartbeats."""
+sink batches held its event loop long enough on a busy machine to miss the group's heartbeats.
+The state workers look for a refitted model every second, so the model the demo refits on the
+history is in use before the live day is published."""
+MODEL_TIMEOUT = 120.0
 HISTORY_LINGER_MS = 200
 HISTORY_BATCH_BYTES = 1_048_576
 """The history is published with larger producer batches than the live day (kafka-python's
@@ -103,6 +108,10 @@ class Base:
     @property
     def events(self) -> int:
         return len(self.history) + len(self.live)
+
+    @property
+    def history_customers(self) -> int:
+        return len({message.key for message in self.history})
 
 
 def simulate_base(settings: Settings, customers: int, days: float, history_days: float, seed: int,
@@ -230,6 +239,25 @@ def wait_processed(settings: Settings, expected: int, clock: Clock, what: str, b
         time.sleep(POLL_SECONDS)
     raise CliError(f"the state workers processed only {done.processed:,} of {expected:,} events within "
                    f"{LANDING_TIMEOUT:.0f}s; see the logs in {settings.data_dir}", EXIT_UNREACHABLE)
+
+
+def refit_on_history(settings: Settings, states: Sequence[WorkerProcess], clock: Clock) -> None:
+    """Refit the model on the history now (the sink's timer would do it within
+    LOYALTY_MODEL_REFIT_MINUTES) and wait until every state worker uses it: the live day is then
+    scored with the business's own BG/NBD parameters, churn model and co-purchase table, and the
+    returning customer gets suggestions."""
+    done = worker_get(settings, "/model/refit", {}, timeout=MODEL_TIMEOUT)
+    clock.say(f"Refitted the model on the history: BG/NBD on {done.get('bgnbd_buyers', 0):,} buyers, the churn "
+              f"model on {done.get('churn_buyers', 0):,}, co-purchases of {done.get('copurchase_orders', 0):,} orders")
+    wanted = done.get("copurchase_orders", 0)
+    start = time.monotonic()
+    while wanted and time.monotonic() - start < MODEL_TIMEOUT:
+        if all(state.get("/status")["model"]["copurchase_orders"] == wanted for state in states):
+            return
+        time.sleep(POLL_SECONDS)
+    if wanted:
+        raise CliError(f"the state workers did not take up the refitted model within {MODEL_TIMEOUT:.0f}s; "
+                       f"see the logs in {settings.data_dir}", EXIT_UNREACHABLE)
 
 
 def wait_landed(settings: Settings, expected_events: int, expected_customers: int, clock: Clock,
@@ -477,6 +505,8 @@ def run_demo(settings: Settings, customers: int, days: float, seed: int, once: b
         before, events_before = Committed.now(settings), _landed_exact(settings)[0]
         publish_with_progress(settings, base.history, clock, "the history", bulk=True)
         wait_processed(settings, len(base.history), clock, "history", before)
+        wait_landed(settings, len(base.history), base.history_customers, clock, before, events_before)
+        refit_on_history(settings, states, clock)
         publish_with_progress(settings, base.live, clock, "the live day", bulk=False)
         wait_landed(settings, base.events, base.customers, clock, before, events_before)
         clock.say("Summary")

@@ -524,6 +524,7 @@ class Pipeline:
             "role": self.role,
             "processed": dict(self.processor.totals),
             "fences": self.fences.status(),
+            "model": self.model.status(),
             "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             if app.consumer else [],
         }
@@ -591,6 +592,15 @@ class Pipeline:
                 payload, code = await answer_query(sink, await request.json())
                 return self.json(payload, status=code)
 
+        @app.page("/model/refit")
+        class ModelRefit(faust.web.View):
+            """Refit the model now (as the refit timer does) and publish it to the state workers."""
+
+            async def post(self, request: Any) -> Any:
+                if not authorized(pipeline.settings, request.headers.get("Authorization")):
+                    return self.json(UNAUTHORIZED, status=401)
+                return self.json(await sink.refit_all())
+
 
 async def answer_query(sink: ClickHouseSinkService, body: Any) -> tuple[dict[str, Any], int]:
     """The answer (and HTTP status) to a ``{"sql": ...}`` read query."""
@@ -649,8 +659,14 @@ async def serve_sink(settings: Settings) -> None:
         payload, code = await answer_query(service, await request.json())
         return web.json_response(payload, status=code)
 
+    async def refit(request: web.Request) -> web.Response:
+        if not authorized(settings, request.headers.get("Authorization")):
+            return web.json_response(UNAUTHORIZED, status=401)
+        return web.json_response(await service.refit_all())
+
     web_app = web.Application()
-    web_app.add_routes([web.get("/health", health), web.get("/status", status), web.post("/clickhouse/query", query)])
+    web_app.add_routes([web.get("/health", health), web.get("/status", status), web.post("/clickhouse/query", query),
+                        web.post("/model/refit", refit)])
     runner = web.AppRunner(web_app)
     await runner.setup()
     await web.TCPSite(runner, settings.web_host, settings.web_port).start()

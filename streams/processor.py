@@ -58,6 +58,11 @@ class ModelParams:
         self.churn = churn
         self.copurchase = copurchase
 
+    def status(self) -> dict[str, object]:
+        """What is in use, for ``GET /status``."""
+        return {"params_source": self.current.source, "churn_model": "learned" if self.churn else "bgnbd",
+                "copurchase_orders": self.copurchase.orders if self.copurchase else 0}
+
 
 @dataclass
 class Effects:

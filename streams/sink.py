@@ -332,18 +332,28 @@ class ClickHouseSinkService:
             await self.publish_params(latest)
         while not self._stopping.is_set():
             await asyncio.sleep(self.settings.model_refit_minutes * 60.0)
-            try:
-                await self.publish_params(await self.refit_model())
-            except Exception:  # noqa: BLE001 - the next refit tries again; the old parameters stay in use
-                logger.exception("BG/NBD refit failed")
-            try:
-                await self.refit_churn_model()
-            except Exception:  # noqa: BLE001 - the next refit tries again; the old model stays in use
-                logger.exception("churn model refit failed")
-            try:
-                await self.publish_copurchase(await self.count_copurchases())
-            except Exception:  # noqa: BLE001 - the next refit tries again; the old table stays in use
-                logger.exception("co-purchase statistics failed")
+            await self.refit_all()
+
+    async def refit_all(self) -> dict[str, Any]:
+        """Refit BG/NBD, train the churn model and count the co-purchases, publishing each on the
+        model-params topic; one failing leaves the others (and the workers keep its old version).
+        Returns what was published, for ``POST /model/refit``."""
+        done: dict[str, Any] = {}
+        try:
+            done["bgnbd_buyers"] = (params := await self.refit_model()).buyers
+            await self.publish_params(params)
+        except Exception:  # noqa: BLE001 - the next refit tries again; the old parameters stay in use
+            logger.exception("BG/NBD refit failed")
+        try:
+            done["churn_buyers"] = await self.refit_churn_model()
+        except Exception:  # noqa: BLE001 - the next refit tries again; the old model stays in use
+            logger.exception("churn model refit failed")
+        try:
+            done["copurchase_orders"] = (table := await self.count_copurchases()).orders
+            await self.publish_copurchase(table)
+        except Exception:  # noqa: BLE001 - the next refit tries again; the old table stays in use
+            logger.exception("co-purchase statistics failed")
+        return done
 
     async def refit_model(self) -> BgNbdParams:
         """Refit BG/NBD on (a sample of) the buyers in ClickHouse and store the result."""
@@ -355,10 +365,11 @@ class ClickHouseSinkService:
         logger.info("refitted BG/NBD on %d buyers: %s", params.buyers, params.as_dict())
         return params
 
-    async def refit_churn_model(self) -> None:
-        """Train the learned churn model on a sample of the raw events and publish it (key ``churn``).
+    async def refit_churn_model(self) -> int:
+        """Train the learned churn model on a sample of the raw events and publish it (key ``churn``);
+        return the buyers it was trained on.
 
-        Too short a history gives no model and nothing is published: the workers keep BG/NBD.
+        Too short a history gives no model and nothing is published (0): the workers keep BG/NBD.
         """
         now = now_ms()
         rows: dict[str, Any] = {}
@@ -369,10 +380,11 @@ class ClickHouseSinkService:
             None, fit_churn_from_rows, rows, now, self.settings.churn_horizon_days)
         if model is None:
             logger.info("churn model not refitted: too little history; the workers keep BG/NBD")
-            return
+            return 0
         assert self.producer is not None
         await self.producer.send_and_wait(self.topics.model_params, churn_to_bytes(model), key=b"churn", partition=0)
         logger.info("refitted the churn model on %d buyers (churned %.4f)", model.buyers, model.base_rate)
+        return model.buyers
 
     async def publish_params(self, params: BgNbdParams) -> None:
         assert self.producer is not None

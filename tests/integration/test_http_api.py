@@ -48,7 +48,7 @@ def test_every_route_but_health_needs_the_token(locked: WorkerProcess):
     db = locked.settings.clickhouse_database
     assert call(locked, "/health", None)[0] == 200
     for path, body in (("/status", None), ("/customers/C0000001", None),
-                       ("/clickhouse/query", {"sql": f"SELECT count() FROM {db}.purchases"})):
+                       ("/clickhouse/query", {"sql": f"SELECT count() FROM {db}.purchases"}), ("/model/refit", {})):
         assert call(locked, path, None, body)[0] == 401, path
         assert call(locked, path, "wrong-token", body)[0] == 401, path
     assert call(locked, "/status", TOKEN)[0] == 200
@@ -57,6 +57,9 @@ def test_every_route_but_health_needs_the_token(locked: WorkerProcess):
                what="the profile route answering")
     status, answer = call(locked, "/clickhouse/query", TOKEN, {"sql": f"SELECT count() FROM {db}.purchases"})
     assert (status, answer["rows"]) == (200, [[0]])
+    # nothing bought yet: BG/NBD falls back to its defaults (no buyers), no churn model, no orders
+    assert call(locked, "/model/refit", TOKEN, {}) == (200, {"bgnbd_buyers": 0, "churn_buyers": 0,
+                                                             "copurchase_orders": 0})
 
 
 @pytest.mark.parametrize("sql", [
