@@ -8,6 +8,7 @@ import json
 import threading
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -49,13 +50,19 @@ def buy(customer: str, at: int, n: int) -> PurchaseEvent:
                          items=(PurchaseItem("sku-7", "shoes", 1, 4_000),), location_id="S01")
 
 
-def test_gone_quiet_fires_once_without_input_for_the_customer_across_a_restart(kafka_bootstrap, tmp_path):
+def receiver_and_settings(kafka_bootstrap: str, tmp_path: Any) -> tuple[http.server.ThreadingHTTPServer, Any]:
+    """A webhook receiver on a free port (its records emptied) and settings that POST alerts to it."""
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     Receiver.received, Receiver.rejected = [], []
     settings = isolated_settings(tmp_path, kafka_bootstrap, alert_check_seconds=1.0,
                                  webhook_url=f"http://127.0.0.1:{server.server_port}/alerts",
                                  webhook_secret=SECRET, webhook_backoff_cap_seconds=1.0)
+    return server, settings
+
+
+def test_gone_quiet_fires_once_without_input_for_the_customer_across_a_restart(kafka_bootstrap, tmp_path):
+    server, settings = receiver_and_settings(kafka_bootstrap, tmp_path)
     from ops.admin import create_topics
     from ops.simulate import publish
 
@@ -121,12 +128,7 @@ def expected_id(customer: str, kind: str, raised_at: int) -> str:
 
 
 def test_a_backfill_of_old_history_is_stored_as_historical_and_never_posted(kafka_bootstrap, tmp_path):
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    Receiver.received, Receiver.rejected = [], []
-    settings = isolated_settings(tmp_path, kafka_bootstrap, alert_check_seconds=1.0,
-                                 webhook_url=f"http://127.0.0.1:{server.server_port}/alerts",
-                                 webhook_secret=SECRET, webhook_backoff_cap_seconds=1.0)
+    server, settings = receiver_and_settings(kafka_bootstrap, tmp_path)
     from ops.admin import create_topics
     from ops.simulate import publish
 
