@@ -32,6 +32,7 @@ import math
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from itertools import chain
 
 from domain.records import CallEvent, Event, PurchaseEvent, VisitEvent
 
@@ -457,6 +458,53 @@ def state_from_dict(data: dict) -> RelationshipState:
             **{**last, "categories": list(last["categories"]), "skus": list(last["skus"])}),
         last_received_at=data.get("last_received_at"),
         seen_events=seen_events,
+    )
+
+
+def state_to_list(state: RelationshipState) -> list:
+    """The state as one flat list of plain values (the body of the compact stored record).
+
+    Positional, so it carries no field names: the stored record's version fixes the layout (see
+    :func:`state_from_list`). Day buckets go out as their numbers and one flat list of counters in
+    :data:`TALLY_FIELDS` order; maps and channels sorted, so equal states give equal values.
+    """
+    days = state.days
+    day_numbers = sorted(days)
+    counters = list(chain.from_iterable(map(_tally_values, map(days.__getitem__, day_numbers))))
+    last = state.last_purchase
+    return [
+        state.customer_id, state.events_applied, state.first_seen_at, state.last_seen_at,
+        state.first_purchase_at, state.last_received_at, list(_tally_values(state.lifetime)),
+        day_numbers, counters,
+        [[name, c.first_at, c.last_at, c.purchases, c.visits, c.calls] for name, c in sorted(state.channels.items())],
+        sorted(state.categories_bought.items()), sorted(state.categories_viewed.items()),
+        state.recent_purchase_at,
+        None if last is None else [last.occurred_at, last.event_id, last.order_id, last.channel, last.location_id,
+                                   last.amount_minor, last.currency, last.categories, last.skus],
+        list(state.seen_events), list(state.seen_events.values()),
+    ]
+
+
+def state_from_list(values: list) -> RelationshipState:
+    """The state of :func:`state_to_list`'s values."""
+    (customer_id, events_applied, first_seen_at, last_seen_at, first_purchase_at, last_received_at, lifetime,
+     day_numbers, counters, channels, bought, viewed, recent, last, seen_ids, seen_at) = values
+    width = len(TALLY_FIELDS)
+    return RelationshipState(
+        customer_id=customer_id,
+        events_applied=events_applied,
+        first_seen_at=first_seen_at,
+        last_seen_at=last_seen_at,
+        first_purchase_at=first_purchase_at,
+        lifetime=Tally(*lifetime),
+        days={day: Tally(*counters[i * width:(i + 1) * width]) for i, day in enumerate(day_numbers)},
+        channels={c[0]: ChannelSeen(*c[1:]) for c in channels},
+        categories_bought=dict(bought),
+        categories_viewed=dict(viewed),
+        recent_purchase_at=recent,
+        last_purchase=None if last is None else LastPurchase(*last),
+        last_received_at=last_received_at,
+        seen_events=dict(zip(seen_ids, seen_at)),
     )
 
 

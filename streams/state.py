@@ -3,6 +3,7 @@ decoded records in front of the table that stores them."""
 
 from __future__ import annotations
 
+import zlib
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,8 +12,8 @@ from typing import Generic, Protocol, TypeVar
 import orjson
 
 from domain.alerts.state import AlertState, alert_state_from_dict, alert_state_to_dict
-from domain.relationship import RelationshipState, state_from_dict, state_to_dict
-from schemas import codec
+from domain.relationship import RelationshipState, state_from_dict, state_from_list, state_to_dict, state_to_list
+from schemas import DecodeError, codec
 from streams.messages import Message
 
 
@@ -97,18 +98,50 @@ class CustomerRecord:
     alerts: AlertState | None = None
 
 
+# The stored record's layouts. The changelog is internal, so the current one is compact and
+# positional (no field names, no per-value Avro work): a 4-byte marker, then orjson of
+# ``[state_to_list(state), alert state dict or null]``, deflated (zlib, level 1) when longer than
+# COMPRESS_ABOVE bytes: a year of day buckets is mostly zero counters, which deflate to about a
+# quarter, while the short records of most customers skip the cost. The first byte is 0, so it is
+# never mistaken for the earlier layout, Avro single-object encoding of ``RelationshipState``
+# (``schemas/relationship_state.avsc``, marker ``C3 01``), which is still read.
+COMPACT_MARKER = b"\x00LS\x01"
+DEFLATED_MARKER = b"\x00LS\x02"
+COMPRESS_ABOVE = 2048
+
+
 def encode_record(record: CustomerRecord) -> bytes:
-    datum = state_to_dict(record.state)
-    datum["alert_state"] = None if record.alerts is None else orjson.dumps(alert_state_to_dict(record.alerts)).decode()
-    return codec("relationship_state").encode(datum)
+    alerts = None if record.alerts is None else alert_state_to_dict(record.alerts)
+    body = orjson.dumps([state_to_list(record.state), alerts])
+    if len(body) > COMPRESS_ABOVE:
+        return DEFLATED_MARKER + zlib.compress(body, 1)
+    return COMPACT_MARKER + body
 
 
 def decode_record(data: bytes) -> CustomerRecord:
+    """A stored record of any layout (compact, deflated, or the Avro one of earlier releases)."""
+    marker = data[:4]
+    if marker == COMPACT_MARKER or marker == DEFLATED_MARKER:
+        try:
+            body = memoryview(data)[4:] if marker == COMPACT_MARKER else zlib.decompress(memoryview(data)[4:])
+            values, alerts = orjson.loads(body)
+            state = state_from_list(values)
+        except (orjson.JSONDecodeError, zlib.error, TypeError, ValueError) as exc:
+            raise DecodeError(f"relationship record: corrupt compact body: {type(exc).__name__}: {exc}") from exc
+        return CustomerRecord(state, None if alerts is None else alert_state_from_dict(alerts))
     datum = codec("relationship_state").decode(data)
     alerts = datum.get("alert_state")
     return CustomerRecord(state_from_dict(datum), None if alerts is None else alert_state_from_dict(orjson.loads(alerts)))
 
 
+def encode_record_avro(record: CustomerRecord) -> bytes:
+    """The earlier layout (Avro ``RelationshipState``): what a store written by an earlier
+    release holds; kept to test that it is still read."""
+    datum = state_to_dict(record.state)
+    datum["alert_state"] = None if record.alerts is None else orjson.dumps(alert_state_to_dict(record.alerts)).decode()
+    return codec("relationship_state").encode(datum)
+
+
 def customer_cache(store: StateStore, max_entries: int = 100_000) -> StateCache[CustomerRecord]:
-    """The cache of customer records (Avro ``RelationshipState`` in the store)."""
+    """The cache of customer records (their compact layout in the store)."""
     return StateCache(store, decode_record, encode_record, max_entries)

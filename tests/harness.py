@@ -20,10 +20,12 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from config.settings import Settings
+from domain.alerts.state import alert_state_to_dict
+from domain.relationship import state_to_dict
 from ops import workers
-from schemas import codec
 from sinks.clickhouse import ClickHouseSink
 from streams.sink import sink_group_id
+from streams.state import decode_record
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,14 +92,21 @@ def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes
     return [(r.key, r.value) for r in read_records(settings, topic)]
 
 
+def stored_datum(value: bytes) -> dict[str, Any]:
+    """A stored customer record (either layout) as the plain dict of ``RelationshipState``."""
+    record = decode_record(value)
+    datum = state_to_dict(record.state)
+    datum["alert_state"] = None if record.alerts is None else alert_state_to_dict(record.alerts)
+    return datum
+
+
 def changelog_states(settings: Settings) -> dict[str, dict[str, Any]]:
     """The relationships table as its changelog topic holds it: latest value per key, decoded."""
     latest: dict[bytes, bytes | None] = {}
     for key, value in read_topic(settings, f"{settings.app_id}-relationships-changelog"):
         if key is not None:
             latest[key] = value
-    state_codec = codec("relationship_state")
-    return {k.decode(): state_codec.decode(v) for k, v in latest.items() if v is not None}
+    return {k.decode(): stored_datum(v) for k, v in latest.items() if v is not None}
 
 
 def direct_query(settings: Settings, sql: str) -> list[tuple]:
@@ -265,8 +274,7 @@ def changelog_states_by_partition(settings: Settings) -> dict[tuple[int, str], d
     for record in read_records(settings, f"{settings.app_id}-relationships-changelog"):
         if record.key is not None:
             latest[(record.partition, record.key)] = record.value
-    state_codec = codec("relationship_state")
-    return {(p, k.decode()): state_codec.decode(v) for (p, k), v in latest.items() if v is not None}
+    return {(p, k.decode()): stored_datum(v) for (p, k), v in latest.items() if v is not None}
 
 
 def committed_offsets(settings: Settings, group: str | None = None) -> dict[tuple[str, int], int]:

@@ -16,7 +16,7 @@ from faust.types import Message as FaustMessage
 
 from config.settings import Settings
 from config.topics import Topics
-from domain.relationship import RelationshipState, apply_event, state_from_dict
+from domain.relationship import RelationshipState, apply_event
 from ops.simulate import encode_event, expected_by_customer, generate
 from schemas import codec
 from streams.app import Pipeline, make_sink_service
@@ -87,8 +87,7 @@ def test_one_agent_folds_every_kind_and_emits_one_signal_per_customer_and_batch(
     totals = pipeline.processor.totals
     assert (totals["applied"], totals["duplicate"], totals["dead_lettered"]) == (len(events), 1, 0)
 
-    state_codec = codec("relationship_state")
-    states = {k.decode(): state_from_dict(state_codec.decode(v)) for k, v in pipeline.relationships.items()}
+    states = {k.decode(): decode_record(bytes(v)).state for k, v in pipeline.relationships.items()}
     assert {cid: (s.events_applied, s.lifetime.purchases, s.lifetime.spend_minor, s.lifetime.calls,
                   s.lifetime.visits) for cid, s in states.items()} == {
         cid: (x.events, x.purchases, x.spend_minor, x.calls, x.visits) for cid, x in expected.items()}
