@@ -144,6 +144,10 @@ class RelationshipState:
     # (events_applied, days, as_of day) -> window sum: the model, the facts and the alert rules
     # all ask for the same few windows of one state. Not part of the state's value.
     _windows: dict[tuple[int, int, int], Tally] = field(default_factory=dict, repr=False, compare=False)
+    # (events_applied, value) of the rhythm and of the purchase days, asked for by the model, the
+    # churn summary and the facts alike; recomputed once another event is applied.
+    _rhythm: tuple[int, Rhythm] | None = field(default=None, repr=False, compare=False)
+    _purchase_days: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     @property
     def version(self) -> int:
@@ -337,13 +341,19 @@ class Rhythm:
 
 
 def purchase_rhythm(state: RelationshipState) -> Rhythm:
+    memo = state._rhythm
+    if memo is not None and memo[0] == state.events_applied:
+        return memo[1]
     times = state.recent_purchase_at
     gaps = [(b - a) / DAY_MS for a, b in zip(times, times[1:])]
     if not gaps:
-        return Rhythm(len(times), None, None)
-    mean = sum(gaps) / len(gaps)
-    variance = sum((g - mean) ** 2 for g in gaps) / len(gaps)
-    return Rhythm(len(times), round(mean, 6), round(math.sqrt(variance), 6))
+        rhythm = Rhythm(len(times), None, None)
+    else:
+        mean = sum(gaps) / len(gaps)
+        variance = sum((g - mean) ** 2 for g in gaps) / len(gaps)
+        rhythm = Rhythm(len(times), round(mean, 6), round(math.sqrt(variance), 6))
+    state._rhythm = (state.events_applied, rhythm)
+    return rhythm
 
 
 def purchase_days(state: RelationshipState) -> int:
@@ -356,6 +366,9 @@ def purchase_days(state: RelationshipState) -> int:
     """
     if state.lifetime.purchases == 0:
         return 0
+    memo = state._purchase_days
+    if memo is not None and memo[0] == state.events_applied:
+        return memo[1]
     oldest_kept = (state.last_seen_at or 0) // DAY_MS - LONGEST_WINDOW_DAYS + 1
     days: set[int] = set()
     covered = 0
@@ -368,7 +381,9 @@ def purchase_days(state: RelationshipState) -> int:
         if day < oldest_kept:
             days.add(day)
             covered += 1
-    return len(days) + max(0, state.lifetime.purchases - covered)
+    count = len(days) + max(0, state.lifetime.purchases - covered)
+    state._purchase_days = (state.events_applied, count)
+    return count
 
 
 def favourite(counter: dict[str, int]) -> str | None:

@@ -103,7 +103,8 @@ def test_only_settings_reads_the_environment():
 
 
 # Private attributes of the module's own classes, reached on another instance of that class.
-OWN_PRIVATE = {("domain/relationship.py", "_windows"), ("sinks/clickhouse.py", "_rows")}
+OWN_PRIVATE = {("domain/relationship.py", "_windows"), ("domain/relationship.py", "_rhythm"),
+               ("domain/relationship.py", "_purchase_days"), ("sinks/clickhouse.py", "_rows")}
 NAMED_TUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
 
 
