@@ -100,7 +100,8 @@ def message_of(event: EventT) -> Message:
     return Message(m.topic, m.partition, m.offset, m.key, m.value or b"", round(m.timestamp * 1000), event)
 
 
-def leave_unacknowledged(events: list[EventT], lost: set[int]) -> None:
+def leave_unacknowledged(events: list[EventT], lost: set[int], why: str = "are another worker's now: the batch's "
+                         "effects for them were dropped and") -> None:
     """Keep the records of ``lost`` partitions from being acknowledged when the agent's loop body
     returns: their partition's owner reads them again from the committed offsets (Faust seeks there
     after every rebalance). Acknowledged, Faust could commit them should the partition come back
@@ -112,9 +113,20 @@ def leave_unacknowledged(events: list[EventT], lost: set[int]) -> None:
             message.incref()  # one reference more than the take buffer's ack releases
             span = spans.setdefault(f"{message.topic}[{message.partition}]", [message.offset, message.offset])
             span[0], span[1] = min(span[0], message.offset), max(span[1], message.offset)
-    logger.warning("partitions %s are another worker's now: the batch's effects for them were dropped and "
-                   "their records left unacknowledged: %s", sorted(lost),
+    logger.warning("partitions %s %s their records left unacknowledged: %s", sorted(lost), why,
                    ", ".join(f"{where}@{low}-{high}" for where, (low, high) in sorted(spans.items())))
+
+
+def split_stale(events: list[EventT], generation: int | None) -> tuple[list[EventT], list[EventT]]:
+    """The batch's records fetched in the consumer group's current generation, and those fetched
+    before the last rebalance. Faust skips a stale record on its way into the stream, but one
+    already in the agent's take buffer when the group rebalanced (a worker frozen with a full
+    buffer, say) still arrives: its partition may have been another worker's since, and this
+    worker's state of it is not yet recovered, so it must not be folded."""
+    fresh = [e for e in events if e.message.generation_id == generation]
+    if len(fresh) == len(events):
+        return events, []
+    return fresh, [e for e in events if e.message.generation_id != generation]
 
 
 class ChangelogApplied(NamedTuple):
@@ -333,11 +345,20 @@ class Pipeline:
 
     # -- producing ----------------------------------------------------------------------------
 
-    async def produce(self, effects: Effects) -> set[int]:
+    async def produce(self, effects: Effects, generation: int | None = None) -> set[int]:
         """Make a batch's effects durable in the written order (module docstring, steps 2 to 4):
         the fences of the partitions it read first, then its outputs, then the changelog records
-        that remember them. Returns the partitions found lost, whose share was dropped."""
+        that remember them. Returns the partitions found lost, whose share was dropped.
+
+        ``generation`` is the consumer group generation the batch's records were fetched in: when
+        the group has rebalanced since, the batch was worked on states this worker may no longer
+        (or not yet again) hold, so all of it is dropped, whatever the fences say (a partition
+        assigned again gets a new fence, which would confirm)."""
         owned = await self.fences.confirm(effects.partitions)
+        if generation is not None and self.app.consumer_generation_id != generation:
+            logger.warning("the consumer group rebalanced (generation %s, now %s) while a batch was worked on",
+                           generation, self.app.consumer_generation_id)
+            owned = set()
         lost = effects.partitions - owned
         if lost:
             self.drop(effects, lost)
@@ -401,9 +422,15 @@ class Pipeline:
 
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
-            async for events in batches:
+            async for taken in batches:
+                generation = pipeline.app.consumer_generation_id
+                events, stale = split_stale(taken, generation)
+                if stale:
+                    leave_unacknowledged(stale, {e.message.partition for e in stale},
+                                         f"had records fetched before the rebalance to generation {generation}: "
+                                         "they were not folded and")
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
-                lost = await pipeline.produce(effects)
+                lost = await pipeline.produce(effects, generation)
                 if lost:
                     leave_unacknowledged(events, lost)
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
