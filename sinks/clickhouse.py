@@ -247,13 +247,20 @@ class ClickHouseSink:
             try:
                 self.client.insert(
                     full, rows.data, column_names=list(rows.columns), column_type_names=type_names,
-                    column_oriented=True, settings={"insert_deduplication_token": batch.dedup_token(table)},
+                    column_oriented=True, settings=self.insert_settings(batch, table),
                 )
             except ClickHouseError:
                 self._column_types.pop(table, None)
                 raise
             written += len(rows)
         return written
+
+    @staticmethod
+    def insert_settings(batch: SinkBatch, table: str) -> dict[str, Any]:
+        """The batch's deduplication token, also for the blocks the table's materialized views
+        write (signals_current fills signals_history): a retried batch writes each table once."""
+        return {"insert_deduplication_token": batch.dedup_token(table),
+                "deduplicate_blocks_in_dependent_materialized_views": 1}
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
               settings: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -2,9 +2,10 @@
 
 It reads the input topics (raw interaction rows, decoded and validated by the same
 :class:`~streams.decoding.EventDecoder` as the state worker, so it stores exactly the events the
-worker accepted), the signals topic (``signals_current``, ``signals_history``, ``tier_days`` (the
-signal's own day and the earlier event days it closed) and, from the facts each signal carries,
-``relationships``), the alerts topic and the dead-letter topic.
+worker accepted), the signals topic (``signals_current``, which fills ``signals_history`` through
+a materialized view, ``tier_days`` (the signal's own day and the earlier event days it closed)
+and, from the facts each signal carries, ``relationships``), the alerts topic and the dead-letter
+topic.
 
 One loop, batch after batch:
 
@@ -298,8 +299,8 @@ class ClickHouseSinkService:
             rows.append(row)
 
     def _signal_rows(self, batch: SinkBatch, records: list[Any], now: int) -> None:
+        # signals_history is filled from this insert by signals_history_mv (migration 0011)
         current = batch.rows("signals_current", SIGNAL_COLUMNS)
-        history = batch.rows("signals_history", SIGNAL_COLUMNS)
         days = batch.rows("tier_days", TIER_DAY_COLUMNS)
         for signal in self._decoded(self.signal_codec, records):
             facts = relationship_row(signal, now)
@@ -307,7 +308,6 @@ class ClickHouseSinkService:
                 continue  # written before signals carried their facts: nothing to version it by
             row = signal_row(signal, facts["version"], facts["spend_365d_minor"], now)
             current.append(row)
-            history.append(row)
             batch.rows("relationships", tuple(facts)).append(facts)
             for day in tier_day_rows(signal, facts["version"], facts["spend_365d_minor"], now):
                 days.append(day)
