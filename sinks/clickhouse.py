@@ -49,10 +49,17 @@ class TableRows:
         # one C-level call picks a row's values in column order
         self._pick = operator.itemgetter(*self.columns) if len(self.columns) > 1 else (
             lambda row, name=self.columns[0]: (row[name],))
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: list[Sequence[Any]] = []
 
     def append(self, row: dict[str, Any]) -> None:
+        """Add a row given by column name."""
         self._rows.append(self._pick(row))
+
+    def add(self, values: Sequence[Any]) -> None:
+        """Add a row given as its values in column order (no dict to build)."""
+        if len(values) != len(self.columns):
+            raise ValueError(f"{len(values)} values for the {len(self.columns)} columns {self.columns}")
+        self._rows.append(values)
 
     @property
     def data(self) -> list[list[Any]]:
