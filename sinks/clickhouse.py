@@ -49,10 +49,17 @@ class TableRows:
         # one C-level call picks a row's values in column order
         self._pick = operator.itemgetter(*self.columns) if len(self.columns) > 1 else (
             lambda row, name=self.columns[0]: (row[name],))
-        self._rows: list[tuple[Any, ...]] = []
+        self._rows: list[Sequence[Any]] = []
 
     def append(self, row: dict[str, Any]) -> None:
+        """Add a row given by column name."""
         self._rows.append(self._pick(row))
+
+    def add(self, values: Sequence[Any]) -> None:
+        """Add a row given as its values in column order (no dict to build)."""
+        if len(values) != len(self.columns):
+            raise ValueError(f"{len(values)} values for the {len(self.columns)} columns {self.columns}")
+        self._rows.append(values)
 
     @property
     def data(self) -> list[list[Any]]:
@@ -247,13 +254,20 @@ class ClickHouseSink:
             try:
                 self.client.insert(
                     full, rows.data, column_names=list(rows.columns), column_type_names=type_names,
-                    column_oriented=True, settings={"insert_deduplication_token": batch.dedup_token(table)},
+                    column_oriented=True, settings=self.insert_settings(batch, table),
                 )
             except ClickHouseError:
                 self._column_types.pop(table, None)
                 raise
             written += len(rows)
         return written
+
+    @staticmethod
+    def insert_settings(batch: SinkBatch, table: str) -> dict[str, Any]:
+        """The batch's deduplication token, also for the blocks the table's materialized views
+        write (signals_current fills signals_history): a retried batch writes each table once."""
+        return {"insert_deduplication_token": batch.dedup_token(table),
+                "deduplicate_blocks_in_dependent_materialized_views": 1}
 
     def query(self, sql: str, parameters: dict[str, Any] | None = None,
               settings: dict[str, Any] | None = None) -> tuple[list[str], list[tuple]]:

@@ -1,9 +1,11 @@
 """ClickHouse rows of what travels on the topics: raw interactions, signals (with the relationship
-facts and the day ends they carry), alerts and dead letters. Pure: datums in, rows (dicts by column) out."""
+facts and the day ends they carry), alerts and dead letters. Pure: datums in, rows out (dicts by
+column, or for the signals, the hot path, tuples in column order)."""
 
 from __future__ import annotations
 
 from datetime import date, timedelta
+from operator import attrgetter, itemgetter
 from typing import Any
 
 from domain.records import CallEvent, Event, PurchaseEvent, VisitEvent
@@ -52,71 +54,63 @@ EPOCH = date(1970, 1, 1)
 RAW_COLUMNS = {"purchase": PURCHASE_COLUMNS, "call": CALL_COLUMNS, "visit": VISIT_COLUMNS}
 
 
-def raw_row(event: Event) -> dict[str, Any]:
-    """The raw-interaction table row of an event (without the source columns)."""
+_PURCHASE_HEAD = attrgetter("event_id", "customer_id", "occurred_at", "channel", "order_id", "amount_minor", "currency",
+                            "discount_minor", "promo_code")
+_PURCHASE_TAIL = attrgetter("is_return", "location_id", "contact_email", "contact_phone")
+_CALL = attrgetter(*CALL_COLUMNS)
+_VISIT_HEAD = attrgetter(*VISIT_COLUMNS[:-1])
+
+
+def raw_values(event: Event) -> tuple[Any, ...]:
+    """The raw-interaction table row of an event (without the source columns), its values in
+    :data:`RAW_COLUMNS` order."""
     if isinstance(event, PurchaseEvent):
-        return {
-            "event_id": event.event_id, "customer_id": event.customer_id, "occurred_at": event.occurred_at,
-            "channel": event.channel, "order_id": event.order_id, "amount_minor": event.amount_minor,
-            "currency": event.currency, "discount_minor": event.discount_minor, "promo_code": event.promo_code,
-            "item_skus": [i.sku for i in event.items], "item_categories": [i.category for i in event.items],
-            "item_quantities": [i.quantity for i in event.items],
-            "item_unit_prices_minor": [i.unit_price_minor for i in event.items],
-            "is_return": event.is_return, "location_id": event.location_id,
-            "contact_email": event.contact_email, "contact_phone": event.contact_phone,
-        }
+        items = event.items
+        return (*_PURCHASE_HEAD(event), [i.sku for i in items], [i.category for i in items],
+                [i.quantity for i in items], [i.unit_price_minor for i in items], *_PURCHASE_TAIL(event))
     if isinstance(event, CallEvent):
-        return {name: getattr(event, name) for name in CALL_COLUMNS}
+        return _CALL(event)  # type: ignore[no-any-return]
     if isinstance(event, VisitEvent):
-        row = {name: getattr(event, name) for name in VISIT_COLUMNS}
-        row["categories_viewed"] = list(event.categories_viewed)
-        return row
+        return (*_VISIT_HEAD(event), list(event.categories_viewed))
     raise TypeError(f"not an event: {type(event).__name__}")
 
 
-def signal_row(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> dict[str, Any]:
-    """The signals_current / signals_history row of a signal datum."""
-    row = {k: v for k, v in signal.items()
-           if k not in ("components", "relationship", "churn_drivers", "suggested_categories", "day_ends")}
-    for name in SIGNAL_COMPONENTS:
-        row[f"component_{name}"] = signal["components"][name]
-    drivers = signal.get("churn_drivers") or []
-    row["churn_model"] = signal.get("churn_model", "bgnbd")
-    row["churn_driver_features"] = [d["feature"] for d in drivers]
-    row["churn_driver_contributions"] = [d["contribution"] for d in drivers]
-    suggestions = signal.get("suggested_categories") or []  # absent from signals of older writers
-    row["suggested_categories"] = [s["category"] for s in suggestions]
-    row["suggestion_reasons"] = [s["reason"] for s in suggestions]
-    row["suggestion_scores"] = [s["score"] for s in suggestions]
-    row.update(version=version, spend_365d_minor=spend_365d_minor, updated_at=now)
-    return row
+_SIGNAL_HEAD = itemgetter("as_of", "model_version", "loyalty_score", "tier", "tier_reason")
+_COMPONENTS = itemgetter(*SIGNAL_COMPONENTS)
+_SIGNAL_MIDDLE = itemgetter("churn_risk", "horizon_days", "p_alive", "expected_purchases", "expected_next_purchase_at",
+                            "days_since_last_purchase", "purchase_gap_days", "purchase_gap_source", "purchases")
+_SIGNAL_TAIL = itemgetter("last_purchase_at", "last_purchase_categories", "last_purchase_skus",
+                          "last_purchase_channel", "last_purchase_location_id", "favourite_category",
+                          "preferred_channel", "open_issues", "greeting_hint")
 
 
-def tier_day_rows(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> list[dict[str, Any]]:
-    """The tier_days rows of a signal datum: its own day (as of the signal), then each earlier
-    event day the batch closed (``day_ends``, absent from writers before that field)."""
+def signal_values(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> tuple[Any, ...]:
+    """The signals_current row of a signal datum, its values in :data:`SIGNAL_COLUMNS` order."""
+    drivers = signal.get("churn_drivers") or ()
+    suggestions = signal.get("suggested_categories") or ()  # absent from signals of older writers
+    return (
+        signal["customer_id"], version, *_SIGNAL_HEAD(signal), *_COMPONENTS(signal["components"]),
+        *_SIGNAL_MIDDLE(signal), spend_365d_minor, *_SIGNAL_TAIL(signal),
+        [s["category"] for s in suggestions], [s["reason"] for s in suggestions], [s["score"] for s in suggestions],
+        signal["params_source"], signal.get("churn_model", "bgnbd"),
+        [d["feature"] for d in drivers], [d["contribution"] for d in drivers], now,
+    )
+
+
+def tier_day_values(signal: dict[str, Any], version: int, spend_365d_minor: int, now: int) -> list[tuple[Any, ...]]:
+    """The tier_days rows of a signal datum, values in :data:`TIER_DAY_COLUMNS` order: its own day
+    (as of the signal), then each earlier event day the batch closed (``day_ends``, absent from
+    writers before that field)."""
     cid = signal["customer_id"]
-    rows = [{"customer_id": cid, "day": _date(end["day"]), "as_of": end["as_of"], "version": end["version"],
-             "tier": end["tier"], "loyalty_score": end["loyalty_score"], "churn_risk": end["churn_risk"],
-             "spend_365d_minor": end["spend_365d_minor"], "updated_at": now} for end in signal.get("day_ends") or ()]
-    rows.append({"customer_id": cid, "day": _date(signal["as_of"] // DAY_MS), "as_of": signal["as_of"],
-                 "version": version, "tier": signal["tier"], "loyalty_score": signal["loyalty_score"],
-                 "churn_risk": signal["churn_risk"], "spend_365d_minor": spend_365d_minor, "updated_at": now})
+    rows = [(cid, _date(end["day"]), end["as_of"], end["version"], end["tier"], end["loyalty_score"],
+             end["churn_risk"], end["spend_365d_minor"], now) for end in signal.get("day_ends") or ()]
+    rows.append((cid, _date(signal["as_of"] // DAY_MS), signal["as_of"], version, signal["tier"],
+                 signal["loyalty_score"], signal["churn_risk"], spend_365d_minor, now))
     return rows
 
 
 def _date(day: int) -> date:
     return EPOCH + timedelta(days=day)
-
-
-def relationship_row(signal: dict[str, Any], now: int) -> dict[str, Any] | None:
-    """The relationships row of the facts a signal carries (None when the writer sent none)."""
-    facts = signal.get("relationship")
-    if facts is None:
-        return None
-    row = dict(facts)
-    row.update(customer_id=signal["customer_id"], updated_at=now)
-    return row
 
 
 def alert_row(alert: dict[str, Any], now: int) -> dict[str, Any]:

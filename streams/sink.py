@@ -2,9 +2,10 @@
 
 It reads the input topics (raw interaction rows, decoded and validated by the same
 :class:`~streams.decoding.EventDecoder` as the state worker, so it stores exactly the events the
-worker accepted), the signals topic (``signals_current``, ``signals_history``, ``tier_days`` (the
-signal's own day and the earlier event days it closed) and, from the facts each signal carries,
-``relationships``), the alerts topic and the dead-letter topic.
+worker accepted), the signals topic (``signals_current``, which fills ``signals_history`` through
+a materialized view, ``tier_days`` (the signal's own day and the earlier event days it closed)
+and, from the facts each signal carries, ``relationships``), the alerts topic and the dead-letter
+topic.
 
 One loop, batch after batch:
 
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import operator
 import ssl
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -42,7 +45,7 @@ from config.topics import Topics
 from domain.model import BgNbdParams
 from domain.model.suggest import CoPurchaseTable
 from schemas import DecodeError, codec
-from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, now_ms
+from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, TableRows, now_ms
 from sinks.readonly import check_read_query, read_settings
 from sinks.rows import (
     ALERT_COLUMNS,
@@ -54,10 +57,9 @@ from sinks.rows import (
     TIER_DAY_COLUMNS,
     alert_row,
     dead_letter_row,
-    raw_row,
-    relationship_row,
-    signal_row,
-    tier_day_rows,
+    raw_values,
+    signal_values,
+    tier_day_values,
 )
 from streams.churn_params import CHURN_EVENTS_SQL, CHURN_SAMPLE, churn_to_bytes, fit_churn_from_rows
 from streams.copurchase import COPURCHASE_KEY, COPURCHASE_SQL, table_from_rows, table_to_bytes
@@ -128,6 +130,10 @@ async def latest_published(settings: Settings, tail: int = PUBLISHED_LOOKBACK) -
         await consumer.stop()
 
 
+HOMES_KEPT = 500_000
+"""Keys whose partition the sink remembers (about 50 MB at most) before it starts afresh."""
+
+
 def sink_group_id(settings: Settings) -> str:
     """The consumer group of the ClickHouse sinks (the state workers' group is the app id)."""
     return f"{settings.app_id}-clickhouse-sink"
@@ -144,6 +150,7 @@ class ClickHouseSinkService:
                                       reader=ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database))
         self.decoder = EventDecoder(settings, pseudonymisation_key)
         self.partitioner = DefaultPartitioner()
+        self._homes_by_count: dict[tuple[int, ...], dict[bytes, int]] = {}
         self.signal_codec = codec("loyalty_signal")
         self.alert_codec = codec("alert")
         self.dead_letter_codec = codec("dead_letter")
@@ -279,38 +286,53 @@ class ClickHouseSinkService:
         rows = batch.rows(RAW_TABLE[kind], RAW_COLUMNS[kind] + SOURCE_COLUMNS)
         partitions = self.consumer.partitions_for_topic(tp.topic) if self.consumer else None
         all_partitions = sorted(partitions) if partitions else None
+        homes = self._homes(all_partitions) if all_partitions is not None else None
+        topic, partition = tp.topic, tp.partition
         for record in records:
-            if record.key is not None and all_partitions is not None:
+            key = record.key
+            if key is not None and homes is not None and all_partitions is not None:
                 # The state worker forwards a misplaced record to its key's partition; the copy
                 # that arrives there is the one stored.
-                if self.partitioner(record.key, all_partitions, all_partitions) != tp.partition:
+                home = homes.get(key)
+                if home is None:
+                    home = homes[key] = self.partitioner(key, all_partitions, all_partitions)
+                if home != partition:
                     self.totals["skipped_misplaced"] += 1
                     continue
-            message = Message(tp.topic, tp.partition, record.offset, record.key, record.value or b"",
-                              record.timestamp)
+            message = Message(topic, partition, record.offset, key, record.value or b"", record.timestamp)
             event = self.decoder.decode(message, now)
             if isinstance(event, DeadLetter):
                 self.totals["skipped_invalid"] += 1  # the state worker dead-letters it, with its reason
                 continue
-            row = raw_row(event)
-            row.update(source_topic=tp.topic, source_partition=tp.partition, source_offset=record.offset,
-                       ingested_at=now)
-            rows.append(row)
+            rows.add((*raw_values(event), topic, partition, record.offset, now))
+
+    def _homes(self, all_partitions: list[int]) -> dict[bytes, int]:
+        """The partition of each key seen, for this partition count (a key's hash is the same
+        every time; customers come back). Bounded: forgotten at :data:`HOMES_KEPT` keys."""
+        homes = self._homes_by_count.setdefault(tuple(all_partitions), {})
+        if len(homes) > HOMES_KEPT:
+            homes.clear()
+        return homes
 
     def _signal_rows(self, batch: SinkBatch, records: list[Any], now: int) -> None:
+        # signals_history is filled from this insert by signals_history_mv (migration 0011);
+        # each table's values are taken from the datum in column order, with no row dict between
         current = batch.rows("signals_current", SIGNAL_COLUMNS)
-        history = batch.rows("signals_history", SIGNAL_COLUMNS)
         days = batch.rows("tier_days", TIER_DAY_COLUMNS)
+        relationships: TableRows | None = None
+        pick_facts: Callable[[dict[str, Any]], Any] = tuple
         for signal in self._decoded(self.signal_codec, records):
-            facts = relationship_row(signal, now)
+            facts = signal.get("relationship")
             if facts is None:
                 continue  # written before signals carried their facts: nothing to version it by
-            row = signal_row(signal, facts["version"], facts["spend_365d_minor"], now)
-            current.append(row)
-            history.append(row)
-            batch.rows("relationships", tuple(facts)).append(facts)
-            for day in tier_day_rows(signal, facts["version"], facts["spend_365d_minor"], now):
-                days.append(day)
+            version, spend = facts["version"], facts["spend_365d_minor"]
+            current.add(signal_values(signal, version, spend, now))
+            if relationships is None:
+                relationships = batch.rows("relationships", (*facts, "customer_id", "updated_at"))
+                pick_facts = operator.itemgetter(*relationships.columns[:-2])
+            relationships.add((*pick_facts(facts), signal["customer_id"], now))
+            for day in tier_day_values(signal, version, spend, now):
+                days.add(day)
 
     def _decoded(self, avro: Any, records: list[Any]) -> list[dict[str, Any]]:
         out = []

@@ -7,9 +7,10 @@
 -- `loyalty init`: INSERT into the tables it writes, and SELECT of the few columns it reads
 -- back (the applied migration versions, the model parameters, the refit's purchase rhythm).
 -- No SELECT of contact pseudonyms; of the raw interactions only the columns the churn refit
--- reads. The materialized views of 0004 run with
--- their definer's rights, so INSERT into signals_history fills signals_daily and
--- customer_week_tiers without a grant on them.
+-- reads. The materialized views of 0004 and 0011 run with
+-- their definer's rights, so INSERT into signals_current fills signals_history, and that
+-- signals_daily and customer_week_tiers, without a grant on them (INSERT on signals_history
+-- stays for sinks older than 0011).
 CREATE ROLE IF NOT EXISTS loyalty_writer;
 GRANT INSERT ON {db}.purchases TO loyalty_writer;
 GRANT INSERT ON {db}.calls TO loyalty_writer;

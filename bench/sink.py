@@ -1,0 +1,235 @@
+"""CPU of the ClickHouse sink's own work per event: row building and the inserts, without Kafka.
+
+The records are the real ones: :func:`ops.simulate.generate` gives the events (their Avro
+encoding is what the input topics carry), and the state worker's :class:`CustomerProcessor`
+turns them into signals and alerts (as ``bench/processor.py`` does), in batches of
+``--worker-batch`` events. The sink's records are those, interleaved as the sink would fetch
+them (each worker batch's input records, then its signals and alerts), cut into batches of
+``--batch`` records (default: ``sink_batch_max_records``) and given to the sink's own code:
+:meth:`ClickHouseSinkService.rows` then :meth:`ClickHouseSink.write` into a temporary chDB
+directory, with every migration applied.
+
+    PYTHONPATH=. .venv/bin/python bench/sink.py [--customers 10000] [--events 30000] [--batch 50000]
+        [--profile] [--sort tottime]
+
+Printed, per input event (the pipeline benchmark's unit; about one signal per event here): the
+process CPU of decoding and row building, of each table's insert (a materialized view's work
+counts in the insert that feeds it), and of what chDB still does in the background in the
+``--settle`` seconds after the last insert (merges). CPU is the whole process's, every thread:
+chDB runs inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pickle
+import pstats
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.partitioner import DefaultPartitioner
+
+from config.settings import Settings
+from config.topics import Topics
+from ops.simulate import encode_event, generate
+from schemas import codec
+from sinks.clickhouse import ClickHouseSink
+from streams.alerting import Alerting
+from streams.app import tune_garbage_collector
+from streams.decoding import EventDecoder
+from streams.messages import Message
+from streams.processor import CustomerProcessor, ModelParams
+from streams.sink import ClickHouseSinkService
+from streams.state import customer_cache
+
+PARTITIONS = 4
+
+
+@dataclass
+class Record:
+    """The attributes of aiokafka's ConsumerRecord that the sink reads."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+
+
+class DictStore(dict):
+    def get(self, key, message):  # type: ignore[override]
+        return dict.get(self, key)
+
+    def put(self, key, value, message):
+        self[key] = value
+
+
+class Partitions:
+    """Stands in for the consumer: the sink asks it for a topic's partitions (misplaced records)."""
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(PARTITIONS))
+
+
+def records(settings: Settings, customers: int, max_events: int, worker_batch: int, history_days: float,
+            now: int) -> tuple[list[Record], int, Counter[str]]:
+    """The sink's input, in fetch order; the input event count; records per topic."""
+    topics = Topics(settings.topic_prefix)
+    events = generate(customers, 1, 3, now - 60_000, history_days)[:max_events]
+    processor = CustomerProcessor(settings, customer_cache(DictStore(), 100_000), EventDecoder(settings, b"bench"),
+                                  topics.alert_due, model=ModelParams(), alerting=Alerting(DictStore()))
+    partitioner = DefaultPartitioner()
+    parts = list(range(PARTITIONS))
+    offsets: Counter[tuple[str, int]] = Counter()
+    out: list[Record] = []
+
+    def add(topic: str, key: bytes, value: bytes, timestamp: int) -> Record:
+        partition = partitioner(key, parts, parts)
+        record = Record(topic, partition, offsets[(topic, partition)], timestamp, key, value)
+        offsets[(topic, partition)] += 1
+        out.append(record)
+        return record
+
+    alert_codec = codec("alert")
+    for start in range(0, len(events), worker_batch):
+        messages = []
+        for event in events[start:start + worker_batch]:
+            record = add(topics.for_kind(event.kind), event.customer_id.encode(), encode_event(event), event.occurred_at)
+            messages.append(Message(record.topic, record.partition, record.offset, record.key, record.value or b"",
+                                    record.timestamp))
+        effects = asyncio.run(processor.process(messages, now))
+        for key, value in effects.signals:
+            add(topics.signals, key, value, now)
+        for key, alert in effects.alerts:
+            add(topics.alerts, key, alert_codec.encode(alert), now)
+    per_topic = Counter(r.topic.rsplit(".", 1)[-1] for r in out)
+    return out, len(events), per_topic
+
+
+def cached_records(settings: Settings, args: argparse.Namespace, now: int) -> tuple[list[Record], int, Counter[str]]:
+    """:func:`records`, kept in the system's temporary directory between runs of the same arguments
+    and schemas (generating them is most of a run's time)."""
+    fingerprints = "-".join(codec(name).fingerprint.hex() for name in ("loyalty_signal", "alert", "purchase"))
+    name = f"bench-sink-{args.customers}-{args.events}-{args.history_days}-{args.worker_batch}-{fingerprints}.pickle"
+    path = os.path.join(tempfile.gettempdir(), name)
+    if os.path.exists(path):
+        with open(path, "rb") as f:
+            return pickle.load(f)  # type: ignore[no-any-return]
+    made = records(settings, args.customers, args.events, args.worker_batch, args.history_days, now)
+    with open(path, "wb") as f:
+        pickle.dump(made, f)
+    return made
+
+
+def fetched_batches(stream: list[Record], size: int) -> list[dict[TopicPartition, list[Record]]]:
+    """The stream cut into sink batches, each grouped by partition as ``getmany`` returns them."""
+    batches = []
+    for start in range(0, len(stream), size):
+        fetched: dict[TopicPartition, list[Record]] = {}
+        for record in stream[start:start + size]:
+            fetched.setdefault(TopicPartition(record.topic, record.partition), []).append(record)
+        batches.append(fetched)
+    return batches
+
+
+def timed_inserts(sink: ClickHouseSink, cpu: Counter[str], calls: Counter[str]) -> None:
+    """Charge each insert's process CPU to its table (the client's own method, wrapped here only)."""
+    client = sink.client
+    insert: Callable[..., Any] = client.insert
+
+    def timed(table: str, *args: Any, **kwargs: Any) -> Any:
+        start = time.process_time()
+        try:
+            return insert(table, *args, **kwargs)
+        finally:
+            name = table.rsplit(".", 1)[-1]
+            cpu[name] += time.process_time() - start
+            calls[name] += 1
+
+    client.insert = timed  # type: ignore[method-assign]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--customers", type=int, default=10_000)
+    parser.add_argument("--events", type=int, default=30_000, help="input events at most")
+    parser.add_argument("--history-days", type=float, default=20, help="history before the live day (events per customer)")
+    parser.add_argument("--worker-batch", type=int, default=2000, help="events per state-worker batch")
+    parser.add_argument("--batch", type=int, default=None, help="records per sink batch (default: sink_batch_max_records)")
+    parser.add_argument("--settle", type=float, default=3.0, help="seconds of background work counted after the last insert")
+    parser.add_argument("--profile", action="store_true", help="print the top 30 functions of the copy (see --sort)")
+    parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"], help="profile order")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
+        settings = Settings(kafka_bootstrap="127.0.0.1:1", data_dir=tmp, clickhouse_dsn=f"chdb://{tmp}/clickhouse")
+        batch_size = args.batch or settings.sink_batch_max_records
+        now = int(time.time() * 1000)
+        started = time.perf_counter()
+        stream, events, per_topic = cached_records(settings, args, now)
+        batches = fetched_batches(stream, batch_size)
+        print(f"{events:,} input events, {len(stream):,} records ({dict(per_topic)}) generated in "
+              f"{time.perf_counter() - started:.1f} s; {len(batches)} sink batches of up to {batch_size:,} records")
+
+        sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
+        service = ClickHouseSinkService(settings, b"bench", sink)
+        service.consumer = Partitions()  # type: ignore[assignment]
+        service.prepare()
+        insert_cpu: Counter[str] = Counter()
+        insert_calls: Counter[str] = Counter()
+        timed_inserts(sink, insert_cpu, insert_calls)
+
+        tune_garbage_collector()
+        profiler = cProfile.Profile() if args.profile else None
+        rows_cpu = write_cpu = 0.0
+        wall = time.perf_counter()
+        total_cpu = time.process_time()
+        if profiler:
+            profiler.enable()
+        for fetched in batches:
+            start = time.thread_time()  # this thread only: chDB merging meanwhile is not row building
+            batch = service.rows(fetched, now)
+            rows_cpu += time.thread_time() - start
+            start = time.process_time()
+            sink.write(batch)
+            write_cpu += time.process_time() - start
+        if profiler:
+            profiler.disable()
+        wall = time.perf_counter() - wall
+        time.sleep(args.settle)
+        total_cpu = time.process_time() - total_cpu
+        counts = {t: sink.query(f"SELECT count() FROM {settings.clickhouse_database}.{t}")[1][0][0]
+                  for t in sorted(set(insert_calls) | {"signals_history"})}
+        sink.close()
+
+    def us(seconds: float) -> str:
+        return f"{1e6 * seconds / events:7.1f} us/event"
+
+    print(f"copy: {wall:.2f} s wall for {events:,} events (machine: {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.1f}); CPU per input event:")
+    print(f"  decode + rows      {us(rows_cpu)}  (the copying thread)")
+    print(f"  inserts            {us(write_cpu)}  ({sum(insert_calls.values())} inserts)")
+    for table, seconds in insert_cpu.most_common():
+        print(f"    {table:<17}{us(seconds)}  ({insert_calls[table]} inserts, {counts.get(table, 0):,} rows)")
+    other = write_cpu - sum(insert_cpu.values())
+    print(f"    (around inserts) {us(other)}")
+    print(f"  chDB meanwhile     {us(total_cpu - rows_cpu - write_cpu)}  (merges, while rows were built and "
+          f"{args.settle:g} s after)")
+    print(f"  total              {us(total_cpu)}")
+    if "signals_history" not in insert_calls:
+        print(f"  signals_history: {counts['signals_history']:,} rows (filled by a materialized view)")
+    if profiler:
+        pstats.Stats(profiler).sort_stats(args.sort).print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
