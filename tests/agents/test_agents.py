@@ -419,7 +419,9 @@ def test_a_batch_worked_on_across_a_rebalance_is_dropped_whatever_its_fences_say
     assert pipeline.processor.totals["messages"] == len(events) == 15
     assert fences.asked == [{0}]  # one batch, confirmed while the generation moved on
     assert pipeline.app.consumer_generation_id == generation + 1
-    assert [(m.acked, m.refcount) for m in messages[0]] == [(False, 1)] * len(events)
+    # Two references left: the drop's, and the take buffer's, whose acknowledgement the event
+    # refused (fetched before the rebalance).
+    assert [(m.acked, m.refcount) for m in messages[0]] == [(False, 2)] * len(events)
     assert [e.signals for e in sent] == [[]] and [e.alerts for e in sent] == [[]]
     assert list(pipeline.relationships.items()) == [] and list(pipeline.due_times.items()) == []
     assert len(pipeline.states) == 0
@@ -432,3 +434,21 @@ def test_records_fetched_before_a_rebalance_are_not_folded():
     assert split_stale(batch, 4) == ([fresh], [stale, stale])
     assert split_stale(batch, 3) == ([stale, stale], [fresh])
     assert split_stale([fresh], 4) == ([fresh], [])
+
+
+def test_a_record_fetched_before_a_rebalance_is_never_acknowledged(pipeline: Pipeline):
+    # Faust acknowledges a record of an earlier generation when it skips it; acknowledged, it
+    # could be committed unfolded. The app's events refuse that acknowledgement.
+    app = pipeline.app
+    app.consumer_generation_id = 7
+
+    def event_of(generation: int) -> Any:
+        message = FaustMessage(topic="t", partition=0, offset=generation, timestamp=time.time(), timestamp_type=0,
+                               headers=None, key=b"k", value=b"v", checksum=b"", generation_id=generation)
+        message.incref()
+        return app.create_event(b"k", b"v", None, message)
+
+    stale, current = event_of(6), event_of(7)
+    assert type(stale).__name__ == "GenerationCheckedEvent"
+    assert (stale.ack(), stale.message.acked, stale.message.refcount) == (False, False, 1)
+    assert (current.ack(), current.message.acked, current.message.refcount) == (True, True, 0)
