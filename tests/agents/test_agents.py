@@ -19,7 +19,7 @@ from config.topics import Topics
 from domain.relationship import RelationshipState, apply_event
 from ops.simulate import encode_event, expected_by_customer, generate
 from schemas import codec
-from streams.app import Pipeline, make_sink_service, split_stale
+from streams.app import GenerationCheckedEvent, Pipeline, make_sink_service, split_stale
 from streams.processor import Effects
 from streams.state import decode_record
 
@@ -436,19 +436,27 @@ def test_records_fetched_before_a_rebalance_are_not_folded():
     assert split_stale([fresh], 4) == ([fresh], [])
 
 
-def test_a_record_fetched_before_a_rebalance_is_never_acknowledged(pipeline: Pipeline):
+def test_a_record_fetched_before_a_rebalance_is_never_acknowledged_and_read_again(pipeline: Pipeline):
     # Faust acknowledges a record of an earlier generation when it skips it; acknowledged, it
-    # could be committed unfolded. The app's events refuse that acknowledgement.
+    # could be committed unfolded. The app's events refuse that acknowledgement and ask for the
+    # partition to be read again from the lowest such record.
     app = pipeline.app
     app.consumer_generation_id = 7
 
-    def event_of(generation: int) -> Any:
-        message = FaustMessage(topic="t", partition=0, offset=generation, timestamp=time.time(), timestamp_type=0,
+    def event_of(generation: int, offset: int) -> Any:
+        message = FaustMessage(topic="t", partition=0, offset=offset, timestamp=time.time(), timestamp_type=0,
                                headers=None, key=b"k", value=b"v", checksum=b"", generation_id=generation)
         message.incref()
         return app.create_event(b"k", b"v", None, message)
 
-    stale, current = event_of(6), event_of(7)
-    assert type(stale).__name__ == "GenerationCheckedEvent"
-    assert (stale.ack(), stale.message.acked, stale.message.refcount) == (False, False, 1)
-    assert (current.ack(), current.message.acked, current.message.refcount) == (True, True, 0)
+    async def run() -> None:
+        stale, older, current = event_of(6, 41), event_of(6, 40), event_of(7, 42)
+        assert isinstance(stale, GenerationCheckedEvent)
+        assert (stale.ack(), stale.message.acked, stale.message.refcount) == (False, False, 1)
+        assert (older.ack(), older.message.acked) == (False, False)
+        assert (current.ack(), current.message.acked, current.message.refcount) == (True, True, 0)
+        assert pipeline.rereads.pending == {stale.message.tp: 40}
+        assert pipeline.rereads.task is not None
+        pipeline.rereads.task.cancel()
+
+    asyncio.run(run())
