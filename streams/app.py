@@ -13,7 +13,9 @@ The order of a batch's effects in the state worker:
    partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
    whose fence fails is another worker's now: the batch's share of it is dropped (its outputs,
    its table records, its cached states and due times) and its records are left unacknowledged,
-   so that their partition's owner reads them again;
+   so that their partition's owner reads them again. When the consumer group has rebalanced
+   since the batch's records were fetched, all of it is dropped the same way (records of an
+   earlier generation are never folded nor acknowledged: :class:`GenerationCheckedEvent`);
 3. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
    and their acknowledgements awaited;
 4. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
