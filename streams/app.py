@@ -13,9 +13,7 @@ The order of a batch's effects in the state worker:
    partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
    whose fence fails is another worker's now: the batch's share of it is dropped (its outputs,
    its table records, its cached states and due times) and its records are left unacknowledged,
-   so that their partition's owner reads them again. When the consumer group has rebalanced
-   since the batch's records were fetched, all of it is dropped the same way (records of an
-   earlier generation are never folded nor acknowledged: :class:`GenerationCheckedEvent`);
+   so that their partition's owner reads them again;
 3. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
    and their acknowledgements awaited;
 4. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
@@ -102,8 +100,7 @@ def message_of(event: EventT) -> Message:
     return Message(m.topic, m.partition, m.offset, m.key, m.value or b"", round(m.timestamp * 1000), event)
 
 
-def leave_unacknowledged(events: list[EventT], lost: set[int], why: str = "are another worker's now: the batch's "
-                         "effects for them were dropped and") -> None:
+def leave_unacknowledged(events: list[EventT], lost: set[int]) -> None:
     """Keep the records of ``lost`` partitions from being acknowledged when the agent's loop body
     returns: their partition's owner reads them again from the committed offsets (Faust seeks there
     after every rebalance). Acknowledged, Faust could commit them should the partition come back
@@ -115,76 +112,9 @@ def leave_unacknowledged(events: list[EventT], lost: set[int], why: str = "are a
             message.incref()  # one reference more than the take buffer's ack releases
             span = spans.setdefault(f"{message.topic}[{message.partition}]", [message.offset, message.offset])
             span[0], span[1] = min(span[0], message.offset), max(span[1], message.offset)
-    logger.warning("partitions %s %s their records left unacknowledged: %s", sorted(lost), why,
+    logger.warning("partitions %s are another worker's now: the batch's effects for them were dropped and "
+                   "their records left unacknowledged: %s", sorted(lost),
                    ", ".join(f"{where}@{low}-{high}" for where, (low, high) in sorted(spans.items())))
-
-
-def split_stale(events: list[EventT], generation: int | None) -> tuple[list[EventT], list[EventT]]:
-    """The batch's records fetched in the consumer group's current generation, and those fetched
-    before the last rebalance. Faust skips a stale record on its way into the stream, but one
-    already in the agent's take buffer when the group rebalanced (a worker frozen with a full
-    buffer, say) still arrives: its partition may have been another worker's since, and this
-    worker's state of it is not yet recovered, so it must not be folded."""
-    fresh = [e for e in events if e.message.generation_id == generation]
-    if len(fresh) == len(events):
-        return events, []
-    return fresh, [e for e in events if e.message.generation_id != generation]
-
-
-class GenerationCheckedEvent(faust.Event):
-    """A Faust event that is never acknowledged once the consumer group has rebalanced since its
-    record was fetched; its partition is read again from it instead (:class:`Rereads`).
-
-    Right after an assignment Faust can stamp records of the newly assigned partitions with the
-    previous generation; its stream then skips them, but acknowledges them, and the consumer
-    commits offsets past records nobody folded. A worker that took over a frozen worker's
-    partitions did exactly that with the first records it fetched of them: 183 customers ended
-    about 900 events short (``tests/faults/test_zombie.py``).
-    """
-
-    rereads: Rereads | None = None  # set on the class a Pipeline makes for its app
-
-    def ack(self) -> bool:
-        message = self.message
-        generation = message.generation_id
-        if generation is not None and generation != self.app.consumer_generation_id:
-            if self.rereads is not None:
-                self.rereads.request(message.tp, message.offset)
-            return False
-        return super().ack()
-
-
-class Rereads:
-    """Partitions to read again from a record that was not folded, each from its lowest such
-    offset: one seek per partition, soon after the requests, if this worker still owns it."""
-
-    def __init__(self, app: faust.App) -> None:
-        self.app = app
-        self.pending: dict[Any, int] = {}
-        self.task: asyncio.Task[None] | None = None
-        self.seeks = 0
-
-    def request(self, tp: Any, offset: int) -> None:
-        self.pending[tp] = min(offset, self.pending.get(tp, offset))
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._seek())
-
-    async def _seek(self) -> None:
-        await asyncio.sleep(0)  # the other records of the skipped fetch come in first
-        pending, self.pending = self.pending, {}
-        consumer = self.app.consumer
-        owned = consumer.assignment()
-        for tp, offset in sorted(pending.items()):
-            if tp not in owned:
-                continue  # another worker's now: it reads from the committed offset, which is not past this
-            logger.warning("reading %s[%d] again from offset %d: records fetched before the last rebalance "
-                           "were skipped unfolded", tp.topic, tp.partition, offset)
-            try:
-                await consumer.seek(tp, offset)
-                self.seeks += 1
-            except Exception as exc:  # noqa: BLE001 - lost meanwhile: its next owner starts at the committed offset
-                logger.warning("could not seek %s[%d] back to %d: %s: %s", tp.topic, tp.partition, offset,
-                               type(exc).__name__, exc)
 
 
 class ChangelogApplied(NamedTuple):
@@ -361,12 +291,9 @@ class Pipeline:
             broker_session_timeout=settings.kafka_session_timeout_seconds,
             broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_seconds / 3),
             stream_wait_empty=False,
-            Event=type("PipelineEvent", (GenerationCheckedEvent,), {}),
             table_standby_replicas=0,
             logging_config=None,
         )
-        self.rereads = Rereads(self.app)
-        cast(type[GenerationCheckedEvent], self.app.conf.Event).rereads = self.rereads
         self.sink = make_sink_service(settings) if role == "all" else None
         self.webhooks = make_webhook_consumer(settings) if role == "all" else None
         # use_partitioner: a key's partition comes from the key (the default partitioner, as
@@ -406,20 +333,11 @@ class Pipeline:
 
     # -- producing ----------------------------------------------------------------------------
 
-    async def produce(self, effects: Effects, generation: int | None = None) -> set[int]:
+    async def produce(self, effects: Effects) -> set[int]:
         """Make a batch's effects durable in the written order (module docstring, steps 2 to 4):
         the fences of the partitions it read first, then its outputs, then the changelog records
-        that remember them. Returns the partitions found lost, whose share was dropped.
-
-        ``generation`` is the consumer group generation the batch's records were fetched in: when
-        the group has rebalanced since, the batch was worked on states this worker may no longer
-        (or not yet again) hold, so all of it is dropped, whatever the fences say (a partition
-        assigned again gets a new fence, which would confirm)."""
+        that remember them. Returns the partitions found lost, whose share was dropped."""
         owned = await self.fences.confirm(effects.partitions)
-        if generation is not None and self.app.consumer_generation_id != generation:
-            logger.warning("the consumer group rebalanced (generation %s, now %s) while a batch was worked on",
-                           generation, self.app.consumer_generation_id)
-            owned = set()
         lost = effects.partitions - owned
         if lost:
             self.drop(effects, lost)
@@ -483,15 +401,9 @@ class Pipeline:
 
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
-            async for taken in batches:
-                generation = pipeline.app.consumer_generation_id
-                events, stale = split_stale(taken, generation)
-                if stale:
-                    leave_unacknowledged(stale, {e.message.partition for e in stale},
-                                         f"had records fetched before the rebalance to generation {generation}: "
-                                         "they were not folded and")
+            async for events in batches:
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
-                lost = await pipeline.produce(effects, generation)
+                lost = await pipeline.produce(effects)
                 if lost:
                     leave_unacknowledged(events, lost)
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,

@@ -19,7 +19,7 @@ from config.topics import Topics
 from domain.relationship import RelationshipState, apply_event
 from ops.simulate import encode_event, expected_by_customer, generate
 from schemas import codec
-from streams.app import GenerationCheckedEvent, Pipeline, make_sink_service, split_stale
+from streams.app import Pipeline, make_sink_service
 from streams.processor import Effects
 from streams.state import decode_record
 
@@ -42,7 +42,7 @@ def broker_stand_in(pipeline: Pipeline, produced: list[Effects]) -> Any:
     writes (at made-up changelog offsets), as the broker would."""
     offsets = iter(range(1_000_000))
 
-    async def produce(effects: Effects, generation: int | None = None) -> None:
+    async def produce(effects: Effects) -> None:
         produced.append(effects)
         for store in (pipeline.relationship_store, pipeline.due_time_store):
             store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
@@ -322,11 +322,18 @@ class FencesStandIn:
         return set(partitions) - self.lost
 
 
-def _run_batches(pipeline: Pipeline, events: list, home: dict[str, int]) -> tuple[dict[int, list[FaustMessage]],
-                                                                               list[Effects]]:
-    """Put ``events`` on the agent as records of their customer's ``home`` partition, in one go
-    (so batches mix partitions), with the broker stood in for; return each partition's records
-    and what each batch sent."""
+def test_a_lost_partitions_share_of_a_batch_is_dropped_and_left_unacknowledged(pipeline: Pipeline):
+    # Customers alternate between partitions 0 and 1, and the records go in together so that
+    # batches mix both. Partition 1's fence fails: its customers' signals, alerts and table
+    # records must not leave, their cached states must go, and their records must stay
+    # unacknowledged; partition 0 goes on as if nothing happened.
+    events = [e for e in _events() if e.kind == "purchase"]
+    customers = sorted({e.customer_id for e in events})
+    home = {cid: n % 2 for n, cid in enumerate(customers)}
+    kept = {cid for cid in customers if home[cid] == 0}
+    expected = expected_by_customer([e for e in events if e.customer_id in kept])
+    fences = FencesStandIn(lost={1})
+    pipeline.fences = fences  # type: ignore[assignment]
     sent: list[Effects] = []
     offsets = iter(range(1_000_000))
 
@@ -340,7 +347,7 @@ def _run_batches(pipeline: Pipeline, events: list, home: dict[str, int]) -> tupl
     pipeline.produce_outputs = produce_outputs  # type: ignore[method-assign]
     pipeline.produce_changelog = produce_changelog  # type: ignore[method-assign]
     topics = Topics(pipeline.settings.topic_prefix)
-    messages: dict[int, list[FaustMessage]] = {p: [] for p in set(home.values())}
+    messages: dict[int, list[FaustMessage]] = {0: [], 1: []}
 
     async def run() -> None:
         async with pipeline.app.agents["track_customers"].test_context() as agent:
@@ -361,22 +368,6 @@ def _run_batches(pipeline: Pipeline, events: list, home: dict[str, int]) -> tupl
             await asyncio.sleep(0.1)  # the last batch's loop body returns and its records are acked
 
     asyncio.run(run())
-    return messages, sent
-
-
-def test_a_lost_partitions_share_of_a_batch_is_dropped_and_left_unacknowledged(pipeline: Pipeline):
-    # Customers alternate between partitions 0 and 1, and the records go in together so that
-    # batches mix both. Partition 1's fence fails: its customers' signals, alerts and table
-    # records must not leave, their cached states must go, and their records must stay
-    # unacknowledged; partition 0 goes on as if nothing happened.
-    events = [e for e in _events() if e.kind == "purchase"]
-    customers = sorted({e.customer_id for e in events})
-    home = {cid: n % 2 for n, cid in enumerate(customers)}
-    kept = {cid for cid in customers if home[cid] == 0}
-    expected = expected_by_customer([e for e in events if e.customer_id in kept])
-    fences = FencesStandIn(lost={1})
-    pipeline.fences = fences  # type: ignore[assignment]
-    messages, sent = _run_batches(pipeline, events, home)
     assert pipeline.processor.totals["messages"] == len(events)
     # Some batch read both partitions (else the drop inside a batch went untried).
     assert {0, 1} in fences.asked
@@ -389,74 +380,3 @@ def test_a_lost_partitions_share_of_a_batch_is_dropped_and_left_unacknowledged(p
     assert len(pipeline.states) == len(kept)  # partition 1's cached states forgotten
     assert [m.acked for m in messages[0]] == [True] * len(messages[0])
     assert [(m.acked, m.refcount) for m in messages[1]] == [(False, 1)] * len(messages[1])
-
-
-class RebalancingFences(FencesStandIn):
-    """Every fence holds, but the consumer group rebalances during the first batch's confirm (the
-    generation moves on, as Faust's consumer sets it on an assignment)."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        super().__init__(lost=set())
-        self.pipeline = pipeline
-
-    async def confirm(self, partitions: set[int]) -> set[int]:
-        if not self.asked:
-            self.pipeline.app.consumer_generation_id += 1
-        return await super().confirm(partitions)
-
-
-def test_a_batch_worked_on_across_a_rebalance_is_dropped_whatever_its_fences_say(pipeline: Pipeline):
-    # The batch's records were fetched in one generation; the group rebalanced before its fences
-    # confirmed (a partition assigned again gets a new fence, which confirms). Its states were
-    # read before the rebalance, so nothing of it may be written: no signal, no table record,
-    # its records unacknowledged (Faust seeks back to the committed offsets after a rebalance).
-    events = [e for e in _events() if e.kind == "purchase"]
-    home = {cid: 0 for cid in {e.customer_id for e in events}}
-    generation = pipeline.app.consumer_generation_id
-    fences = RebalancingFences(pipeline)
-    pipeline.fences = fences  # type: ignore[assignment]
-    messages, sent = _run_batches(pipeline, events, home)
-    assert pipeline.processor.totals["messages"] == len(events) == 15
-    assert fences.asked == [{0}]  # one batch, confirmed while the generation moved on
-    assert pipeline.app.consumer_generation_id == generation + 1
-    # Two references left: the drop's, and the take buffer's, whose acknowledgement the event
-    # refused (fetched before the rebalance).
-    assert [(m.acked, m.refcount) for m in messages[0]] == [(False, 2)] * len(events)
-    assert [e.signals for e in sent] == [[]] and [e.alerts for e in sent] == [[]]
-    assert list(pipeline.relationships.items()) == [] and list(pipeline.due_times.items()) == []
-    assert len(pipeline.states) == 0
-
-
-def test_records_fetched_before_a_rebalance_are_not_folded():
-    stale, fresh = SimpleNamespace(message=SimpleNamespace(generation_id=3)), SimpleNamespace(
-        message=SimpleNamespace(generation_id=4))
-    batch = [stale, fresh, stale]
-    assert split_stale(batch, 4) == ([fresh], [stale, stale])
-    assert split_stale(batch, 3) == ([stale, stale], [fresh])
-    assert split_stale([fresh], 4) == ([fresh], [])
-
-
-def test_a_record_fetched_before_a_rebalance_is_never_acknowledged_and_read_again(pipeline: Pipeline):
-    # Faust acknowledges a record of an earlier generation when it skips it; acknowledged, it
-    # could be committed unfolded. The app's events refuse that acknowledgement and ask for the
-    # partition to be read again from the lowest such record.
-    app = pipeline.app
-    app.consumer_generation_id = 7
-
-    def event_of(generation: int, offset: int) -> Any:
-        message = FaustMessage(topic="t", partition=0, offset=offset, timestamp=time.time(), timestamp_type=0,
-                               headers=None, key=b"k", value=b"v", checksum=b"", generation_id=generation)
-        message.incref()
-        return app.create_event(b"k", b"v", None, message)
-
-    async def run() -> None:
-        stale, older, current = event_of(6, 41), event_of(6, 40), event_of(7, 42)
-        assert isinstance(stale, GenerationCheckedEvent)
-        assert (stale.ack(), stale.message.acked, stale.message.refcount) == (False, False, 1)
-        assert (older.ack(), older.message.acked) == (False, False)
-        assert (current.ack(), current.message.acked, current.message.refcount) == (True, True, 0)
-        assert pipeline.rereads.pending == {stale.message.tp: 40}
-        assert pipeline.rereads.task is not None
-        pipeline.rereads.task.cancel()
-
-    asyncio.run(run())

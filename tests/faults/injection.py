@@ -124,10 +124,10 @@ class HoldingPipeline(Pipeline):
         self.holding = False
         logger.warning("fault injection is enabled (switches in %s): for tests only", self.switches)
 
-    async def produce(self, effects: Effects, generation: int | None = None) -> Any:
+    async def produce(self, effects: Effects) -> Any:
         self.batch_customers = sorted({key.decode() for key, _ in effects.signals})
         await self._hold_on(HOLD_BEFORE_EFFECTS_SWITCH)
-        return await super().produce(effects, generation)
+        return await super().produce(effects)
 
     async def produce_changelog(self, *args: Any, **kwargs: Any) -> Any:
         await self._hold_on(HOLD_SWITCH)
