@@ -53,9 +53,8 @@ def _last_signal_versions(settings) -> dict[str, int]:
 @pytest.mark.known_issue
 def test_two_state_workers_one_killed_mid_stream(make_worker, figures):
     """Out of the default run: in about two runs of five, the survivor's state ended one or two
-    events short of the ledger (everything stored, every offset committed); with records fetched
-    before a rebalance no longer acknowledged, one run of two did not reach its end within the
-    waits; docs/guarantees.md.
+    events short of the ledger (everything stored, every offset committed), likely the records
+    Faust skips after a rebalance and acknowledges; docs/guarantees.md.
     Run it with ``./loyalty test -m known_issue tests/faults/test_roles.py``."""
     sink = make_worker("sink", role="sink")
     settings = sink.settings
