@@ -53,6 +53,17 @@ def load_schema(name: str) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def record_branch(name: str, field: str) -> str:
+    """The full name of the record in the union of schema ``name``'s ``field``: given with the
+    datum as ``(full name, datum)`` (fastavro's tuple notation), the writer takes that branch
+    without trying the datum against each."""
+    schema = load_schema(name)
+    union = next(f["type"] for f in schema["fields"] if f["name"] == field)
+    (branch,) = [t for t in union if isinstance(t, dict) and t.get("type") == "record"]
+    namespace = branch.get("namespace", schema.get("namespace"))
+    return f"{namespace}.{branch['name']}" if namespace else branch["name"]
+
+
 def history_paths(name: str) -> list[Path]:
     """Files of the earlier versions of schema ``name``, oldest first."""
     return sorted((SCHEMA_DIR / "history" / name).glob("*.avsc"))

@@ -34,7 +34,7 @@ from domain.model.suggest import CoPurchaseTable
 from domain.pseudonymise import scrub_text
 from domain.records import Event
 from domain.relationship import RelationshipState, facts
-from schemas import codec
+from schemas import codec, record_branch
 from streams.alerting import Alerting
 from streams.decoding import EventDecoder
 from streams.messages import DeadLetter, Message
@@ -44,7 +44,7 @@ logger = logging.getLogger(__name__)
 
 # The full name of the signal's facts record: a union branch given as (name, datum) is written
 # without trying the datum against each branch (fastavro's tuple notation; the same bytes).
-RELATIONSHIP_FACTS = "loyalty_stream.pipeline.RelationshipFacts"
+RELATIONSHIP_FACTS = record_branch("loyalty_signal", "relationship")
 
 # Between customers the batch loop lets the event loop serve HTTP requests, heartbeats and fetches.
 YIELD_EVERY_CUSTOMERS = 50
