@@ -34,6 +34,7 @@ import clickhouse_connect
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalError
 
+from sinks.avro import Container
 from sinks.cluster import on_cluster
 
 logger = logging.getLogger(__name__)
@@ -78,18 +79,43 @@ class TableRows:
 
 
 @dataclass
+class AvroInsert:
+    """Records for one table in an Avro container (ClickHouse decodes them), and how to build
+    the same rows in Python instead: each fallback adds its records' rows to a batch."""
+
+    container: Container
+    fallbacks: list[Callable[[SinkBatch], None]] = field(default_factory=list)
+
+
+@dataclass
 class SinkBatch:
     """Everything one processed batch writes, and the source offsets it covers."""
 
     tables: dict[str, TableRows] = field(default_factory=dict)
     # (topic, partition) -> (first offset, last offset)
     offsets: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)
+    avro: dict[str, AvroInsert] = field(default_factory=dict)
 
     def rows(self, table: str, columns: Sequence[str]) -> TableRows:
         rows = self.tables.get(table)
         if rows is None:
             rows = self.tables[table] = TableRows(columns)
         return rows
+
+    def avro_insert(self, table: str, header: bytes) -> AvroInsert:
+        """The Avro insert into ``table``, its container started with ``header``."""
+        insert = self.avro.get(table)
+        if insert is None:
+            insert = self.avro[table] = AvroInsert(Container(header))
+        elif insert.container.header != header:
+            raise ValueError(f"{table}: one insert cannot mix containers of two schemas")
+        return insert
+
+    def fall_back(self, table: str) -> None:
+        """Replace the Avro insert into ``table`` by the same records' rows, built in Python."""
+        insert = self.avro.pop(table)
+        for fallback in insert.fallbacks:
+            fallback(self)
 
     def cover(self, topic: str, partition: int, offset: int) -> None:
         lo, hi = self.offsets.get((topic, partition), (offset, offset))
@@ -101,7 +127,7 @@ class SinkBatch:
         return f"{table}|{spans}"
 
     def __len__(self) -> int:
-        return sum(len(rows) for rows in self.tables.values())
+        return sum(len(rows) for rows in self.tables.values()) + sum(len(a.container) for a in self.avro.values())
 
     @classmethod
     def combine(cls, batches: Sequence[SinkBatch]) -> SinkBatch:
@@ -110,6 +136,10 @@ class SinkBatch:
         for batch in batches:
             for table, rows in batch.tables.items():
                 combined.rows(table, rows.columns).extend(rows)
+            for table, insert in batch.avro.items():
+                into = combined.avro_insert(table, insert.container.header)
+                into.container.extend(insert.container)
+                into.fallbacks.extend(insert.fallbacks)
             for (topic, partition), (lo, hi) in batch.offsets.items():
                 combined.cover(topic, partition, lo)
                 combined.cover(topic, partition, hi)
@@ -236,11 +266,21 @@ class ClickHouseSink:
     def write(self, batch: SinkBatch) -> int:
         """Insert every table of the batch; return the rows written.
 
+        The Avro containers go first. One that ClickHouse refuses for good (a corrupt record, or
+        anything else a retry cannot mend) is replaced in the batch by the same records' rows
+        built in Python (:meth:`SinkBatch.fall_back`), which skip the bad record alone; the tables
+        are inserted after, so those rows join the batch's own in one insert per table (each
+        insert's token is the table's: a second insert of the same table would be ignored). A
+        retry after an error that can succeed later finds the batch as it was left: the
+        container not yet written, or already replaced.
+
         The column types are read once per table (``DESCRIBE TABLE``) and given to every insert:
         without them clickhouse-connect describes the table again before each insert. A failed
         insert forgets them, so a table altered meanwhile is described afresh on the retry.
         """
         written = 0
+        for table in list(batch.avro):
+            written += self._write_avro(batch, table)
         for table, rows in batch.tables.items():
             if not len(rows):
                 continue
@@ -261,6 +301,23 @@ class ClickHouseSink:
                 raise
             written += len(rows)
         return written
+
+    def _write_avro(self, batch: SinkBatch, table: str) -> int:
+        container = batch.avro[table].container
+        if not len(container):
+            del batch.avro[table]
+            return 0
+        try:
+            self.client.raw_insert(f"{self.database}.{table}", insert_block=container.data, fmt="Avro",
+                                   settings=self.insert_settings(batch, table))
+        except ClickHouseError as exc:
+            if retryable(exc):
+                raise
+            logger.warning("ClickHouse refused the %d records for %s (%s); building their rows in Python instead",
+                           len(container), table, exc)
+            batch.fall_back(table)
+            return 0
+        return len(container)
 
     @staticmethod
     def insert_settings(batch: SinkBatch, table: str) -> dict[str, Any]:

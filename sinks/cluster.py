@@ -6,7 +6,8 @@ statement is rewritten so that every table exists twice:
 * ``<table>_local``, created ``ON CLUSTER`` with the replicated form of its engine
   (``ReplacingMergeTree(version)`` becomes ``ReplicatedReplacingMergeTree('/clickhouse/tables/
   {shard}/<db>/<table>_local', '{replica}', version)``), holding one shard's rows on each of its
-  replicas; the deduplication window setting becomes the replicated one;
+  replicas; the deduplication window setting becomes the replicated one (a ``Null`` table, which
+  keeps nothing and only feeds its materialized views, stays ``Null`` on each node);
 * ``<table>``, a ``Distributed`` table over those, sharded by ``cityHash64(customer_id)`` where
   the table has that column (so one customer's rows, and ``FINAL`` over them, stay on one shard),
   else ``rand()``. Inserts and reads go through it, so queries and views keep their names.
@@ -63,12 +64,15 @@ def on_cluster(statement: str, cluster: str, tables: set[str]) -> list[str]:
 
 def _table(match: re.Match[str], cluster: str, tables: set[str]) -> list[str]:
     db, name, columns, engine, arguments, rest = match.groups()
-    if engine not in MERGE_TREES:
-        raise ValueError(f"{db}.{name}: no replicated form of engine {engine}")
     local = local_name(name)
-    path = f"'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'"
-    inner = (arguments or "()")[1:-1].strip()
-    replicated = f"Replicated{engine}({path}{', ' + inner if inner else ''})"
+    if engine == "Null":  # keeps nothing, so nothing to replicate: its views fire where the rows land
+        replicated = engine
+    elif engine in MERGE_TREES:
+        path = f"'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'"
+        inner = (arguments or "()")[1:-1].strip()
+        replicated = f"Replicated{engine}({path}{', ' + inner if inner else ''})"
+    else:
+        raise ValueError(f"{db}.{name}: no replicated form of engine {engine}")
     rest = rest.replace("non_replicated_deduplication_window", "replicated_deduplication_window")
     shard_key = "cityHash64(customer_id)" if re.search(r"^\s*customer_id\s", columns, re.M) else "rand()"
     tables.add(name)

@@ -44,7 +44,8 @@ from config.settings import Settings
 from config.topics import Topics
 from domain.model import BgNbdParams
 from domain.model.suggest import CoPurchaseTable
-from schemas import DecodeError, codec
+from schemas import HEADER_SIZE, MAGIC, DecodeError, codec
+from sinks.avro import SIGNALS_TABLE, container_header, signal_container_schema, signal_suffix
 from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch, TableRows, now_ms
 from sinks.readonly import check_read_query, read_settings
 from sinks.rows import (
@@ -142,7 +143,10 @@ def sink_group_id(settings: Settings) -> str:
 class ClickHouseSinkService:
     """Consumes the topics into ClickHouse; see the module docstring for the order of effects."""
 
-    def __init__(self, settings: Settings, pseudonymisation_key: bytes, sink: ClickHouseSink) -> None:
+    def __init__(self, settings: Settings, pseudonymisation_key: bytes, sink: ClickHouseSink,
+                 signals_in_avro: bool = True) -> None:
+        """``signals_in_avro``: signals of the current schema go to ClickHouse as they travel, in
+        one Avro container per batch (False: every signal is decoded and its rows built here)."""
         self.settings = settings
         self.topics = Topics(settings.topic_prefix)
         self.sink = sink
@@ -152,6 +156,9 @@ class ClickHouseSinkService:
         self.partitioner = DefaultPartitioner()
         self._homes_by_count: dict[tuple[int, ...], dict[bytes, int]] = {}
         self.signal_codec = codec("loyalty_signal")
+        self.signals_in_avro = signals_in_avro
+        self._signal_header = MAGIC + self.signal_codec.fingerprint
+        self._signal_container = container_header(signal_container_schema(self.signal_codec.schema))
         self.alert_codec = codec("alert")
         self.dead_letter_codec = codec("dead_letter")
         self.group_id = sink_group_id(settings)
@@ -315,6 +322,31 @@ class ClickHouseSinkService:
         return homes
 
     def _signal_rows(self, batch: SinkBatch, records: list[Any], now: int) -> None:
+        """Signals of the current writer schema go as they are into the batch's Avro container
+        (migration 0012's views build the rows in ClickHouse); the rest, and all of them should
+        ClickHouse refuse the container, are decoded here (:meth:`_decoded_signal_rows`)."""
+        if not self.signals_in_avro:
+            self._decoded_signal_rows(records, now, batch)
+            return
+        header, size = self._signal_header, HEADER_SIZE
+        current: list[Any] = []
+        bodies: list[bytes] = []
+        others: list[Any] = []
+        for record in records:
+            value = record.value or b""
+            if value[:size] == header:
+                current.append(record)
+                bodies.append(value[size:])
+            else:
+                others.append(record)  # an older writer's, or a wrong header: decoded (or skipped) here
+        if others:
+            self._decoded_signal_rows(others, now, batch)
+        if current:
+            insert = batch.avro_insert(SIGNALS_TABLE, self._signal_container)
+            insert.container.add(bodies, signal_suffix(now))
+            insert.fallbacks.append(lambda into: self._decoded_signal_rows(current, now, into))
+
+    def _decoded_signal_rows(self, records: list[Any], now: int, batch: SinkBatch) -> None:
         # signals_history is filled from this insert by signals_history_mv (migration 0011);
         # each table's values are taken from the datum in column order, with no row dict between
         current = batch.rows("signals_current", SIGNAL_COLUMNS)

@@ -41,6 +41,18 @@ def test_a_materialized_view_reads_and_writes_the_local_tables():
                     "SELECT tier FROM db.signals_history_local\nGROUP BY tier")
 
 
+def test_a_null_table_is_a_null_table_on_each_node_behind_a_distributed_one():
+    tables: set[str] = set()
+    local, distributed = on_cluster("CREATE TABLE IF NOT EXISTS db.signals_avro\n(\n    customer_id String\n)\n"
+                                    "ENGINE = Null", "c1", tables)
+    assert local == ("CREATE TABLE IF NOT EXISTS db.signals_avro_local ON CLUSTER c1 (\n    customer_id String\n)\n"
+                     "ENGINE = Null")
+    assert distributed.endswith("ENGINE = Distributed(c1, db, signals_avro_local, cityHash64(customer_id))")
+    (view,) = on_cluster("CREATE MATERIALIZED VIEW IF NOT EXISTS db.v TO db.signals_current AS\n"
+                         "SELECT s.customer_id FROM db.signals_avro AS s", "c1", tables | {"signals_current"})
+    assert view.endswith("TO db.signals_current_local AS\nSELECT s.customer_id FROM db.signals_avro_local AS s")
+
+
 def test_views_alters_databases_and_backfills():
     assert on_cluster("CREATE VIEW IF NOT EXISTS db.v AS SELECT 1 FROM db.t", "c1", set()) == [
         "CREATE VIEW IF NOT EXISTS db.v ON CLUSTER c1 AS SELECT 1 FROM db.t"]
@@ -74,7 +86,8 @@ def test_every_migration_statement_has_a_cluster_form():
                     distributed.append(rewritten.split()[5])
                 elif rewritten.startswith("CREATE TABLE"):
                     created.append(rewritten.split()[5])
-                    assert "ENGINE = Replicated" in rewritten and "non_replicated" not in rewritten
+                    assert ("ENGINE = Replicated" in rewritten or rewritten.endswith("ENGINE = Null")), rewritten
+                    assert "non_replicated" not in rewritten
     assert sorted(created) == sorted(f"{name}_local" for name in distributed)
     assert "loyalty.signals_current" in distributed and "loyalty.purchases" in distributed
     (modify,) = [s for _, name, sql in migrations() if name == "captive"
