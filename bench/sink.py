@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiokafka import TopicPartition
@@ -41,6 +41,7 @@ from config.settings import Settings
 from config.topics import Topics
 from ops.simulate import encode_event, generate
 from schemas import codec
+from sinks.avro import SIGNALS_TABLE
 from sinks.clickhouse import ClickHouseSink
 from streams.alerting import Alerting
 from streams.app import tune_garbage_collector
@@ -142,20 +143,98 @@ def fetched_batches(stream: list[Record], size: int) -> list[dict[TopicPartition
 
 
 def timed_inserts(sink: ClickHouseSink, cpu: Counter[str], calls: Counter[str]) -> None:
-    """Charge each insert's process CPU to its table (the client's own method, wrapped here only)."""
+    """Charge each insert's process CPU to its table (the client's own methods, wrapped here only)."""
     client = sink.client
-    insert: Callable[..., Any] = client.insert
 
-    def timed(table: str, *args: Any, **kwargs: Any) -> Any:
+    def timing(insert: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(table: str, *args: Any, **kwargs: Any) -> Any:
+            start = time.process_time()
+            try:
+                return insert(table, *args, **kwargs)
+            finally:
+                name = table.rsplit(".", 1)[-1]
+                cpu[name] += time.process_time() - start
+                calls[name] += 1
+        return timed
+
+    client.insert = timing(client.insert)  # type: ignore[method-assign]
+    client.raw_insert = timing(client.raw_insert)  # type: ignore[method-assign]
+
+
+@dataclass
+class Copy:
+    """One path's copy of every batch: CPU in seconds, the inserts, the rows stored."""
+
+    path: str
+    signals_rows: float = 0.0  # the copying thread, building the signals' rows or container
+    other_rows: float = 0.0  # the copying thread, every other topic's rows
+    signals_write: float = 0.0  # the process, the signals' inserts (and their views)
+    other_write: float = 0.0
+    wall: float = 0.0
+    total: float = 0.0  # the process, from the first batch to --settle seconds after the last
+    insert_cpu: Counter[str] = field(default_factory=Counter)
+    insert_calls: Counter[str] = field(default_factory=Counter)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def signals(self) -> float:
+        return self.signals_rows + self.signals_write
+
+
+def copy(path: str, service: ClickHouseSinkService, batches: list[dict[TopicPartition, list[Record]]],
+         signals_topic: str, now: int, settle: float, profiler: cProfile.Profile | None) -> Copy:
+    """Copy every batch with ``service``: the signals' partitions and the others built and written
+    apart (they fill different tables, so the inserts are the same ones), each timed."""
+    sink = service.sink
+    result = Copy(path)
+    timed_inserts(sink, result.insert_cpu, result.insert_calls)
+    wall = time.perf_counter()
+    total = time.process_time()
+    if profiler:
+        profiler.enable()
+    for fetched in batches:
+        signals = {tp: records for tp, records in fetched.items() if tp.topic == signals_topic}
+        others = {tp: records for tp, records in fetched.items() if tp.topic != signals_topic}
+        start = time.thread_time()  # this thread only: chDB merging meanwhile is not row building
+        batch = service.rows(signals, now)
+        result.signals_rows += time.thread_time() - start
         start = time.process_time()
-        try:
-            return insert(table, *args, **kwargs)
-        finally:
-            name = table.rsplit(".", 1)[-1]
-            cpu[name] += time.process_time() - start
-            calls[name] += 1
+        sink.write(batch)
+        result.signals_write += time.process_time() - start
+        start = time.thread_time()
+        batch = service.rows(others, now)
+        result.other_rows += time.thread_time() - start
+        start = time.process_time()
+        sink.write(batch)
+        result.other_write += time.process_time() - start
+    if profiler:
+        profiler.disable()
+    result.wall = time.perf_counter() - wall
+    time.sleep(settle)
+    result.total = time.process_time() - total
+    db = sink.database
+    result.counts = {t: sink.query(f"SELECT count() FROM {db}.{t}")[1][0][0]
+                     for t in sorted((set(result.insert_calls) - {SIGNALS_TABLE})
+                                     | {"signals_current", "signals_history", "tier_days", "relationships"})}
+    return result
 
-    client.insert = timed  # type: ignore[method-assign]
+
+def report(run: Copy, events: int, signals: int) -> None:
+    def us(seconds: float) -> str:
+        return f"{1e6 * seconds / events:7.1f} us/event"
+
+    print(f"{run.path}: {run.wall:.2f} s wall; CPU per input event:")
+    print(f"  signals: rows      {us(run.signals_rows)}  (the copying thread)")
+    print(f"  signals: inserts   {us(run.signals_write)}")
+    print(f"  signals: together  {us(run.signals)}  = {1e6 * run.signals / signals:.1f} us per signal")
+    print(f"  others: rows       {us(run.other_rows)}")
+    print(f"  others: inserts    {us(run.other_write)}")
+    for table, seconds in run.insert_cpu.most_common():
+        print(f"    {table:<17}{us(seconds)}  ({run.insert_calls[table]} inserts)")
+    print(f"  chDB meanwhile     {us(run.total - run.signals - run.other_rows - run.other_write)}  (merges, while "
+          "rows were built, and in the settle time after)")
+    print(f"  total              {us(run.total)}")
+    print("  rows: " + ", ".join(f"{t} {n:,}" for t, n in run.counts.items()))
 
 
 def main() -> None:
@@ -166,9 +245,15 @@ def main() -> None:
     parser.add_argument("--worker-batch", type=int, default=2000, help="events per state-worker batch")
     parser.add_argument("--batch", type=int, default=None, help="records per sink batch (default: sink_batch_max_records)")
     parser.add_argument("--settle", type=float, default=3.0, help="seconds of background work counted after the last insert")
+    parser.add_argument("--paths", default="python,avro",
+                        help="the signal paths to run, in this order, each into a database of its own: python "
+                             "(decoded here, the baseline), avro (a container decoded by ClickHouse)")
     parser.add_argument("--profile", action="store_true", help="print the top 30 functions of the copy (see --sort)")
     parser.add_argument("--sort", default="cumulative", choices=["cumulative", "tottime"], help="profile order")
     args = parser.parse_args()
+    paths = args.paths.split(",")
+    if not set(paths) <= {"python", "avro"}:
+        parser.error("--paths: python, avro or both")
 
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         settings = Settings(kafka_bootstrap="127.0.0.1:1", data_dir=tmp, clickhouse_dsn=f"chdb://{tmp}/clickhouse")
@@ -177,56 +262,34 @@ def main() -> None:
         started = time.perf_counter()
         stream, events, per_topic = cached_records(settings, args, now)
         batches = fetched_batches(stream, batch_size)
+        signals_topic = Topics(settings.topic_prefix).signals
+        signals = sum(r.topic == signals_topic for r in stream)
         print(f"{events:,} input events, {len(stream):,} records ({dict(per_topic)}) generated in "
               f"{time.perf_counter() - started:.1f} s; {len(batches)} sink batches of up to {batch_size:,} records")
-
-        sink = ClickHouseSink(settings.clickhouse_url, settings.clickhouse_database)
-        service = ClickHouseSinkService(settings, b"bench", sink)
-        service.consumer = Partitions()  # type: ignore[assignment]
-        service.prepare()
-        insert_cpu: Counter[str] = Counter()
-        insert_calls: Counter[str] = Counter()
-        timed_inserts(sink, insert_cpu, insert_calls)
+        print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}")
 
         tune_garbage_collector()
+        runs: list[Copy] = []
         profiler = cProfile.Profile() if args.profile else None
-        rows_cpu = write_cpu = 0.0
-        wall = time.perf_counter()
-        total_cpu = time.process_time()
-        if profiler:
-            profiler.enable()
-        for fetched in batches:
-            start = time.thread_time()  # this thread only: chDB merging meanwhile is not row building
-            batch = service.rows(fetched, now)
-            rows_cpu += time.thread_time() - start
-            start = time.process_time()
-            sink.write(batch)
-            write_cpu += time.process_time() - start
-        if profiler:
-            profiler.disable()
-        wall = time.perf_counter() - wall
-        time.sleep(args.settle)
-        total_cpu = time.process_time() - total_cpu
-        counts = {t: sink.query(f"SELECT count() FROM {settings.clickhouse_database}.{t}")[1][0][0]
-                  for t in sorted(set(insert_calls) | {"signals_history"})}
-        sink.close()
+        for n, path in enumerate(paths):
+            sink = ClickHouseSink(settings.clickhouse_url, f"bench_{n}_{path}")
+            service = ClickHouseSinkService(settings, b"bench", sink, signals_in_avro=path == "avro")
+            service.consumer = Partitions()  # type: ignore[assignment]
+            service.prepare()
+            runs.append(copy(path, service, batches, signals_topic, now, args.settle, profiler))
+            sink.close()
 
-    def us(seconds: float) -> str:
-        return f"{1e6 * seconds / events:7.1f} us/event"
-
-    print(f"copy: {wall:.2f} s wall for {events:,} events (machine: {os.cpu_count()} cores, "
-          f"load {os.getloadavg()[0]:.1f}); CPU per input event:")
-    print(f"  decode + rows      {us(rows_cpu)}  (the copying thread)")
-    print(f"  inserts            {us(write_cpu)}  ({sum(insert_calls.values())} inserts)")
-    for table, seconds in insert_cpu.most_common():
-        print(f"    {table:<17}{us(seconds)}  ({insert_calls[table]} inserts, {counts.get(table, 0):,} rows)")
-    other = write_cpu - sum(insert_cpu.values())
-    print(f"    (around inserts) {us(other)}")
-    print(f"  chDB meanwhile     {us(total_cpu - rows_cpu - write_cpu)}  (merges, while rows were built and "
-          f"{args.settle:g} s after)")
-    print(f"  total              {us(total_cpu)}")
-    if "signals_history" not in insert_calls:
-        print(f"  signals_history: {counts['signals_history']:,} rows (filled by a materialized view)")
+    for run in runs:
+        report(run, events, signals)
+    if len(runs) == 2 and runs[0].counts != runs[1].counts:
+        print(f"ROWS DIFFER: {runs[0].counts} against {runs[1].counts}")
+    if len(runs) == 2:
+        base, other = runs
+        print(f"{other.path} against {base.path}: signal path {1e6 * base.signals / signals:.1f} -> "
+              f"{1e6 * other.signals / signals:.1f} us per signal ({other.signals / base.signals:.2f}x), "
+              f"{1e6 * base.signals / events:.1f} -> {1e6 * other.signals / events:.1f} us per input event; "
+              f"whole copy {1e6 * base.total / events:.1f} -> {1e6 * other.total / events:.1f} us per input event "
+              f"({other.total / base.total:.2f}x)")
     if profiler:
         pstats.Stats(profiler).sort_stats(args.sort).print_stats(30)
 
