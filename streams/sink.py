@@ -11,9 +11,12 @@ One loop, batch after batch:
 
 1. fetch up to ``sink_batch_max_records`` records, waiting at most ``sink_batch_max_seconds``;
 2. build one columnar insert per table, each with a deduplication token made of the batch's
-   topic/partition/offset ranges (a retried batch inserts nothing new);
+   topic/partition/offset ranges (a retried batch inserts nothing new); the signals of the current
+   writer schema are not decoded but go as they are into one Avro container, inserted into
+   ``signals_avro`` whose materialized views fill their tables (migration 0012);
 3. insert, retrying what can succeed later with bounded back-off (the batch, and so its
-   offsets, is held meanwhile);
+   offsets, is held meanwhile); the container first, and if ClickHouse refuses it for good (a
+   corrupt record), its signals are decoded here into rows that join the batch's inserts;
 4. commit the batch's offsets, only after ClickHouse acknowledged every table.
 
 A crash between 3 and 4 replays the batch: the same records in the same ranges give the same

@@ -7,10 +7,12 @@
 -- `loyalty init`: INSERT into the tables it writes, and SELECT of the few columns it reads
 -- back (the applied migration versions, the model parameters, the refit's purchase rhythm).
 -- No SELECT of contact pseudonyms; of the raw interactions only the columns the churn refit
--- reads. The materialized views of 0004 and 0011 run with
+-- reads. The materialized views of 0004, 0011 and 0012 run with
 -- their definer's rights, so INSERT into signals_current fills signals_history, and that
 -- signals_daily and customer_week_tiers, without a grant on them (INSERT on signals_history
--- stays for sinks older than 0011).
+-- stays for sinks older than 0011), and INSERT into signals_avro (0012) fills signals_current,
+-- tier_days and relationships (INSERT on those stays: signals of older writer schemas, and a
+-- batch ClickHouse refuses in Avro, are inserted there directly).
 CREATE ROLE IF NOT EXISTS loyalty_writer;
 GRANT INSERT ON {db}.purchases TO loyalty_writer;
 GRANT INSERT ON {db}.calls TO loyalty_writer;
@@ -20,6 +22,7 @@ GRANT INSERT ON {db}.dead_letters TO loyalty_writer;
 GRANT INSERT ON {db}.signals_current TO loyalty_writer;
 GRANT INSERT ON {db}.signals_history TO loyalty_writer;
 GRANT INSERT ON {db}.tier_days TO loyalty_writer;
+GRANT INSERT ON {db}.signals_avro TO loyalty_writer;
 GRANT INSERT ON {db}.alerts TO loyalty_writer;
 GRANT INSERT, SELECT ON {db}.model_params TO loyalty_writer;
 -- migrate() at worker start: its idempotent preamble, then the list of applied versions.

@@ -415,7 +415,7 @@ def test_the_writer_inserts_and_reads_no_contact_pseudonyms():
     statements = role_statements("writer.sql", "loyalty")
     text = " ".join(statements)
     for table in ("purchases", "calls", "visits", "relationships", "signals_current", "signals_history", "tier_days",
-                  "alerts", "dead_letters"):
+                  "signals_avro", "alerts", "dead_letters"):
         assert f"GRANT INSERT ON loyalty.{table} TO loyalty_writer" in statements
     for table in ("alerts", "signals_current", "signals_history"):
         assert not re.search(rf"SELECT[^;]*ON loyalty\.{table} ", text + " "), table
