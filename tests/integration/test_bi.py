@@ -599,9 +599,10 @@ def migrated_before(sink: ClickHouseSink, suffix: str, monkeypatch: pytest.Monke
 
 def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkeypatch):
     """A database that had signals before migration 0004: the snapshot starts complete."""
-    older = migrated_before(sink, "before_bi", monkeypatch, "bi", "daily_tiers", "captive")  # 0007 and 0009 change 0004's views
+    # 0007 and 0009 change 0004's views; 0012's views write into 0007's tier_days
+    older = migrated_before(sink, "before_bi", monkeypatch, "bi", "daily_tiers", "captive", "signals_avro")
     try:
-        assert older.migrate() == ["0004_bi", "0007_daily_tiers", "0009_captive"]
+        assert older.migrate() == ["0004_bi", "0007_daily_tiers", "0009_captive", "0012_signals_avro"]
         got = older.query(f"SELECT day, tier, uniqMerge(customers), sum(signals) FROM {older.database}.signals_daily "
                           "GROUP BY day, tier ORDER BY day, tier")[1]
         assert got == SNAPSHOT
@@ -615,9 +616,9 @@ def test_0004_backfills_the_snapshot_from_history_written_before_it(sink, monkey
 def test_0007_backfills_tier_days_from_history_written_before_it(sink, monkeypatch):
     """A database with 0004's views and a signal history: after 0007 the daily tiers are the
     module's, built from each customer-day's newest history row."""
-    older = migrated_before(sink, "before_daily", monkeypatch, "daily_tiers", "captive")
+    older = migrated_before(sink, "before_daily", monkeypatch, "daily_tiers", "captive", "signals_avro")
     try:
-        assert older.migrate() == ["0007_daily_tiers", "0009_captive"]
+        assert older.migrate() == ["0007_daily_tiers", "0009_captive", "0012_signals_avro"]
         assert older.query(DAILY_SQL.replace("{db}", older.database))[1] == approx_rows(DAILY)
         got = older.query(f"SELECT day, active_customers, loyal_customers, transactional_customers, loyal_share, "
                           f"transactional_share FROM {older.database}.v_audience_vs_loyal ORDER BY day")[1]
