@@ -10,13 +10,19 @@ them (each worker batch's input records, then its signals and alerts), cut into 
 directory, with every migration applied.
 
     PYTHONPATH=. .venv/bin/python bench/sink.py [--customers 10000] [--events 30000] [--batch 50000]
-        [--profile] [--sort tottime]
+        [--paths python,avro] [--profile] [--sort tottime]
 
-Printed, per input event (the pipeline benchmark's unit; about one signal per event here): the
-process CPU of decoding and row building, of each table's insert (a materialized view's work
-counts in the insert that feeds it), and of what chDB still does in the background in the
-``--settle`` seconds after the last insert (merges). CPU is the whole process's, every thread:
-chDB runs inside it.
+Each path of ``--paths`` copies every batch into a database of its own, one after the other:
+``python`` decodes the signals and builds their rows here (the baseline), ``avro`` sends them
+to ClickHouse in one Avro container per batch (migration 0012). The signals' partitions and the
+others are built and written apart (they fill different tables), so the signals' own cost shows.
+
+Printed, per path, per input event (the pipeline benchmark's unit; about one signal per event
+here): the process CPU of building the signals' rows or container and of their inserts (also
+per signal), of the other topics' rows and inserts, of each table's insert (a materialized
+view's work counts in the insert that feeds it), and of what chDB still does in the background
+in the ``--settle`` seconds after the last insert (merges); then the second path against the
+first. CPU is the whole process's, every thread: chDB runs inside it.
 """
 
 from __future__ import annotations
