@@ -7,7 +7,9 @@ runs the ClickHouse sink only (:mod:`streams.sink`). ``all`` runs both in one pr
 
 The order of a batch's effects in the state worker:
 
-1. records are decoded and folded; each changed customer is scored, its alert rules evaluated
+1. records are decoded and folded (those of a partition whose records in the batch do not start
+   at its next offset to fold are held back unacknowledged, and the partition sought back there:
+   :mod:`streams.offsets`); each changed customer is scored, its alert rules evaluated
    and its record (state and what the rules remember) kept in memory, nothing sent yet;
 2. the fence of each input partition the batch read is confirmed: one transaction of the
    partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
@@ -53,7 +55,7 @@ from typing import Any, Literal, NamedTuple, cast
 import faust
 import faust.web
 from aiokafka.partitioner import DefaultPartitioner
-from faust.types import EventT, StoreT, TableT
+from faust.types import TP, EventT, StoreT, TableT
 from faust.types import Message as FaustMessage
 from mode.supervisors import CrashingSupervisor
 
@@ -71,6 +73,8 @@ from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
 from streams.fencing import Fences
 from streams.messages import Message
+from streams.offsets import CommittedSeekingConsumer, offset_spans
+from streams.offsets import install as install_committed_seeking
 from streams.processor import CustomerProcessor, Effects, ModelParams
 from streams.sink import ClickHouseSinkService, latest_published, params_from_bytes
 from streams.state import customer_cache, decode_record
@@ -294,6 +298,8 @@ class Pipeline:
             table_standby_replicas=0,
             logging_config=None,
         )
+        # Every input partition starts at its committed offset after a rebalance, 0 included.
+        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due))
         self.sink = make_sink_service(settings) if role == "all" else None
         self.webhooks = make_webhook_consumer(settings) if role == "all" else None
         # use_partitioner: a key's partition comes from the key (the default partitioner, as
@@ -384,6 +390,24 @@ class Pipeline:
         for store, mine in zip(stores, records):
             store.apply([(record, next(acknowledged)) for record in mine])
 
+    async def read_again(self, events: list[EventT], holes: set[TP]) -> list[EventT]:
+        """Leave out (unacknowledged) the records of partitions whose batch does not start at the
+        next offset to fold, and seek those partitions back there: the records in between never
+        reached the stream (:mod:`streams.offsets`), and none past them may be folded, nor their
+        offsets committed, before them. Returns the batch's other records."""
+        reads = cast(CommittedSeekingConsumer, self.app.consumer)
+        kept = []
+        for event in events:
+            if event.message.tp in holes:
+                event.message.incref()  # one reference more than the take buffer's ack releases
+            else:
+                kept.append(event)
+        positions = await reads.read_again(holes)
+        logger.warning("records skipped before this batch, reading them again: %s (%d records of the batch held back)",
+                       ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(positions.items())),
+                       len(events) - len(kept))
+        return kept
+
     def partition_of(self, topic: str, key: bytes) -> int | None:
         """The partition Kafka's default partitioner (murmur2) gives ``key`` in ``topic``."""
         count = self.app.consumer.topic_partitions(topic) if self.app.consumer else None
@@ -402,10 +426,16 @@ class Pipeline:
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
+                reads = cast(CommittedSeekingConsumer, pipeline.app.consumer)
+                spans = offset_spans(e.message for e in events)
+                holes = reads.check(spans)
+                if holes:
+                    events = await pipeline.read_again(events, holes)
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
                 lost = await pipeline.produce(effects)
                 if lost:
                     leave_unacknowledged(events, lost)
+                reads.folded({tp: span for tp, span in spans.items() if tp not in holes and tp.partition not in lost})
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
                 yield None
@@ -524,6 +554,7 @@ class Pipeline:
             "role": self.role,
             "processed": dict(self.processor.totals),
             "fences": self.fences.status(),
+            "read_again": getattr(app.consumer, "rereads", 0) if app.consumer else 0,
             "model": self.model.status(),
             "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             if app.consumer else [],

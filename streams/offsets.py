@@ -1,0 +1,136 @@
+"""Where the state worker's consumer starts reading a partition after a rebalance.
+
+After every assignment Faust seeks each partition to its committed offset before its streams
+resume, and the records between the committed offset and the consumer's fetch position are read
+again. The seek goes through aiokafka's ``seek_to_committed``, which moves a partition only when
+its committed offset is above 0: a partition committed at 0, or never committed, keeps whatever
+position the consumer reached. And the consumer can move past records that no stream ever sees:
+Faust drops fetched records of a partition it paused in the meantime (it pauses every assigned
+partition while its tables recover), and the fetch position has moved on all the same.
+
+That is how records were lost when a worker took over the partitions of another that had not
+committed them yet (a worker frozen, or killed, before its first commit): the new owner started
+where its fetches had got to, tens of records into the partition, and since Faust counts offsets
+from the first record it delivers, its commits moved past the records it skipped.
+
+:class:`CommittedSeekingConsumer` seeks those partitions too: to offset 0 when 0 is committed, to
+the earliest offset when nothing is (the ``earliest`` reset policy, the application's).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
+
+import faust
+from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
+from faust.types import TP
+
+logger = logging.getLogger(__name__)
+
+
+class CommittedSeekingConsumer(AIOKafkaConsumer):
+    """Faust's aiokafka consumer, whose seek to the committed offsets moves every stream partition,
+    and which remembers the next offset the agent must fold in each of them (:meth:`check`)."""
+
+    #: The topics whose partitions are sought whatever their committed offset (the agent's inputs;
+    #: changelogs are positioned by table recovery, not here). Set by :func:`install`.
+    stream_topics: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: The next offset to fold of each stream partition this worker owns.
+        self.next_offsets: dict[TP, int] = {}
+        #: Partitions sought back by :meth:`read_again` that have not delivered a record since.
+        self.reread_from: dict[TP, int] = {}
+        self.rereads = 0
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        streams = {tp: offset for tp, offset in committed.items() if tp.topic in self.stream_topics}
+        unmoved = [tp for tp, offset in streams.items() if not offset]
+        positions: dict[TP, int] = {}
+        if unmoved:
+            never = [tp for tp in unmoved if streams[tp] is None]
+            earliest = await self.earliest_offsets(*never) if never else {}
+            positions = {tp: earliest.get(tp, 0) for tp in unmoved}
+            await self._seek_in_thread(positions)
+            logger.debug("sought to their start: %s", _spans(positions))
+        self.next_offsets = {tp: positions.get(tp, offset or 0) for tp, offset in streams.items()}
+        self.reread_from = {}
+        return committed
+
+    def check(self, offsets: Mapping[TP, tuple[int, int]]) -> set[TP]:
+        """The partitions of a batch (lowest and highest offset of each) that do not start at the
+        next offset to fold: records before them never reached the stream. A partition sought back
+        by :meth:`read_again` whose first record comes later is taken as it is (the offsets between
+        hold no record: transaction markers, compaction)."""
+        holes: set[TP] = set()
+        for tp, (low, _) in offsets.items():
+            expected = self.next_offsets.get(tp)
+            if expected is None or low <= expected:
+                continue
+            if self.reread_from.get(tp) == expected:
+                logger.warning("%s[%d]: no record at offsets %d to %d after a seek there; going on from %d",
+                               tp.topic, tp.partition, expected, low - 1, low)
+                continue
+            holes.add(tp)
+        return holes
+
+    def folded(self, offsets: Mapping[TP, tuple[int, int]]) -> None:
+        """Note the records of a batch folded (lowest and highest offset of each partition)."""
+        for tp, (_, high) in offsets.items():
+            self.reread_from.pop(tp, None)
+            if tp in self.next_offsets:
+                self.next_offsets[tp] = max(self.next_offsets[tp], high + 1)
+
+    async def read_again(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """Seek ``partitions`` back to their next offset to fold, so that the records skipped are
+        fetched and delivered again; returns the positions."""
+        positions = {tp: self.next_offsets[tp] for tp in partitions if tp in self.next_offsets}
+        await self._seek_in_thread(positions)
+        for tp, offset in positions.items():
+            # Faust delivers a partition's records from this offset on (it drops lower ones as read).
+            self._read_offset[tp] = offset or None
+            self.reread_from[tp] = offset
+        self.rereads += len(positions)
+        return positions
+
+    async def _seek_in_thread(self, positions: Mapping[TP, int]) -> None:
+        # In the consumer's own thread, as every other call into it: aiokafka's seek drops the
+        # partition's fetched records, which its fetcher may be reading at that moment.
+        thread = self._thread
+
+        async def seek_all() -> None:
+            for tp, offset in positions.items():
+                thread.seek(tp, offset)
+
+        if positions:
+            await thread.call_thread(seek_all)
+
+
+def _spans(positions: Mapping[TP, int]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(positions.items()))
+
+
+def offset_spans(messages: Iterable[Any]) -> dict[TP, tuple[int, int]]:
+    """The lowest and highest offset of each partition among Faust ``messages``."""
+    spans: dict[TP, tuple[int, int]] = {}
+    for message in messages:
+        tp, offset = message.tp, message.offset
+        low, high = spans.get(tp, (offset, offset))
+        spans[tp] = (min(low, offset), max(high, offset))
+    return spans
+
+
+def install(app: faust.App, stream_topics: Iterable[str]) -> None:
+    """Make ``app`` (not started yet) build its consumer as a :class:`CommittedSeekingConsumer` for
+    ``stream_topics``."""
+    if app.conf.consumer_auto_offset_reset != "earliest":
+        raise ValueError("the state worker reads a partition nobody committed from its earliest offset; "
+                         f"consumer_auto_offset_reset={app.conf.consumer_auto_offset_reset!r} is not supported")
+    consumer_class: Any = type("CommittedSeekingConsumer", (CommittedSeekingConsumer,),
+                               {"stream_topics": frozenset(stream_topics), "__module__": __name__})
+    transport: Any = app.transport
+    transport.Consumer = consumer_class
