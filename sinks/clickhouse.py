@@ -220,6 +220,8 @@ class ClickHouseSink:
         self._cluster_tables: set[str] = set()
         self._client: Client | None = None
         self._column_types: dict[str, dict[str, str]] = {}  # table -> column -> type name
+        #: Avro containers ClickHouse refused for good, whose records were decoded in Python instead.
+        self.avro_fallbacks = 0
 
     @property
     def client(self) -> Client:
@@ -316,6 +318,7 @@ class ClickHouseSink:
             logger.warning("ClickHouse refused the %d records for %s (%s); building their rows in Python instead",
                            len(container), table, exc)
             batch.fall_back(table)
+            self.avro_fallbacks += 1
             return 0
         return len(container)
 

@@ -472,5 +472,6 @@ class ClickHouseSinkService:
     def status(self) -> dict[str, Any]:
         assignment = sorted(f"{tp.topic}[{tp.partition}]" for tp in self.consumer.assignment()) if self.consumer else []
         return {"role": "sink", "group": self.group_id, "batches": self.batches, "copied": dict(self.totals),
-                "sink_retries": self.runner.retries, "assignment": assignment,
+                "sink_retries": self.runner.retries, "avro_fallbacks": getattr(self.sink, "avro_fallbacks", 0),
+                "assignment": assignment,
                 "last_committed_at": self.last_committed_at}

@@ -255,8 +255,10 @@ def test_a_corrupt_record_sends_its_batch_to_the_python_path_which_skips_it_alon
         codec("loyalty_signal").decode(bad)
     batch = avro.rows(_fetched([*values[:at], bad, *values[at + 1:]]), NOW)
     assert len(batch.avro[SIGNALS_TABLE].container) == 30
+    assert avro.status()["avro_fallbacks"] == 0
     avro.sink.write(batch)
     assert avro.totals["skipped_undecodable"] == 1
+    assert avro.status()["avro_fallbacks"] == 1
     assert "building their rows in Python instead" in caplog.text and refused_by in caplog.text
     python.sink.write(python.rows(_fetched([*values[:at], *values[at + 1:]]), NOW))
     assert _tables(avro.sink) == _tables(python.sink)
