@@ -390,7 +390,7 @@ class Pipeline:
         for store, mine in zip(stores, records):
             store.apply([(record, next(acknowledged)) for record in mine])
 
-    async def read_again(self, events: list[EventT], holes: set[TP]) -> list[EventT]:
+    async def read_again(self, events: list[EventT], holes: dict[TP, int]) -> list[EventT]:
         """Leave out (unacknowledged) the records of partitions whose batch does not start at the
         next offset to fold, and seek those partitions back there: the records in between never
         reached the stream (:mod:`streams.offsets`), and none past them may be folded, nor their
@@ -430,7 +430,7 @@ class Pipeline:
                 spans = offset_spans(e.message for e in events)
                 holes = reads.check(spans)
                 if holes:
-                    events = await pipeline.read_again(events, holes)
+                    events = await pipeline.read_again(events, {tp: spans[tp][0] for tp in holes})
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
                 lost = await pipeline.produce(effects)
                 if lost:

@@ -29,6 +29,10 @@ from faust.types import TP
 
 logger = logging.getLogger(__name__)
 
+#: Seeks back to the same offset, each answered by records starting at the same later offset,
+#: after which the offsets in between are taken to hold no record.
+SAME_START_TIMES = 3
+
 
 class CommittedSeekingConsumer(AIOKafkaConsumer):
     """Faust's aiokafka consumer, whose seek to the committed offsets moves every stream partition,
@@ -42,8 +46,9 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         super().__init__(*args, **kwargs)
         #: The next offset to fold of each stream partition this worker owns.
         self.next_offsets: dict[TP, int] = {}
-        #: Partitions sought back by :meth:`read_again` that have not delivered a record since.
-        self.reread_from: dict[TP, int] = {}
+        #: Partitions sought back by :meth:`read_again` and not folded since: the offset sought,
+        #: the first offset the batch that found the hole held, and how many times in a row.
+        self.reread_from: dict[TP, tuple[int, int, int]] = {}
         self.rereads = 0
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
@@ -63,17 +68,20 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
 
     def check(self, offsets: Mapping[TP, tuple[int, int]]) -> set[TP]:
         """The partitions of a batch (lowest and highest offset of each) that do not start at the
-        next offset to fold: records before them never reached the stream. A partition sought back
-        by :meth:`read_again` whose first record comes later is taken as it is (the offsets between
-        hold no record: transaction markers, compaction)."""
+        next offset to fold: records before them never reached the stream.
+
+        A partition sought back there :data:`SAME_START_TIMES` times in a row, whose records
+        started at the same later offset each time, is taken as it is: the offsets between hold no
+        record (transaction markers of a transactional producer, or compaction). Records fetched
+        before a seek can still be delivered after it, so one seek back is not enough to tell."""
         holes: set[TP] = set()
         for tp, (low, _) in offsets.items():
             expected = self.next_offsets.get(tp)
             if expected is None or low <= expected:
                 continue
-            if self.reread_from.get(tp) == expected:
-                logger.warning("%s[%d]: no record at offsets %d to %d after a seek there; going on from %d",
-                               tp.topic, tp.partition, expected, low - 1, low)
+            if self.reread_from.get(tp) == (expected, low, SAME_START_TIMES):
+                logger.warning("%s[%d]: no record at offsets %d to %d after %d seeks there; going on from %d",
+                               tp.topic, tp.partition, expected, low - 1, SAME_START_TIMES, low)
                 continue
             holes.add(tp)
         return holes
@@ -85,15 +93,18 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
             if tp in self.next_offsets:
                 self.next_offsets[tp] = max(self.next_offsets[tp], high + 1)
 
-    async def read_again(self, partitions: Iterable[TP]) -> dict[TP, int]:
-        """Seek ``partitions`` back to their next offset to fold, so that the records skipped are
-        fetched and delivered again; returns the positions."""
-        positions = {tp: self.next_offsets[tp] for tp in partitions if tp in self.next_offsets}
+    async def read_again(self, holes: Mapping[TP, int]) -> dict[TP, int]:
+        """Seek the partitions of ``holes`` (each with the first offset its batch held) back to
+        their next offset to fold, so that the records skipped are fetched and delivered again;
+        returns the positions."""
+        positions = {tp: self.next_offsets[tp] for tp in holes if tp in self.next_offsets}
         await self._seek_in_thread(positions)
         for tp, offset in positions.items():
             # Faust delivers a partition's records from this offset on (it drops lower ones as read).
             self._read_offset[tp] = offset or None
-            self.reread_from[tp] = offset
+            sought, low, times = self.reread_from.get(tp, (-1, -1, 0))
+            same = (sought, low) == (offset, holes[tp])
+            self.reread_from[tp] = (offset, holes[tp], times + 1 if same else 1)
         self.rereads += len(positions)
         return positions
 

@@ -5,23 +5,30 @@ The consumer's Kafka side (its seeks) runs against the broker in tests/faults/te
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from faust.types import TP
 
-from streams.offsets import CommittedSeekingConsumer, offset_spans
+from streams.offsets import SAME_START_TIMES, CommittedSeekingConsumer, offset_spans
 
 PURCHASES_0 = TP("purchases", 0)
 CALLS_0 = TP("calls", 0)
 VISITS_1 = TP("visits", 1)
 
 
-def ledger(next_offsets: dict[TP, int], read_again_from: dict[TP, int] | None = None) -> CommittedSeekingConsumer:
-    """The consumer's bookkeeping alone, without a Faust app behind it."""
+def ledger(next_offsets: dict[TP, int]) -> CommittedSeekingConsumer:
+    """The consumer's bookkeeping alone, without a Faust app behind it (its seeks do nothing)."""
     reads = object.__new__(CommittedSeekingConsumer)
     reads.next_offsets = dict(next_offsets)
-    reads.reread_from = dict(read_again_from or {})
+    reads.reread_from = {}
     reads.rereads = 0
+    reads._read_offset = {}
+
+    async def no_seek(positions):
+        reads.sought = dict(positions)
+
+    reads._seek_in_thread = no_seek
     return reads
 
 
@@ -61,10 +68,30 @@ def test_folding_moves_the_next_offset_past_the_batch_and_never_back():
     assert reads.check({PURCHASES_0: (20, 25)}) == set()
 
 
-def test_after_a_seek_back_a_later_first_record_is_taken_as_it_is(caplog):
-    # Sought back to 127 and the broker's first record there is 130 (127 to 129 hold transaction
-    # markers, or were compacted away): going on, not seeking back forever.
-    reads = ledger({PURCHASES_0: 127}, read_again_from={PURCHASES_0: 127})
+def test_a_seek_back_goes_to_the_next_offset_and_faust_delivers_from_there():
+    reads = ledger({PURCHASES_0: 127, CALLS_0: 46})
+    assert asyncio.run(reads.read_again({PURCHASES_0: 128})) == {PURCHASES_0: 127}
+    assert reads.sought == {PURCHASES_0: 127}
+    assert reads._read_offset == {PURCHASES_0: 127}
+    assert reads.rereads == 1
+
+
+def test_records_fetched_before_the_seek_and_delivered_after_it_are_a_hole_again():
+    # Sought back to 147; records fetched before the seek (231 on) still arrive first.
+    reads = ledger({VISITS_1: 147})
+    asyncio.run(reads.read_again({VISITS_1: 231}))
+    assert reads.check({VISITS_1: (250, 300)}) == {VISITS_1}
+    asyncio.run(reads.read_again({VISITS_1: 250}))
+    assert reads.check({VISITS_1: (147, 300)}) == set()
+
+
+def test_the_same_later_start_after_three_seeks_back_is_taken_as_it_is(caplog):
+    # 127 to 129 hold transaction markers, or were compacted away: every seek back to 127 brings
+    # 130 first. After three, the worker goes on instead of seeking back forever.
+    reads = ledger({PURCHASES_0: 127})
+    for _ in range(SAME_START_TIMES):
+        assert reads.check({PURCHASES_0: (130, 140)}) == {PURCHASES_0}
+        asyncio.run(reads.read_again({PURCHASES_0: 130}))
     with caplog.at_level(logging.WARNING, logger="streams.offsets"):
         assert reads.check({PURCHASES_0: (130, 140)}) == set()
     assert "no record at offsets 127 to 129" in caplog.text
