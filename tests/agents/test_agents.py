@@ -42,10 +42,11 @@ def broker_stand_in(pipeline: Pipeline, produced: list[Effects]) -> Any:
     writes (at made-up changelog offsets), as the broker would."""
     offsets = iter(range(1_000_000))
 
-    async def produce(effects: Effects) -> None:
+    async def produce(effects: Effects) -> set[int]:
         produced.append(effects)
         for store in (pipeline.relationship_store, pipeline.due_time_store):
             store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
+        return set()  # no partition lost
 
     return produce
 
