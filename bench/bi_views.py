@@ -55,6 +55,7 @@ QUERIES: dict[str, str] = {
     "v_recognition_and_quality":
         "SELECT * FROM {db}.v_recognition_and_quality ORDER BY recognition_order, service_order",
     "v_tiers_current": "SELECT * FROM {db}.v_tiers_current ORDER BY tier",
+    "v_tiers_now": "SELECT * FROM {db}.v_tiers_now ORDER BY tier",
     "v_score_histogram": "SELECT * FROM {db}.v_score_histogram ORDER BY bin_from",
 }
 
@@ -211,6 +212,8 @@ def settle(sink: ClickHouseSink, timeout: float = 120.0) -> float:
         if rows[0][0] == 0:
             break
         time.sleep(0.5)
+    sink.client.command(f"SYSTEM REFRESH VIEW {DB}.tiers_now_mv")  # v_tiers_now as of the loaded data
+    sink.client.command(f"SYSTEM WAIT VIEW {DB}.tiers_now_mv")
     return time.perf_counter() - start
 
 

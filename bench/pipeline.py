@@ -66,9 +66,12 @@ Main size (``--events`` over ``--customers``):
    sent, at most one second of events was pending in the state worker (``/status``) and at most
    one second's worth of records in the sink's consumer group (committed offsets on the input
    and signals topics); if not, the latencies grow with the length of the load and are queueing.
-8. **BI latency**: ``SELECT tier, count() FROM loyalty.signals_current FINAL GROUP BY tier``
-   through the sink's query endpoint, back to back with 0.2 s pauses while the freshness load
-   runs; also a few with the pipeline idle, for reference.
+8. **BI latency**: the dashboard's tier query, ``v_tiers_now`` (the tier mix ClickHouse
+   recomputes every second from ``signals_current FINAL``, migration 0013), through the sink's
+   query endpoint, back to back with 0.2 s pauses while the freshness load runs, with the age of
+   each answer (its refresh); and the exact query, ``SELECT tier, count() FROM
+   loyalty.signals_current FINAL GROUP BY tier``, every 2 s meanwhile (an analyst's ad-hoc
+   query). Both also with the pipeline idle, for reference.
 9. **P2**: as P1 with two state workers (one app id, two data directories and web ports) and one
    sink, on a copy of the topics (the same messages published again under another prefix: the
    output topics follow the prefix, so P2 shares neither topics, group, state nor chDB with P1).
@@ -129,7 +132,11 @@ from schemas import codec
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH_DIR = REPO / "var" / "bench"
-TIER_QUERY = "SELECT tier, count() FROM {db}.signals_current FINAL GROUP BY tier ORDER BY tier"
+# The dashboard's tier mix (refreshed by ClickHouse), with each answer's age; and the exact one.
+TIER_QUERY = ("SELECT tier, customers, toUInt64(greatest(0, dateDiff('millisecond', refreshed_at, now64(3, 'UTC')))) "
+              "FROM {db}.v_tiers_now ORDER BY tier")
+EXACT_TIER_QUERY = "SELECT tier, count() FROM {db}.signals_current FINAL GROUP BY tier ORDER BY tier"
+EXACT_PAUSE_SECONDS = 2.0
 GOALS = {
     "p1_over_f": 0.25,  # P1 >= 0.25 F
     "p1_over_f_aim": 0.5,  # what to aim for
@@ -892,10 +899,15 @@ def choose_markers(messages: Sequence[Outgoing], every: int) -> set[bytes]:
     return markers
 
 
-def bi_query_ms(sink: Service) -> float:
+def bi_query_ms(sink: Service, sql: str = TIER_QUERY) -> float:
+    return timed_query(sink, sql)[0]
+
+
+def timed_query(sink: Service, sql: str) -> tuple[float, list[Any]]:
+    """(milliseconds, rows) of one query through the sink's endpoint."""
     started = time.perf_counter()
-    sink.query(TIER_QUERY.format(db=sink.settings.clickhouse_database))
-    return (time.perf_counter() - started) * 1000
+    rows = sink.query(sql.format(db=sink.settings.clickhouse_database))
+    return (time.perf_counter() - started) * 1000, rows
 
 
 def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int:
@@ -921,10 +933,15 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
     topics = Topics(settings.topic_prefix)
     already = sum(dep.processed()[0])
     for _ in range(2):
-        bi_query_ms(sink)  # warm up: the first FINAL over cold parts is not what a BI user sees
+        bi_query_ms(sink, EXACT_TIER_QUERY)  # warm up: the first FINAL over cold parts is not what a BI user sees
+    idle_exact = [bi_query_ms(sink, EXACT_TIER_QUERY) for _ in range(15)]
+    bi_customers = sum(int(n) for _, n in sink.query(EXACT_TIER_QUERY.format(db=db)))
+    deadline = time.monotonic() + 10  # the view as of a refresh after the pre-load
+    while (sum(int(row[1]) for row in sink.query(TIER_QUERY.format(db=db))) != bi_customers
+           and time.monotonic() < deadline):
+        time.sleep(0.2)
     idle = [bi_query_ms(sink) for _ in range(15)]
-    tiers = sink.query(TIER_QUERY.format(db=db))
-    bi_customers = sum(int(n) for _, n in tiers)
+    view_customers = sum(int(row[1]) for row in sink.query(TIER_QUERY.format(db=db)))
 
     markers = choose_markers(workload.messages, max(1, round(rate * marker_ms / 1000)))
     producer = TimedProducer(_producer(settings, linger_ms=5), markers)
@@ -941,11 +958,22 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
             seen_at.setdefault(cid.encode(), now)
 
     bi_during: list[float] = []
+    bi_ages: list[float] = []
+    exact_during: list[float] = []
+
+    def dashboard() -> None:
+        ms, rows = timed_query(sink, TIER_QUERY)
+        bi_during.append(ms)
+        if rows:
+            bi_ages.append(max(int(row[2]) for row in rows) / 1000)
+
     poller = Repeater(poll_markers, POLL_SECONDS)
-    bi_loop = Repeater(lambda: bi_during.append(bi_query_ms(sink)), bi_pause or 0.0)
+    bi_loop = Repeater(dashboard, bi_pause or 0.0)
+    exact_loop = Repeater(lambda: exact_during.append(bi_query_ms(sink, EXACT_TIER_QUERY)), EXACT_PAUSE_SECONDS)
     poller.start()
     if bi_pause is not None:  # None: freshness alone, to see what the BI queries cost it
         bi_loop.start()
+        exact_loop.start()
     try:
         report = send_outgoing(producer, workload.messages, topics, rate)
         sent_done = time.time()
@@ -955,8 +983,9 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         while len(seen_at) < len(markers) and time.monotonic() < deadline:
             time.sleep(0.2)
     finally:
-        if bi_loop.is_alive():
-            bi_loop.stop()
+        for loop in (bi_loop, exact_loop):
+            if loop.is_alive():
+                loop.stop()
         poller.stop()
         producer.producer.close(timeout=10)
     drained = _wait_processed(dep, already + workload.events)
@@ -984,15 +1013,29 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         "bi": {
             "query": TIER_QUERY.format(db=db),
             "pause_between_queries_s": bi_pause,
-            "customers": bi_customers,
+            "customers": view_customers,
             "customers_expected": bi_customers_expected,
             "during_ingest_n": len(bi_during),
             "during_ingest_p50_ms": _round(percentile(bi_during, 50), 1),
             "during_ingest_p99_ms": _round(percentile(bi_during, 99), 1),
+            "answer_age_p50_s": _round(percentile(bi_ages, 50), 3),
+            "answer_age_p99_s": _round(percentile(bi_ages, 99), 3),
             "idle_n": len(idle),
             "idle_p50_ms": _round(percentile(idle, 50), 1),
             "idle_p99_ms": _round(percentile(idle, 99), 1),
             "errors": bi_loop.errors[:3],
+        },
+        "bi_exact": {
+            "query": EXACT_TIER_QUERY.format(db=db),
+            "pause_between_queries_s": EXACT_PAUSE_SECONDS,
+            "customers": bi_customers,
+            "during_ingest_n": len(exact_during),
+            "during_ingest_p50_ms": _round(percentile(exact_during, 50), 1),
+            "during_ingest_p99_ms": _round(percentile(exact_during, 99), 1),
+            "idle_n": len(idle_exact),
+            "idle_p50_ms": _round(percentile(idle_exact, 50), 1),
+            "idle_p99_ms": _round(percentile(idle_exact, 99), 1),
+            "errors": exact_loop.errors[:3],
         },
         "memory_mb": {s.name: s.memory_mb() for s in dep.services},
         "load_average_after": load_average(),
@@ -1182,6 +1225,8 @@ def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, An
         "freshness_kept_up": fresh.get("kept_up"),
         "bi_p50_ms_during_ingest": bi.get("during_ingest_p50_ms"),
         "bi_p99_ms_during_ingest": bi.get("during_ingest_p99_ms"),
+        "bi_answer_age_p99_s": bi.get("answer_age_p99_s"),
+        "bi_exact_p50_ms_during_ingest": (fresh.get("bi_exact") or {}).get("during_ingest_p50_ms"),
         "P1_scale": scale["p1"]["events_per_second"] if scale else None,
         "P1_scale_ratio": round(scale["p1"]["events_per_second"] / p1["events_per_second"], 4) if scale else None,
         "P1_scale_capped": scale["p1"]["capped"] if scale else None,
@@ -1293,9 +1338,15 @@ def print_report(report: dict[str, Any]) -> None:
               f"p99 {fresh['freshness_p99_s']} s, max {fresh['freshness_max_s']} s "
               f"({fresh['markers_seen']}/{fresh['markers']} markers, polled every {fresh['poll_interval_s']} s); "
               f"state worker drained {fresh['drained_after_send_s']} s after the last send; " + _kept_up(fresh))
-        print(f"BI tier query over {bi['customers']:,} customers (FINAL): during ingest p50 "
-              f"{bi['during_ingest_p50_ms']} ms, p99 {bi['during_ingest_p99_ms']} ms (n={bi['during_ingest_n']}); "
+        print(f"BI tier query over {bi['customers']:,} customers (v_tiers_now): during ingest p50 "
+              f"{bi['during_ingest_p50_ms']} ms, p99 {bi['during_ingest_p99_ms']} ms (n={bi['during_ingest_n']}), "
+              f"answers p50 {bi.get('answer_age_p50_s')} s / p99 {bi.get('answer_age_p99_s')} s old; "
               f"idle p50 {bi['idle_p50_ms']} ms, p99 {bi['idle_p99_ms']} ms (n={bi['idle_n']})")
+        exact = fresh.get("bi_exact")
+        if exact:
+            print(f"Exact tier query (signals_current FINAL, every {exact['pause_between_queries_s']} s): during "
+                  f"ingest p50 {exact['during_ingest_p50_ms']} ms, p99 {exact['during_ingest_p99_ms']} ms "
+                  f"(n={exact['during_ingest_n']}); idle p50 {exact['idle_p50_ms']} ms, p99 {exact['idle_p99_ms']} ms")
     print(f"Peak memory (VmHWM, MB): {figures['peak_memory_mb']}")
     scaling = report.get("scaling")
     if scaling:

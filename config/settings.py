@@ -168,6 +168,10 @@ class Settings(BaseSettings):
         None, description="Name of a ClickHouse cluster (a server DSN only): the migrations then create replicated "
         "<table>_local tables ON CLUSTER and a Distributed <table> over them for inserts and reads (docs/scaling.md). "
         "Unset: single-node tables.")
+    clickhouse_tiers_now_refresh_seconds: int = Field(
+        1, ge=1, le=86_400, description="Seconds between two refreshes of tiers_now, the tier mix v_tiers_now reads "
+        "(one signals_current FINAL each time; the sink sets it at start). Raise it when that query takes a good "
+        "share of the interval (about 50 ms per million customers on one core).")
 
     @field_validator("earliest_event_time")
     @classmethod

@@ -265,6 +265,18 @@ class ClickHouseSink:
             logger.info("applied ClickHouse migration %04d_%s", version, name)
         return applied
 
+    def refresh_tiers_now_every(self, seconds: int) -> None:
+        """How often ClickHouse recomputes ``tiers_now`` (migration 0013), on every node of a cluster.
+
+        A server that refuses it (a writer role without ``ALTER VIEW MODIFY REFRESH``) keeps the
+        interval it has, with a warning: the sink's work does not depend on it."""
+        on_cluster = f" ON CLUSTER {self.cluster}" if self.cluster else ""
+        try:
+            self.client.command(f"ALTER TABLE {self.database}.tiers_now_mv{on_cluster} "
+                                f"MODIFY REFRESH EVERY {int(seconds)} SECOND")
+        except ClickHouseError as exc:
+            logger.warning("tiers_now keeps its refresh interval: ClickHouse refused %s s: %s", seconds, exc)
+
     def write(self, batch: SinkBatch) -> int:
         """Insert every table of the batch; return the rows written.
 

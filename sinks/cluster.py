@@ -13,7 +13,8 @@ statement is rewritten so that every table exists twice:
   else ``rand()``. Inserts and reads go through it, so queries and views keep their names.
 
 Materialized views are created on every node reading and writing the local tables (each node
-aggregates what its shard receives), and a change of a materialized view's query (``ALTER
+aggregates what its shard receives; a refreshable one recomputes its shard's figures into a
+``Memory`` table of its own, which stays ``Memory``), and a change of a materialized view's query (``ALTER
 TABLE ... MODIFY QUERY``) runs ``ON CLUSTER`` reading the local tables likewise; plain views
 (created or replaced) and other ``ALTER TABLE`` statements run ``ON CLUSTER`` (an ``ALTER`` on
 both the local and the distributed table). Pure: text in, text out.
@@ -25,7 +26,8 @@ import re
 
 CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\S+)\.(\w+)\s*(\(.*\))\s*ENGINE\s*=\s*(\w+)(\([^)]*\))?(.*)$",
                           re.S)
-CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\S+)\.(\w+) TO (\S+)\.(\w+) AS(.*)$", re.S)
+CREATE_MV = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\S+)\.(\w+) ((?:REFRESH [^()]*? )?)TO (\S+)\.(\w+) AS(.*)$",
+                       re.S)
 CREATE_VIEW = re.compile(r"^(CREATE VIEW IF NOT EXISTS|CREATE OR REPLACE VIEW) (\S+)\.(\w+) AS(.*)$", re.S)
 MODIFY_QUERY = re.compile(r"^ALTER TABLE (\S+)\.(\w+) MODIFY QUERY(.*)$", re.S)
 ALTER_TABLE = re.compile(r"^ALTER TABLE (\S+)\.(\w+) (.*)$", re.S)
@@ -46,9 +48,9 @@ def on_cluster(statement: str, cluster: str, tables: set[str]) -> list[str]:
     if match := CREATE_TABLE.match(statement):
         return _table(match, cluster, tables)
     if match := CREATE_MV.match(statement):
-        db, name, target_db, target, body = match.groups()
+        db, name, refresh, target_db, target, body = match.groups()
         return [f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} ON CLUSTER {cluster} "
-                f"TO {target_db}.{local_name(target)} AS{_read_local(body, tables)}"]
+                f"{refresh}TO {target_db}.{local_name(target)} AS{_read_local(body, tables)}"]
     if match := CREATE_VIEW.match(statement):
         create, db, name, body = match.groups()
         return [f"{create} {db}.{name} ON CLUSTER {cluster} AS{body}"]
@@ -66,6 +68,8 @@ def _table(match: re.Match[str], cluster: str, tables: set[str]) -> list[str]:
     db, name, columns, engine, arguments, rest = match.groups()
     local = local_name(name)
     if engine == "Null":  # keeps nothing, so nothing to replicate: its views fire where the rows land
+        replicated = engine
+    elif engine == "Memory":  # derived on each node (a refreshed view's target): each computes its own
         replicated = engine
     elif engine in MERGE_TREES:
         path = f"'/clickhouse/tables/{{shard}}/{db}/{local}', '{{replica}}'"

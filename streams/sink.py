@@ -180,6 +180,7 @@ class ClickHouseSinkService:
         applied = self.sink.migrate()
         if applied:
             logger.info("ClickHouse schema migrated: %s", ", ".join(applied))
+        self.sink.refresh_tiers_now_every(self.settings.clickhouse_tiers_now_refresh_seconds)
 
     async def start(self) -> None:
         config = aiokafka_config(self.settings)

@@ -26,6 +26,7 @@ ALTER TABLE {db}.v_alerts_live MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_recognition_and_quality MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_tiers_current MODIFY SQL SECURITY DEFINER;
 ALTER TABLE {db}.v_score_histogram MODIFY SQL SECURITY DEFINER;
+ALTER TABLE {db}.v_tiers_now MODIFY SQL SECURITY DEFINER;
 
 GRANT SELECT ON {db}.v_daily_tiers TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_audience_vs_loyal TO loyalty_bi_reader;
@@ -38,5 +39,6 @@ GRANT SELECT ON {db}.v_alerts_live TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_recognition_and_quality TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_tiers_current TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_score_histogram TO loyalty_bi_reader;
+GRANT SELECT ON {db}.v_tiers_now TO loyalty_bi_reader;
 -- The daily snapshot itself (aggregate states: read with uniqMerge, avgMerge; see 0004_bi.sql).
 GRANT SELECT ON {db}.signals_daily TO loyalty_bi_reader;

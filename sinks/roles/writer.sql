@@ -25,6 +25,8 @@ GRANT INSERT ON {db}.tier_days TO loyalty_writer;
 GRANT INSERT ON {db}.signals_avro TO loyalty_writer;
 GRANT INSERT ON {db}.alerts TO loyalty_writer;
 GRANT INSERT, SELECT ON {db}.model_params TO loyalty_writer;
+-- The interval of the refreshed tier mix (0013), set at every sink start.
+GRANT ALTER VIEW MODIFY REFRESH ON {db}.tiers_now_mv TO loyalty_writer;
 -- migrate() at worker start: its idempotent preamble, then the list of applied versions.
 GRANT CREATE DATABASE ON {db}.* TO loyalty_writer;
 GRANT CREATE TABLE ON {db}.schema_migrations TO loyalty_writer;

@@ -353,6 +353,51 @@ def test_v_tiers_current_and_score_histogram(sink):
     assert got == [(0, 10, 1), (20, 30, 1), (30, 40, 1), (50, 60, 1), (70, 80, 1), (80, 90, 1), (90, 100, 1)]
 
 
+def refreshed(sink: ClickHouseSink) -> None:
+    """tiers_now recomputed now, from what signals_current holds (migration 0013)."""
+    sink.client.command(f"SYSTEM REFRESH VIEW {sink.database}.tiers_now_mv")
+    sink.client.command(f"SYSTEM WAIT VIEW {sink.database}.tiers_now_mv")
+
+
+def test_v_tiers_now_is_v_tiers_current_as_of_its_refresh(sink):
+    columns = "tier, customers, share, avg_loyalty_score, avg_churn_risk, revenue_365d_minor"
+    refreshed(sink)
+    exact = rows(sink, f"SELECT {columns} FROM {{db}}.v_tiers_current ORDER BY tier")
+    assert rows(sink, f"SELECT {columns} FROM {{db}}.v_tiers_now ORDER BY tier") == approx_rows(exact)
+    assert len(exact) == 6
+    # A newer version of F (lapsed) moves it to loyal: v_tiers_now shows it after the next refresh.
+    db = sink.database
+    moved = rows(sink, f"SELECT {', '.join(SIGNAL_COLUMNS)} FROM {{db}}.signals_current FINAL WHERE customer_id = 'F'")[0]
+    newer = list(moved)
+    newer[SIGNAL_COLUMNS.index("version")] += 100
+    newer[SIGNAL_COLUMNS.index("tier")] = "loyal"
+    before = dict(rows(sink, "SELECT tier, customers FROM {db}.v_tiers_now"))
+    sink.client.command(f"DETACH TABLE {db}.signals_history_mv")  # the history other tests read stays as it is
+    try:
+        sink.client.insert(f"{db}.signals_current", [newer], column_names=SIGNAL_COLUMNS)
+        refreshed(sink)
+        after = dict(rows(sink, "SELECT tier, customers FROM {db}.v_tiers_now"))
+        assert rows(sink, f"SELECT {columns} FROM {{db}}.v_tiers_now ORDER BY tier") == approx_rows(
+            rows(sink, f"SELECT {columns} FROM {{db}}.v_tiers_current ORDER BY tier"))
+    finally:
+        sink.client.insert(f"{db}.signals_current", [[*moved[:1], moved[1] + 200, *moved[2:]]],
+                           column_names=SIGNAL_COLUMNS)  # F as it was, for the other tests
+        sink.client.command(f"ATTACH TABLE {db}.signals_history_mv")
+    assert before["lapsed"] == 1 and "lapsed" not in after  # no row for a tier nobody is in
+    assert after == {**{t: n for t, n in before.items() if t != "lapsed"}, "loyal": before["loyal"] + 1}
+    refreshed(sink)
+    assert rows(sink, "SELECT count() FROM {db}.v_tiers_now WHERE refreshed_at < now64(3) - 60") == [(0,)]
+
+
+def test_the_sink_sets_how_often_tiers_now_is_refreshed(sink):
+    sink.refresh_tiers_now_every(7)
+    try:
+        create = rows(sink, "SHOW CREATE TABLE {db}.tiers_now_mv")[0][0]
+        assert "REFRESH EVERY 7 SECOND" in create
+    finally:
+        sink.refresh_tiers_now_every(1)
+
+
 def test_a_replayed_row_inflates_no_count(sink):
     """B's version 2 arrives again in another insert block (a replay with other batch boundaries):
     its history row and its tier_days row."""

@@ -53,6 +53,19 @@ def test_a_null_table_is_a_null_table_on_each_node_behind_a_distributed_one():
     assert view.endswith("TO db.signals_current_local AS\nSELECT s.customer_id FROM db.signals_avro_local AS s")
 
 
+def test_a_refreshed_view_recomputes_each_shard_into_a_memory_table_of_its_own():
+    tables: set[str] = {"signals_current"}
+    local, distributed = on_cluster("CREATE TABLE IF NOT EXISTS db.tiers_now\n(\n    tier String\n)\nENGINE = Memory",
+                                    "c1", tables)
+    assert local == "CREATE TABLE IF NOT EXISTS db.tiers_now_local ON CLUSTER c1 (\n    tier String\n)\nENGINE = Memory"
+    assert distributed.endswith("ENGINE = Distributed(c1, db, tiers_now_local, rand())")
+    (view,) = on_cluster("CREATE MATERIALIZED VIEW IF NOT EXISTS db.tiers_now_mv REFRESH EVERY 1 SECOND TO db.tiers_now AS\n"
+                         "SELECT tier, count() AS customers FROM db.signals_current FINAL GROUP BY tier", "c1", tables)
+    assert view == ("CREATE MATERIALIZED VIEW IF NOT EXISTS db.tiers_now_mv ON CLUSTER c1 REFRESH EVERY 1 SECOND "
+                    "TO db.tiers_now_local AS\nSELECT tier, count() AS customers FROM db.signals_current_local FINAL "
+                    "GROUP BY tier")
+
+
 def test_views_alters_databases_and_backfills():
     assert on_cluster("CREATE VIEW IF NOT EXISTS db.v AS SELECT 1 FROM db.t", "c1", set()) == [
         "CREATE VIEW IF NOT EXISTS db.v ON CLUSTER c1 AS SELECT 1 FROM db.t"]
@@ -86,7 +99,8 @@ def test_every_migration_statement_has_a_cluster_form():
                     distributed.append(rewritten.split()[5])
                 elif rewritten.startswith("CREATE TABLE"):
                     created.append(rewritten.split()[5])
-                    assert ("ENGINE = Replicated" in rewritten or rewritten.endswith("ENGINE = Null")), rewritten
+                    assert ("ENGINE = Replicated" in rewritten or rewritten.endswith(("ENGINE = Null", "ENGINE = Memory"))), \
+                        rewritten
                     assert "non_replicated" not in rewritten
     assert sorted(created) == sorted(f"{name}_local" for name in distributed)
     assert "loyalty.signals_current" in distributed and "loyalty.purchases" in distributed
