@@ -36,6 +36,7 @@ import ssl
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import orjson
@@ -172,6 +173,9 @@ class ClickHouseSinkService:
         self.last_committed_at = 0.0
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        # A batch's rows are built on a thread of their own, so the event loop answers reads
+        # (BI, /status) meanwhile instead of after the whole batch.
+        self._rows_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sink-rows")
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -212,6 +216,7 @@ class ClickHouseSinkService:
         if self.producer is not None:
             await self.producer.stop()
         await asyncio.get_running_loop().run_in_executor(None, self.runner.shutdown)
+        self._rows_executor.shutdown(wait=True)
 
     @property
     def crashed(self) -> BaseException | None:
@@ -255,7 +260,9 @@ class ClickHouseSinkService:
         fetched = await self.fetch()
         if not fetched:
             return 0
-        batch = self.rows(fetched, now_ms())
+        partitions = {tp.topic: self.consumer.partitions_for_topic(tp.topic) for tp in fetched}
+        batch = await asyncio.get_running_loop().run_in_executor(
+            self._rows_executor, self.rows, fetched, now_ms(), partitions)
         await self.runner.write(batch)
         try:
             await self.consumer.commit({tp: records[-1].offset + 1 for tp, records in fetched.items()})
@@ -271,15 +278,17 @@ class ClickHouseSinkService:
         self.totals["records"] += count
         return count
 
-    def rows(self, fetched: dict[TopicPartition, list[Any]], now: int) -> SinkBatch:
-        """The batch's rows, table by table."""
+    def rows(self, fetched: dict[TopicPartition, list[Any]], now: int,
+             partitions: dict[str, set[int] | None] | None = None) -> SinkBatch:
+        """The batch's rows, table by table; ``partitions``: each topic's partitions, read from
+        the consumer before (this may run off the event loop), else read here."""
         batch = SinkBatch()
         topics = self.topics
         for tp, records in fetched.items():
             for record in records:
                 batch.cover(tp.topic, tp.partition, record.offset)
             if tp.topic in self.decoder.kinds:
-                self._raw_rows(batch, tp, records, now)
+                self._raw_rows(batch, tp, records, now, partitions)
             elif tp.topic == topics.signals:
                 self._signal_rows(batch, records, now)
             elif tp.topic == topics.alerts:
@@ -292,10 +301,14 @@ class ClickHouseSinkService:
                     rows.append(dead_letter_row(record))
         return batch
 
-    def _raw_rows(self, batch: SinkBatch, tp: TopicPartition, records: list[Any], now: int) -> None:
+    def _raw_rows(self, batch: SinkBatch, tp: TopicPartition, records: list[Any], now: int,
+                  known: dict[str, set[int] | None] | None = None) -> None:
         kind = self.decoder.kinds[tp.topic]
         rows = batch.rows(RAW_TABLE[kind], RAW_COLUMNS[kind] + SOURCE_COLUMNS)
-        partitions = self.consumer.partitions_for_topic(tp.topic) if self.consumer else None
+        if known is not None:
+            partitions = known.get(tp.topic)
+        else:
+            partitions = self.consumer.partitions_for_topic(tp.topic) if self.consumer else None
         all_partitions = sorted(partitions) if partitions else None
         homes = self._homes(all_partitions) if all_partitions is not None else None
         topic, partition = tp.topic, tp.partition
