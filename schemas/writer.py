@@ -61,7 +61,7 @@ def compile_writer(parsed: Any, header: bytes = b"") -> Callable[[Any], bytes]:
     generator.value(parsed, "datum", 1, set())
     generator.line(1, "return bytes(out)")
     source = "def write(datum):\n" + "\n".join(generator.lines) + "\n"
-    namespace: dict[str, Any] = {"HEADER": header, "varint": varint, "NotCompiled": NotCompiled,
+    namespace: dict[str, Any] = {"HEADER": header, "varint": varint, "SMALL": _SMALL, "NotCompiled": NotCompiled,
                                  "pack_double": struct.Struct("<d").pack, "pack_float": struct.Struct("<f").pack}
     namespace.update(generator.constants)
     # The source is generated above from the schema alone, never from data.
@@ -118,14 +118,14 @@ class _Generator:
         elif kind == "array":
             item = self.fresh("i")
             self.line(indent, f"if len({var}) > 0:")
-            self.line(indent + 1, f"out += varint(len({var}) << 1)")
+            self.varint(f"len({var}) << 1", indent + 1)
             self.line(indent + 1, f"for {item} in {var}:")
             self.value(schema["items"], item, indent + 2, records)
             self.line(indent, "out += b'\\x00'")
         elif kind == "map":
             key, item = self.fresh("k"), self.fresh("i")
             self.line(indent, f"if len({var}) > 0:")
-            self.line(indent + 1, f"out += varint(len({var}) << 1)")
+            self.varint(f"len({var}) << 1", indent + 1)
             self.line(indent + 1, f"for {key}, {item} in {var}.items():")
             self.primitive("string", key, indent + 2)
             self.value(schema["values"], item, indent + 2, records)
@@ -133,13 +133,20 @@ class _Generator:
         else:
             raise Unsupported(f"type {kind!r}")
 
+    def varint(self, expression: str, indent: int) -> None:
+        """Append the varint of a non-negative ``expression``; the table lookup of a small one
+        inline, as most counts and lengths are (a call per value was a third of the cost)."""
+        z = self.fresh("z")
+        self.line(indent, f"{z} = {expression}")
+        self.line(indent, f"out += SMALL[{z}] if {z} < 0x4000 else varint({z})")
+
     def primitive(self, kind: str, var: str, indent: int) -> None:
         if kind == "null":
             return  # nothing is written, whatever the value (as fastavro)
         if kind == "boolean":
             self.line(indent, f"out += b'\\x01' if {var} else b'\\x00'")
         elif kind in ("int", "long"):
-            self.line(indent, f"out += varint(({var} << 1) ^ ({var} >> 63))")
+            self.varint(f"({var} << 1) ^ ({var} >> 63)", indent)
         elif kind == "double":
             self.line(indent, f"out += pack_double({var})")
         elif kind == "float":
@@ -147,7 +154,7 @@ class _Generator:
         else:  # string or bytes
             encoded = self.fresh("b")
             self.line(indent, f"{encoded} = {var}.encode()" if kind == "string" else f"{encoded} = {var}")
-            self.line(indent, f"out += varint(len({encoded}) << 1)")
+            self.varint(f"len({encoded}) << 1", indent)
             self.line(indent, f"out += {encoded}")
 
     def record(self, schema: dict[str, Any], var: str, indent: int, records: set[str]) -> None:
@@ -182,11 +189,14 @@ class _Generator:
         if nulls:
             self.line(indent, "else:")
             indent += 1
-        # fastavro's tuple notation (full name, datum) picks a branch by name
-        self.line(indent, f"if {var}.__class__ is tuple:")
-        self.line(indent + 1, f"if {var}[0] != {_branch_name(branch, self.named)!r}:")
-        self.line(indent + 2, "raise NotCompiled('another union branch named')")
-        self.line(indent + 1, f"{var} = {var}[1]")
+        # fastavro's tuple notation (full name, datum) picks a branch by name. Not looked for where
+        # the branch is a number or a string: a tuple fails there (TypeError, AttributeError,
+        # struct.error), so fastavro gets the datum and reads the notation itself.
+        if _takes_a_tuple(branch, self.named):
+            self.line(indent, f"if {var}.__class__ is tuple:")
+            self.line(indent + 1, f"if {var}[0] != {_branch_name(branch, self.named)!r}:")
+            self.line(indent + 2, "raise NotCompiled('another union branch named')")
+            self.line(indent + 1, f"{var} = {var}[1]")
         self.line(indent, f"out += {varint(2 * index)!r}")
         self.value(branch, var, indent, records)
 
@@ -198,3 +208,10 @@ def _branch_name(branch: Any, named: dict[str, Any]) -> str:
     if branch.get("type") in ("record", "enum", "fixed", "error"):
         return str(branch["name"])
     return str(branch.get("type"))
+
+
+def _takes_a_tuple(branch: Any, named: dict[str, Any]) -> bool:
+    """Whether a tuple could be written as a value of ``branch`` (not as a primitive that fails on one)."""
+    kind = named.get(branch, branch) if isinstance(branch, str) else branch
+    kind = kind.get("type") if isinstance(kind, dict) else kind
+    return kind not in ("int", "long", "float", "double", "string", "bytes")

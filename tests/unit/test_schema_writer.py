@@ -118,3 +118,10 @@ def test_the_tuple_notation_names_the_branch():
     assert write({"v": ("n.Inner", {"x": 3})}) == write({"v": {"x": 3}}) == fastavro_bytes(parsed, {"v": {"x": 3}})
     with pytest.raises(ValueError):
         write({"v": ("n.Other", {"x": 3})})
+
+
+def test_a_named_number_branch_is_left_to_fastavro():
+    schema = {"type": "record", "name": "R", "fields": [{"name": "v", "type": ["null", "long"]}]}
+    plain = Codec("r", schema)
+    assert plain._write is not None
+    assert plain.encode({"v": ("long", 5)}) == plain.encode({"v": 5}) == plain._header + b"\x02\x0a"
