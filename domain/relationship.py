@@ -539,6 +539,16 @@ def _ratio(num: int, den: int) -> float | None:
     return None if den == 0 else round(num / den, 6)
 
 
+# The names of each window's facts, in row order, made once (facts() runs for every signal): the
+# purchase, spend and discounted-spend names, then for the 30 and 90 day windows the service ones.
+_WINDOW_FACT_NAMES: dict[int, tuple[str, str, str, tuple[str, ...]]] = {
+    days: (f"purchases_{days}d", f"spend_{days}d_minor", f"discounted_spend_{days}d_minor",
+           (f"calls_{days}d", f"complaints_{days}d", f"unresolved_calls_{days}d", f"avg_sentiment_{days}d",
+            f"avg_effort_{days}d", f"visits_{days}d", f"recognized_share_{days}d") if days in (30, 90) else ())
+    for days in WINDOWS_DAYS
+}
+
+
 def facts(state: RelationshipState, as_of: int | None = None) -> dict[str, object]:
     """The state as flat, named facts as of ``as_of`` (default: the customer's newest event)."""
     as_of = state.last_seen_at if as_of is None else as_of
@@ -564,19 +574,20 @@ def facts(state: RelationshipState, as_of: int | None = None) -> dict[str, objec
         "visits_lifetime": life.visits,
         "recognized_visits_lifetime": life.recognized_visits,
     })
-    for days in WINDOWS_DAYS:
+    for days, (purchases, spend, discounted, service) in _WINDOW_FACT_NAMES.items():
         w = window(state, days, as_of) if as_of is not None else Tally()
-        row[f"purchases_{days}d"] = w.purchases
-        row[f"spend_{days}d_minor"] = w.spend_minor
-        row[f"discounted_spend_{days}d_minor"] = w.discounted_spend_minor
-        if days in (30, 90):
-            row[f"calls_{days}d"] = w.calls
-            row[f"complaints_{days}d"] = w.complaints
-            row[f"unresolved_calls_{days}d"] = w.unresolved_calls
-            row[f"avg_sentiment_{days}d"] = None if w.sentiment_n == 0 else round(w.sentiment_milli_sum / w.sentiment_n / 1000, 6)
-            row[f"avg_effort_{days}d"] = _ratio(w.effort_sum, w.effort_n)
-            row[f"visits_{days}d"] = w.visits
-            row[f"recognized_share_{days}d"] = _ratio(w.recognized_visits, w.visits)
+        row[purchases] = w.purchases
+        row[spend] = w.spend_minor
+        row[discounted] = w.discounted_spend_minor
+        if service:
+            calls, complaints, unresolved, sentiment, effort, visits, recognized = service
+            row[calls] = w.calls
+            row[complaints] = w.complaints
+            row[unresolved] = w.unresolved_calls
+            row[sentiment] = None if w.sentiment_n == 0 else round(w.sentiment_milli_sum / w.sentiment_n / 1000, 6)
+            row[effort] = _ratio(w.effort_sum, w.effort_n)
+            row[visits] = w.visits
+            row[recognized] = _ratio(w.recognized_visits, w.visits)
     rhythm = purchase_rhythm(state)
     row["mean_gap_days"] = rhythm.mean_gap_days
     row["gap_stddev_days"] = rhythm.gap_stddev_days

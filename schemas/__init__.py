@@ -9,6 +9,8 @@ instead of being misread.
 
 Earlier versions of a schema live in ``history/<name>/*.avsc``; a reader accepts any of them.
 
+Records are written by a function compiled from the schema (:mod:`schemas.writer`, the same bytes
+as fastavro's writer, several times faster), falling back to fastavro for what it does not take.
 The hot path uses ``fastavro`` with parsed schemas (7-9x faster than the ``avro`` package
 for encode plus decode, see ``bench/codec.py``); the ``avro`` package checks that every
 historical version can still be read by the current one (:func:`check_compatibility`).
@@ -18,12 +20,16 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from schemas.writer import Unsupported, compile_writer
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
@@ -83,6 +89,13 @@ class Codec:
         self.schema = schema if schema is not None else load_schema(name)
         self._parsed = fastavro.parse_schema(_plain(self.schema))
         self._header = MAGIC + schema_fingerprint(self.schema)
+        # The header and the datum written by one generated function (schemas/writer.py), the same
+        # bytes as fastavro's writer at a fraction of the cost; None for a schema it does not take.
+        self._write: Callable[[Any], bytes] | None
+        try:
+            self._write = compile_writer(self._parsed, self._header)
+        except Unsupported:
+            self._write = None
         # writer fingerprint -> parsed writer schema (None means: it is the current one)
         self._writers: dict[bytes, Any] = {self._header[2:]: None}
         if schema is None:
@@ -95,6 +108,11 @@ class Codec:
         return self._header[2:]
 
     def encode(self, datum: dict[str, Any]) -> bytes:
+        if self._write is not None:
+            try:
+                return self._write(datum)
+            except (KeyError, TypeError, AttributeError, ValueError, OverflowError, struct.error):  # NotCompiled too
+                pass  # not a datum the compiled writer takes: fastavro writes it, or says what is wrong
         buf = io.BytesIO()
         buf.write(self._header)
         fastavro.schemaless_writer(buf, self._parsed, datum)
