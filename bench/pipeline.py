@@ -67,7 +67,7 @@ Main size (``--events`` over ``--customers``):
    one second's worth of records in the sink's consumer group (committed offsets on the input
    and signals topics); if not, the latencies grow with the length of the load and are queueing.
 8. **BI latency**: the dashboard's tier query, ``v_tiers_now`` (the tier mix ClickHouse
-   recomputes every second from ``signals_current FINAL``, migration 0013), through the sink's
+   recomputes every 5 s by default from ``signals_current FINAL``, migration 0013), through the sink's
    query endpoint, back to back with 0.2 s pauses while the freshness load runs, with the age of
    each answer (its refresh); and the exact query, ``SELECT tier, count() FROM
    loyalty.signals_current FINAL GROUP BY tier``, every 2 s meanwhile (an analyst's ad-hoc
@@ -975,6 +975,7 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         bi_loop.start()
         exact_loop.start()
     try:
+        cpu_at_start = {service.name: service.cpu_seconds() for service in dep.services}
         report = send_outgoing(producer, workload.messages, topics, rate)
         sent_done = time.time()
         state_backlog = already + workload.events - sum(dep.processed()[0])
@@ -989,6 +990,9 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         poller.stop()
         producer.producer.close(timeout=10)
     drained = _wait_processed(dep, already + workload.events)
+    # CPU per event of each process over the load and its drain (live batches, not P1's backlog)
+    cpu_us = {service.name: round((service.cpu_seconds() - cpu_at_start[service.name]) / workload.events * 1e6, 1)
+              for service in dep.services}
     sent_at = producer.published()
     latencies = [seen_at[k] - sent_at[k] for k in sent_at if k in seen_at]
     return {
@@ -1009,6 +1013,7 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         # kept up: when the last event was sent, at most ~1 s of records was pending in either
         "kept_up": state_backlog <= rate and sink_backlog <= rate,
         "drained_after_send_s": round(drained - sent_done, 2),
+        "cpu_us_per_event": cpu_us,
         "poll_errors": poller.errors[:3],
         "bi": {
             "query": TIER_QUERY.format(db=db),
@@ -1338,6 +1343,8 @@ def print_report(report: dict[str, Any]) -> None:
               f"p99 {fresh['freshness_p99_s']} s, max {fresh['freshness_max_s']} s "
               f"({fresh['markers_seen']}/{fresh['markers']} markers, polled every {fresh['poll_interval_s']} s); "
               f"state worker drained {fresh['drained_after_send_s']} s after the last send; " + _kept_up(fresh))
+        if fresh.get("cpu_us_per_event"):
+            print(f"CPU per event over the freshness load (us): {fresh['cpu_us_per_event']}")
         print(f"BI tier query over {bi['customers']:,} customers (v_tiers_now): during ingest p50 "
               f"{bi['during_ingest_p50_ms']} ms, p99 {bi['during_ingest_p99_ms']} ms (n={bi['during_ingest_n']}), "
               f"answers p50 {bi.get('answer_age_p50_s')} s / p99 {bi.get('answer_age_p99_s')} s old; "

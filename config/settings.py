@@ -169,9 +169,9 @@ class Settings(BaseSettings):
         "<table>_local tables ON CLUSTER and a Distributed <table> over them for inserts and reads (docs/scaling.md). "
         "Unset: single-node tables.")
     clickhouse_tiers_now_refresh_seconds: int = Field(
-        1, ge=1, le=86_400, description="Seconds between two refreshes of tiers_now, the tier mix v_tiers_now reads "
-        "(one signals_current FINAL each time; the sink sets it at start). Raise it when that query takes a good "
-        "share of the interval (about 50 ms per million customers on one core).")
+        5, ge=1, le=86_400, description="Seconds between two refreshes of tiers_now, the tier mix v_tiers_now reads "
+        "(one signals_current FINAL each time, about 150 ms of CPU per million customers while signals are inserted; "
+        "the sink sets it at start). Lower: fresher answers, more CPU.")
 
     @field_validator("earliest_event_time")
     @classmethod

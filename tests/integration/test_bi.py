@@ -395,7 +395,7 @@ def test_the_sink_sets_how_often_tiers_now_is_refreshed(sink):
         create = rows(sink, "SHOW CREATE TABLE {db}.tiers_now_mv")[0][0]
         assert "REFRESH EVERY 7 SECOND" in create
     finally:
-        sink.refresh_tiers_now_every(1)
+        sink.refresh_tiers_now_every(5)
 
 
 def test_a_replayed_row_inflates_no_count(sink):
