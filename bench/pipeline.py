@@ -1020,30 +1020,32 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
             "pause_between_queries_s": bi_pause,
             "customers": view_customers,
             "customers_expected": bi_customers_expected,
-            "during_ingest_n": len(bi_during),
-            "during_ingest_p50_ms": _round(percentile(bi_during, 50), 1),
-            "during_ingest_p99_ms": _round(percentile(bi_during, 99), 1),
+            **query_latencies(bi_during, idle),
             "answer_age_p50_s": _round(percentile(bi_ages, 50), 3),
             "answer_age_p99_s": _round(percentile(bi_ages, 99), 3),
-            "idle_n": len(idle),
-            "idle_p50_ms": _round(percentile(idle, 50), 1),
-            "idle_p99_ms": _round(percentile(idle, 99), 1),
             "errors": bi_loop.errors[:3],
         },
         "bi_exact": {
             "query": EXACT_TIER_QUERY.format(db=db),
             "pause_between_queries_s": EXACT_PAUSE_SECONDS,
             "customers": bi_customers,
-            "during_ingest_n": len(exact_during),
-            "during_ingest_p50_ms": _round(percentile(exact_during, 50), 1),
-            "during_ingest_p99_ms": _round(percentile(exact_during, 99), 1),
-            "idle_n": len(idle_exact),
-            "idle_p50_ms": _round(percentile(idle_exact, 50), 1),
-            "idle_p99_ms": _round(percentile(idle_exact, 99), 1),
+            **query_latencies(exact_during, idle_exact),
             "errors": exact_loop.errors[:3],
         },
         "memory_mb": {s.name: s.memory_mb() for s in dep.services},
         "load_average_after": load_average(),
+    }
+
+
+def query_latencies(during: Sequence[float], idle: Sequence[float]) -> dict[str, Any]:
+    """Count, p50 and p99 in ms of a query's latencies during the load and idle."""
+    return {
+        "during_ingest_n": len(during),
+        "during_ingest_p50_ms": _round(percentile(during, 50), 1),
+        "during_ingest_p99_ms": _round(percentile(during, 99), 1),
+        "idle_n": len(idle),
+        "idle_p50_ms": _round(percentile(idle, 50), 1),
+        "idle_p99_ms": _round(percentile(idle, 99), 1),
     }
 
 
