@@ -15,12 +15,15 @@ The order of a batch's effects in the state worker:
    partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
    whose fence fails is another worker's now: the batch's share of it is dropped (its outputs,
    its table records, its cached states and due times) and its records are left unacknowledged,
-   so that their partition's owner reads them again;
+   so that their partition's owner reads them again. A batch whose epoch has passed (a rebalance
+   began since it did, or the process stood still: :meth:`Pipeline.rebalance_epoch`) drops all
+   of it the same way, and a batch taken during a rebalance is not processed;
 3. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
    and their acknowledgements awaited;
-4. only then the changelog records of the ``relationships`` and ``due_times`` tables (which
-   remember the batch's events and its alert episodes) are sent and their acknowledgements
-   awaited; the acknowledged records are applied to the local RocksDB store;
+4. only then, if the batch's epoch still holds, the changelog records of the ``relationships``
+   and ``due_times`` tables (which remember the batch's events and its alert episodes) are sent
+   and their acknowledgements awaited; the acknowledged records are applied to the local RocksDB
+   store. A revocation waits for this step (:meth:`Pipeline.before_revoke`);
 5. the agent returns from its loop body, which acks the batch's events (those of lost partitions
    excepted); Faust commits the input offsets on its commit interval.
 
@@ -34,9 +37,9 @@ sink process (:mod:`streams.webhooks`), so an alert on the topic is delivered wh
 the state worker.
 
 A worker frozen (or cut off) longer than the session timeout before 2 finds its fences taken by
-the partitions' new owner and writes nothing for them. Frozen after 2 has committed and before 4
-is acknowledged, it still writes its batch late, after the new owner's records: the fence narrows
-the window to the batch's produce round trips, it does not close it (docs/guarantees.md).
+the partitions' new owner and writes nothing for them. Frozen after 2 and before 4, it notices the
+stall when it resumes and sends no changelog record. Frozen while a step's records are in flight,
+it still writes them late, after the new owner's (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ import logging
 import os
 import secrets
 import ssl
+import time
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, cast
 
@@ -71,7 +75,7 @@ from streams.alerting import Alerting
 from streams.churn_params import churn_from_bytes
 from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
-from streams.fencing import Fences
+from streams.fencing import Fences, StallWatch
 from streams.messages import Message
 from streams.offsets import CommittedSeekingConsumer, offset_spans
 from streams.offsets import install as install_committed_seeking
@@ -81,6 +85,9 @@ from streams.state import customer_cache, decode_record
 from streams.webhooks import WebhookConsumer, webhook_config
 
 logger = logging.getLogger(__name__)
+
+#: How long a revocation waits for the batch being written, in session timeouts.
+REVOKE_WAIT_SESSIONS = 3
 
 Role = Literal["state", "sink", "all"]
 
@@ -104,7 +111,7 @@ def message_of(event: EventT) -> Message:
     return Message(m.topic, m.partition, m.offset, m.key, m.value or b"", round(m.timestamp * 1000), event)
 
 
-def leave_unacknowledged(events: list[EventT], lost: set[int]) -> None:
+def leave_unacknowledged(events: list[EventT], lost: set[int], why: str) -> None:
     """Keep the records of ``lost`` partitions from being acknowledged when the agent's loop body
     returns: their partition's owner reads them again from the committed offsets (Faust seeks there
     after every rebalance). Acknowledged, Faust could commit them should the partition come back
@@ -116,8 +123,8 @@ def leave_unacknowledged(events: list[EventT], lost: set[int]) -> None:
             message.incref()  # one reference more than the take buffer's ack releases
             span = spans.setdefault(f"{message.topic}[{message.partition}]", [message.offset, message.offset])
             span[0], span[1] = min(span[0], message.offset), max(span[1], message.offset)
-    logger.warning("partitions %s are another worker's now: the batch's effects for them were dropped and "
-                   "their records left unacknowledged: %s", sorted(lost),
+    logger.warning("partitions %s may be another worker's now (%s): their records are left unacknowledged: %s",
+                   sorted(lost), why,
                    ", ".join(f"{where}@{low}-{high}" for where, (low, high) in sorted(spans.items())))
 
 
@@ -298,8 +305,14 @@ class Pipeline:
             table_standby_replicas=0,
             logging_config=None,
         )
-        # Every input partition starts at its committed offset after a rebalance, 0 included.
-        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due))
+        # Every input partition starts at its committed offset after a rebalance, 0 included; and
+        # no batch writes across a revocation (:meth:`before_revoke`).
+        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due), self.before_revoke)
+        #: Set while no batch is writing (between its rebalance check and its last acknowledgement).
+        self.not_writing = asyncio.Event()
+        self.not_writing.set()
+        #: The epoch of the batch being written (:meth:`rebalance_epoch`).
+        self.batch_epoch: tuple[int, int] | None = None
         self.sink = make_sink_service(settings) if role == "all" else None
         self.webhooks = make_webhook_consumer(settings) if role == "all" else None
         # use_partitioner: a key's partition comes from the key (the default partitioner, as
@@ -325,6 +338,7 @@ class Pipeline:
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
         self.partitioner = DefaultPartitioner()
         self.fences = Fences(settings, self.topics.state_fences)
+        self.stall_watch = StallWatch(limit=settings.kafka_session_timeout_seconds / 2)
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -339,17 +353,61 @@ class Pipeline:
 
     # -- producing ----------------------------------------------------------------------------
 
-    async def produce(self, effects: Effects) -> set[int]:
+    def rebalance_epoch(self) -> tuple[int, int] | None:
+        """Which rebalance the worker's partitions and stores come from, and how many times the
+        process stood still since it started (:class:`StallWatch`); None during a rebalance (from
+        its first revocation until its tables are recovered). A batch writes only in the epoch it
+        began in."""
+        return None if self.app.rebalancing else (self.app.rebalancing_count, self.stall_watch.epoch())
+
+    async def produce(self, effects: Effects, epoch: tuple[int, int] | None) -> set[int]:
         """Make a batch's effects durable in the written order (module docstring, steps 2 to 4):
         the fences of the partitions it read first, then its outputs, then the changelog records
-        that remember them. Returns the partitions found lost, whose share was dropped."""
+        that remember them. Returns the partitions found lost, whose share was dropped.
+
+        A batch whose ``epoch`` (:meth:`rebalance_epoch`) has passed writes nothing more: before
+        its outputs, it read states while the worker's partitions and stores were changing hands;
+        before its changelog, the process stood still and its partitions may be another worker's."""
         owned = await self.fences.confirm(effects.partitions)
+        if owned and self.rebalance_epoch() != epoch:
+            logger.warning("a rebalance or a stall came during the batch: it writes nothing and its records are "
+                           "read again")
+            owned = set()
         lost = effects.partitions - owned
         if lost:
             self.drop(effects, lost)
-        await self.produce_outputs(effects)
-        await self.produce_changelog()
+        # From here to the last acknowledgement the batch is writing: a revocation waits for it.
+        self.not_writing.clear()
+        self.batch_epoch = epoch
+        try:
+            await self.produce_outputs(effects)
+            if not await self.produce_changelog():
+                lost = set(effects.partitions)
+                self.drop(effects, lost)
+        finally:
+            self.not_writing.set()
         return lost
+
+    async def before_revoke(self, revoked: set[TP]) -> None:
+        """Called as a rebalance takes partitions away, before Faust closes their stores: no batch
+        writes across it. A batch still before its rebalance check finds the fences gone or the
+        epoch changed (:meth:`produce`) and writes nothing; a batch already writing is awaited, so
+        that its changelog records are acknowledged and applied to the local stores while this
+        worker still owns their partitions, and before the partitions' next owner reads the
+        changelog to recover them. Then the cached states are forgotten: another worker may write
+        those keys before they come back."""
+        inputs = {*self.topics.inputs, self.topics.alert_due}
+        self.fences.revoke({tp.partition for tp in revoked if tp.topic in inputs})
+        if not self.not_writing.is_set():
+            limit = REVOKE_WAIT_SESSIONS * self.settings.kafka_session_timeout_seconds
+            started = time.monotonic()
+            try:
+                await asyncio.wait_for(self.not_writing.wait(), limit)
+                logger.info("revocation waited %.3f s for the batch being written", time.monotonic() - started)
+            except TimeoutError:
+                logger.error("the batch being written was not acknowledged within %.0f s of a revocation: "
+                             "its late changelog records may be older than the partitions' next owner's", limit)
+        self.states.clear()
 
     def drop(self, effects: Effects, lost: set[int]) -> None:
         """Drop the share of ``lost`` partitions of a batch: its outputs, its table records (never
@@ -377,10 +435,15 @@ class Pipeline:
             pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
         await asyncio.gather(*pending)
 
-    async def produce_changelog(self) -> None:
+    async def produce_changelog(self) -> bool:
         """Hand the records the batch wrote to its tables to the producer (their changelogs), await
         their acknowledgements once, and apply them to the local stores (moving the persisted
-        changelog offsets forward)."""
+        changelog offsets forward). Sends nothing and returns False when the batch's epoch has
+        passed since its outputs were confirmed (the process stood still, or a rebalance began)."""
+        if self.rebalance_epoch() != self.batch_epoch:
+            logger.warning("a rebalance or a stall came while the batch's outputs were written: its changelog "
+                           "records are not sent and its records are read again")
+            return False
         producer = self.app.producer
         stores = (self.relationship_store, self.due_time_store)
         records = [store.take() for store in stores]
@@ -389,6 +452,7 @@ class Pipeline:
         acknowledged = iter(await asyncio.gather(*changelog))
         for store, mine in zip(stores, records):
             store.apply([(record, next(acknowledged)) for record in mine])
+        return True
 
     async def read_again(self, events: list[EventT], holes: dict[TP, int]) -> list[EventT]:
         """Leave out (unacknowledged) the records of partitions whose batch does not start at the
@@ -426,15 +490,22 @@ class Pipeline:
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
+                epoch = pipeline.rebalance_epoch()
+                if epoch is None:
+                    # Taken before a revocation and delivered during the rebalance: the stores
+                    # are changing hands; the records are read again once it is over.
+                    leave_unacknowledged(events, {e.message.partition for e in events}, "a rebalance is under way")
+                    yield None
+                    continue
                 reads = cast(CommittedSeekingConsumer, pipeline.app.consumer)
                 spans = offset_spans(e.message for e in events)
                 holes = reads.check(spans)
                 if holes:
                     events = await pipeline.read_again(events, {tp: spans[tp][0] for tp in holes})
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
-                lost = await pipeline.produce(effects)
+                lost = await pipeline.produce(effects, epoch)
                 if lost:
-                    leave_unacknowledged(events, lost)
+                    leave_unacknowledged(events, lost, "the batch's effects for them were dropped")
                 reads.folded({tp: span for tp, span in spans.items() if tp not in holes and tp.partition not in lost})
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
@@ -448,17 +519,12 @@ class Pipeline:
         pipeline = self
         inputs = {*self.topics.inputs, self.topics.alert_due}
 
-        async def revoke_fences(sender: Any, revoked: Any = None, *args: Any, signal: Any = None,
-                                **kwargs: Any) -> None:
-            pipeline.fences.revoke({tp.partition for tp in revoked or () if tp.topic in inputs})
-
         async def assign_fences(sender: Any, assigned: Any = None, *args: Any, signal: Any = None,
                                 **kwargs: Any) -> None:
             # Started in the background: a batch's fence waits for its partition's producer, so
             # the rebalance itself is not held up by the broker round trips.
             pipeline.fences.assign({tp.partition for tp in assigned or () if tp.topic in inputs})
 
-        self.app.on_partitions_revoked.connect(revoke_fences)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(assign_fences)  # type: ignore[arg-type]
 
     def _add_timers(self) -> None:
@@ -503,10 +569,10 @@ class Pipeline:
 
         async def forget_cached_states(sender: Any, *args: Any, signal: Any = None, **kwargs: Any) -> None:
             # Partitions may have been written by another worker while this one did not own
-            # them: from now on read their states from the tables again.
+            # them: from now on read their states from the tables again (also done on revocation,
+            # by before_revoke).
             pipeline.states.clear()
 
-        self.app.on_partitions_revoked.connect(forget_cached_states)  # type: ignore[arg-type]
         self.app.on_partitions_assigned.connect(forget_cached_states)  # type: ignore[arg-type]
 
     def _lifecycle_service(self) -> Any:
@@ -521,6 +587,10 @@ class Pipeline:
                 if pipeline.webhooks is not None:
                     await pipeline.webhooks.start()
                 await pipeline.load_model_params()
+
+            @faust.Service.task
+            async def _watch_for_stalls(self) -> None:
+                await pipeline.stall_watch.run()
 
             async def on_stop(self) -> None:
                 await pipeline.fences.stop()

@@ -11,15 +11,18 @@ producer is up: the zombie learns it lost the partition before it sends a single
 The changelogs, outputs and inputs stay outside transactions (their readers, Faust's table
 recovery among them, never meet a transaction marker); only the fence topic carries them.
 
-What a fence does not close: a worker frozen after its fence committed and before its writes are
-acknowledged writes them late (see docs/guarantees.md).
+A fence is checked once per batch, before its writes. A worker frozen after that, before its
+changelog step, notices it when it resumes (:class:`StallWatch`) and drops the rest of the batch.
+What neither closes: a worker frozen while the batch's records are in flight (handed to the
+producer, not yet acknowledged) writes those late (see docs/guarantees.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaProducer
@@ -139,3 +142,37 @@ async def _stop(fence: _Fence) -> None:
             # either way, and the partition's new owner aborted whatever it had open.
             logger.info("fence producer of partition %d stopped with %s: %s", fence.partition,
                         type(exc).__name__, exc)
+
+
+class StallWatch:
+    """Notices that this process stood still for longer than ``limit`` seconds: stopped (SIGSTOP),
+    suspended with its machine, or its event loop blocked. Its consumer group may have moved its
+    partitions meanwhile (a session timeout's silence is enough), and its fences were confirmed
+    before: a batch that began before a stall must not write what it has not written yet.
+
+    :meth:`run` ticks on the event loop; :meth:`epoch` counts the stalls seen so far, the one going
+    on included (a resumed process may reach a batch's check before the next tick)."""
+
+    def __init__(self, limit: float, tick: float = 0.1, clock: Callable[[], float] = time.monotonic) -> None:
+        if not 0 < tick < limit:
+            raise ValueError(f"the tick ({tick} s) must be positive and shorter than the limit ({limit} s)")
+        self.limit = limit
+        self.tick = tick
+        self.clock = clock
+        self.stalls = 0
+        self._last: float | None = None  # when the loop last ran a tick or a check; None before run()
+
+    def epoch(self) -> int:
+        now = self.clock()
+        if self._last is not None and now - self._last > self.limit:
+            self.stalls += 1
+            logger.warning("this process stood still for %.1f s (more than %.1f s): batches begun before "
+                           "write nothing more", now - self._last, self.limit)
+        self._last = now
+        return self.stalls
+
+    async def run(self) -> None:
+        self._last = self.clock()
+        while True:
+            await asyncio.sleep(self.tick)
+            self.epoch()

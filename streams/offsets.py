@@ -20,7 +20,7 @@ the earliest offset when nothing is (the ``earliest`` reset policy, the applicat
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 import faust
@@ -41,6 +41,9 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
     #: The topics whose partitions are sought whatever their committed offset (the agent's inputs;
     #: changelogs are positioned by table recovery, not here). Set by :func:`install`.
     stream_topics: ClassVar[frozenset[str]] = frozenset()
+    #: Each awaited with the revoked partitions before Faust revokes them (its tables close their
+    #: partitions' stores, its consumer forgets their acknowledgements). Set by :func:`install`.
+    before_revoke: ClassVar[tuple[Callable[[set[TP]], Awaitable[None]], ...]] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -65,6 +68,11 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         self.next_offsets = {tp: positions.get(tp, offset or 0) for tp, offset in streams.items()}
         self.reread_from = {}
         return committed
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:  # type: ignore[override]
+        for hook in self.before_revoke:
+            await hook(revoked)
+        await super().on_partitions_revoked(revoked)
 
     def check(self, offsets: Mapping[TP, tuple[int, int]]) -> set[TP]:
         """The partitions of a batch (lowest and highest offset of each) that do not start at the
@@ -135,13 +143,15 @@ def offset_spans(messages: Iterable[Any]) -> dict[TP, tuple[int, int]]:
     return spans
 
 
-def install(app: faust.App, stream_topics: Iterable[str]) -> None:
+def install(app: faust.App, stream_topics: Iterable[str],
+            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None) -> None:
     """Make ``app`` (not started yet) build its consumer as a :class:`CommittedSeekingConsumer` for
-    ``stream_topics``."""
+    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation."""
     if app.conf.consumer_auto_offset_reset != "earliest":
         raise ValueError("the state worker reads a partition nobody committed from its earliest offset; "
                          f"consumer_auto_offset_reset={app.conf.consumer_auto_offset_reset!r} is not supported")
     consumer_class: Any = type("CommittedSeekingConsumer", (CommittedSeekingConsumer,),
-                               {"stream_topics": frozenset(stream_topics), "__module__": __name__})
+                               {"stream_topics": frozenset(stream_topics), "__module__": __name__,
+                                "before_revoke": () if before_revoke is None else (before_revoke,)})
     transport: Any = app.transport
     transport.Consumer = consumer_class

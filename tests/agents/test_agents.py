@@ -40,15 +40,27 @@ def pipeline(settings: Settings) -> Pipeline:
 def broker_stand_in(pipeline: Pipeline, produced: list[Effects]) -> Any:
     """Stands in for ``Pipeline.produce``: keeps the batch's records and acknowledges its table
     writes (at made-up changelog offsets), as the broker would."""
-    offsets = iter(range(1_000_000))
+    produce_changelog = changelog_stand_in(pipeline)
 
-    async def produce(effects: Effects) -> set[int]:
+    async def produce(effects: Effects, epoch: tuple[int, int] | None) -> set[int]:
         produced.append(effects)
-        for store in (pipeline.relationship_store, pipeline.due_time_store):
-            store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
+        await produce_changelog()
         return set()  # no partition lost
 
     return produce
+
+
+def changelog_stand_in(pipeline: Pipeline) -> Any:
+    """Stands in for ``Pipeline.produce_changelog``: acknowledges the batch's table writes (at
+    made-up changelog offsets) and applies them, as the broker and the real step would."""
+    offsets = iter(range(1_000_000))
+
+    async def produce_changelog() -> bool:
+        for store in (pipeline.relationship_store, pipeline.due_time_store):
+            store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
+        return True
+
+    return produce_changelog
 
 
 def _events():
@@ -138,7 +150,7 @@ def test_cached_records_are_forgotten_when_partitions_move(pipeline: Pipeline):
             for event in events:
                 await put_on(agent, topics.purchases, event.customer_id.encode(), encode_event(event))
         cached = len(pipeline.states)
-        await pipeline.app.on_partitions_revoked.send(set())
+        await pipeline.before_revoke(set())  # what the consumer awaits as a rebalance revokes partitions
         assert cached == len({e.customer_id for e in events}) and len(pipeline.states) == 0
         key = events[0].customer_id.encode()
         assert decode_record(bytes(pipeline.relationships[key])).state.events_applied >= 1
@@ -336,17 +348,12 @@ def test_a_lost_partitions_share_of_a_batch_is_dropped_and_left_unacknowledged(p
     fences = FencesStandIn(lost={1})
     pipeline.fences = fences  # type: ignore[assignment]
     sent: list[Effects] = []
-    offsets = iter(range(1_000_000))
 
     async def produce_outputs(effects: Effects) -> None:
         sent.append(effects)
 
-    async def produce_changelog() -> None:
-        for store in (pipeline.relationship_store, pipeline.due_time_store):
-            store.apply([(record, SimpleNamespace(partition=record[2], offset=next(offsets))) for record in store.take()])
-
     pipeline.produce_outputs = produce_outputs  # type: ignore[method-assign]
-    pipeline.produce_changelog = produce_changelog  # type: ignore[method-assign]
+    pipeline.produce_changelog = changelog_stand_in(pipeline)  # type: ignore[method-assign]
     topics = Topics(pipeline.settings.topic_prefix)
     messages: dict[int, list[FaustMessage]] = {0: [], 1: []}
 
@@ -381,3 +388,70 @@ def test_a_lost_partitions_share_of_a_batch_is_dropped_and_left_unacknowledged(p
     assert len(pipeline.states) == len(kept)  # partition 1's cached states forgotten
     assert [m.acked for m in messages[0]] == [True] * len(messages[0])
     assert [(m.acked, m.refcount) for m in messages[1]] == [(False, 1)] * len(messages[1])
+
+
+class RebalancingFences(FencesStandIn):
+    """Every partition holds, but a rebalance begins while the first batch's fences are confirmed."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        super().__init__(lost=set())
+        self.pipeline = pipeline
+
+    async def confirm(self, partitions: set[int]) -> set[int]:
+        if not self.asked:
+            self.pipeline.app.rebalancing_count += 1  # what Faust's consumer does as a rebalance begins
+        return await super().confirm(partitions)
+
+
+def test_a_batch_whose_rebalance_epoch_passed_writes_nothing_and_stays_unacknowledged(pipeline: Pipeline):
+    # The first batch read its states before a rebalance that began during its fences: it must
+    # send nothing (no signal, no table record) and leave every record unacknowledged, to be read
+    # again from the committed offsets; the batches after it go on.
+    events = [e for e in _events() if e.kind == "purchase"]
+    pipeline.fences = RebalancingFences(pipeline)  # type: ignore[assignment]
+    sent: list[Effects] = []
+    batches: list[list[int]] = []
+    process = pipeline.processor.process
+
+    async def process_recording(messages: Any, now: int) -> Effects:
+        batches.append([m.offset for m in messages])
+        return await process(messages, now)
+
+    async def produce_outputs(effects: Effects) -> None:
+        sent.append(effects)
+
+    pipeline.processor.process = process_recording  # type: ignore[method-assign]
+    pipeline.produce_outputs = produce_outputs  # type: ignore[method-assign]
+    pipeline.produce_changelog = changelog_stand_in(pipeline)  # type: ignore[method-assign]
+    topics = Topics(pipeline.settings.topic_prefix)
+    messages: list[FaustMessage] = []
+
+    async def run() -> None:
+        async with pipeline.app.agents["track_customers"].test_context() as agent:
+            stream = agent.stream()
+            half = len(events) // 2
+            for part in (range(half), range(half, len(events))):  # two batches at least
+                for n in part:
+                    event = events[n]
+                    message = FaustMessage(topic=topics.purchases, partition=0, offset=n, timestamp=time.time(),
+                                           timestamp_type=0, headers=None, key=event.customer_id.encode(),
+                                           value=encode_event(event), checksum=b"",
+                                           generation_id=agent.to_message(None, None).generation_id)
+                    message.incref()
+                    messages.append(message)
+                    await stream.channel.put(await stream.channel.decode(message))
+                for _ in range(200):
+                    if pipeline.processor.totals["messages"] == part.stop:
+                        break
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
+
+    asyncio.run(run())
+    assert len(batches) >= 2
+    dropped = set(batches[0])
+    assert not sent[0].signals and not sent[0].alerts and not sent[0].dead_letters
+    expected = expected_by_customer([e for n, e in enumerate(events) if n not in dropped])
+    stored = {bytes(k).decode(): decode_record(bytes(v)).state for k, v in pipeline.relationships.items()}
+    assert {cid: s.events_applied for cid, s in stored.items()} == {cid: x.events for cid, x in expected.items()}
+    assert [(m.acked, m.refcount) for m in messages if m.offset in dropped] == [(False, 1)] * len(dropped)
+    assert all(m.acked for m in messages if m.offset not in dropped)

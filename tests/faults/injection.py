@@ -95,7 +95,7 @@ class PausingPipeline(Pipeline):
         self.batch_alert_ids = sorted(str(alert["alert_id"]) for _, alert in effects.alerts)
         await super().produce_outputs(effects)
 
-    async def produce_changelog(self) -> None:
+    async def produce_changelog(self) -> bool:
         switch = self.switches / PAUSE_SWITCH
         if self.batch_alert_ids and switch.exists():
             switch.unlink()
@@ -103,7 +103,7 @@ class PausingPipeline(Pipeline):
             logger.warning("injected pause before the changelog step: %d alerts acknowledged, waiting to be killed",
                            len(self.batch_alert_ids))
             await asyncio.Event().wait()
-        await super().produce_changelog()
+        return await super().produce_changelog()
 
 
 HOLD_SWITCH = "hold_before_changelog"
@@ -124,10 +124,10 @@ class HoldingPipeline(Pipeline):
         self.holding = False
         logger.warning("fault injection is enabled (switches in %s): for tests only", self.switches)
 
-    async def produce(self, effects: Effects) -> Any:
+    async def produce(self, effects: Effects, epoch: tuple[int, int] | None) -> Any:
         self.batch_customers = sorted({key.decode() for key, _ in effects.signals})
         await self._hold_on(HOLD_BEFORE_EFFECTS_SWITCH)
-        return await super().produce(effects)
+        return await super().produce(effects, epoch)
 
     async def produce_changelog(self, *args: Any, **kwargs: Any) -> Any:
         await self._hold_on(HOLD_SWITCH)

@@ -14,8 +14,8 @@ start (docs/guarantees.md, "Found and closed"; before, B's state of about 180 cu
 900 events short in about one run of two on a loaded machine).
 
 The same freeze after A's fences were confirmed and its signals acknowledged, at the start of its
-changelog step, is the window a fence does not close (docs/guarantees.md): marked ``known_issue``,
-run it with ``./loyalty test -m known_issue tests/faults/test_zombie.py``.
+changelog step, is a window the fence does not close: A notices on resuming that it stood still
+(``StallWatch``, :mod:`streams.fencing`) and sends no changelog record (docs/guarantees.md).
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ HOLDS = {"before_effects": HOLD_BEFORE_EFFECTS_SWITCH, "before_changelog": HOLD_
 
 @pytest.mark.parametrize(("hold", "run"), [
     *(pytest.param("before_effects", n) for n in (1, 2, 3)),
-    # Frozen between its fence and its writes: the window a fence leaves open.
-    pytest.param("before_changelog", 1, marks=pytest.mark.known_issue),
+    # Frozen between its fence and its changelog: closed by the stall check, not by the fence.
+    pytest.param("before_changelog", 1),
 ])
 def test_zombie_worker_frozen_past_the_session_timeout_writes_nothing_late(make_worker, figures, hold, run):
     sink = make_worker("sink", role="sink", kafka_session_timeout_seconds=SESSION_TIMEOUT,

@@ -1,0 +1,106 @@
+"""A state worker's batch that outlives two rebalances: begun before a second worker joined, let go
+only after that worker left again and its partitions came back.
+
+Worker A (``HoldingPipeline``, :mod:`tests.faults.injection`) holds its first batch that changed
+customers before its effects: folded and scored from the states A had then, nothing sent. Worker B
+joins and takes some of A's partitions; a second half of every customer's events is published, and
+B folds those of its partitions. B stops; A takes every partition back, recovering B's writes from
+the changelog, and folds the rest. Only then is A's batch let go. Its states are older than the
+changelog's: written, they would leave the held customers of B's partitions short of B's events.
+The batch must write nothing and its records be read again (docs/guarantees.md, "Rebalances").
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from ops.simulate import expected_by_customer, generate, publish, to_outgoing
+from streams.sink import sink_group_id
+from tests.faults.injection import HELD_MARKER, HOLD_BEFORE_EFFECTS_SWITCH, RELEASE_FILE, switches_of
+from tests.faults.test_roles import _last_signal_versions
+from tests.harness import (
+    changelog_states,
+    committed_offsets,
+    direct,
+    end_offsets,
+    expected_totals,
+    landed_events,
+    measure_figures,
+    relationship_totals,
+    state_totals,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.faults, pytest.mark.kafka]
+
+
+def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figures):
+    sink = make_worker("sink", role="sink", kafka_session_timeout_seconds=6.0,
+                       pipeline_factory="tests.faults.injection:HoldingPipeline")
+    settings = sink.settings
+    slow = make_worker("a", role="state", like=sink)
+    other = make_worker("b", role="state", like=sink)
+    switches = switches_of(slow.settings)
+    switches.mkdir(parents=True, exist_ok=True)
+
+    events = generate(customers=300, days=1, seed=61, end_ms=int(time.time() * 1000) - 60_000, history_days=30)
+    ordered = sorted(events, key=lambda e: e.occurred_at)
+    first, second = ordered[:len(ordered) // 2], ordered[len(ordered) // 2:]
+    expected = expected_by_customer(events)
+    valid = {(e.customer_id, e.event_id) for e in events}
+    inputs = {f"{settings.topic_prefix}{name}[{p}]" for name in ("purchases", "calls", "visits")
+              for p in range(settings.partitions)}
+
+    sink.start()
+    slow.start()
+    wait_until(lambda: inputs <= set(slow.get("/status")["assignment"]), timeout=90,
+               what="state worker A holding every partition")
+    (switches / HOLD_BEFORE_EFFECTS_SWITCH).touch()
+    outgoing = to_outgoing(first, seed=1, duplicate_rate=0.02)
+    publish(settings, outgoing)
+    sent = len(outgoing)
+    wait_until(lambda: (switches / HELD_MARKER).exists(), timeout=90, interval=0.1,
+               what="state worker A holding a batch before its effects")
+    held = set(json.loads((switches / HELD_MARKER).read_text()))
+
+    other.start()
+    wait_until(lambda: other.get("/status")["assignment"], timeout=90, what="B taking some of A's partitions")
+    taken = set(other.get("/status")["assignment"])
+    outgoing = to_outgoing(second, seed=2, duplicate_rate=0.02)
+    publish(settings, outgoing)
+    sent += len(outgoing)
+    ends = end_offsets(settings)
+    mine = {tp: offset for tp, offset in ends.items() if tp in taken}
+    wait_until(lambda: {tp: offset for tp, offset in committed_offsets(settings).items() if tp in taken} == mine,
+               timeout=120, what="B through every record of its partitions")
+    other.stop()
+    wait_until(lambda: inputs <= set(slow.get("/status")["assignment"]), timeout=90,
+               what="A taking every partition back")
+    (switches / RELEASE_FILE).touch()
+
+    wait_until(lambda: committed_offsets(settings) == ends == committed_offsets(settings, sink_group_id(settings)),
+               timeout=120, what="both groups through every record")
+    wait_until(lambda: landed_events(sink.query, settings.clickhouse_database) == len(valid), timeout=120,
+               what="every event in ClickHouse")
+    status = slow.get("/status")
+    for process in (slow, sink):
+        process.stop()
+
+    query = direct(settings)
+    stale = {cid for cid, state in state_totals(changelog_states(settings)).items()
+             if state != expected_totals(expected).get(cid)}
+    later = {e.customer_id for e in second}
+    row = figures(measure_figures(
+        "batch held across two rebalances", settings, query, sent, valid,
+        note=f"held batch: {len(held)} customers, {len(held & later)} with later events; B took {len(taken)} "
+             f"partitions; changelog wrong for {len(stale)} customers; A's fences {status['fences']}"))
+
+    assert held & later
+    assert (row.lost, row.duplicates) == (0, 0)
+    assert row.stored == row.counted == row.counted_ch == len(valid)
+    assert state_totals(changelog_states(settings)) == expected_totals(expected)
+    assert relationship_totals(query, settings.clickhouse_database) == expected_totals(expected)
+    assert _last_signal_versions(settings) == {cid: x.events for cid, x in expected.items()}
