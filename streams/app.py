@@ -369,13 +369,17 @@ class Pipeline:
         its outputs, it read states while the worker's partitions and stores were changing hands;
         before its changelog, the process stood still and its partitions may be another worker's."""
         owned = await self.fences.confirm(effects.partitions)
-        if owned and self.rebalance_epoch() != epoch:
+        passed = self.rebalance_epoch() != epoch
+        if owned and passed:
             logger.warning("a rebalance or a stall came during the batch: it writes nothing and its records are "
                            "read again")
             owned = set()
         lost = effects.partitions - owned
         if lost:
             self.drop(effects, lost)
+        if passed:
+            # Its reads may have cached states of stores that were changing hands, changed or not.
+            self.states.clear()
         # From here to the last acknowledgement the batch is writing: a revocation waits for it.
         self.not_writing.clear()
         self.batch_epoch = epoch
@@ -384,6 +388,7 @@ class Pipeline:
             if not await self.produce_changelog():
                 lost = set(effects.partitions)
                 self.drop(effects, lost)
+                self.states.clear()
         finally:
             self.not_writing.set()
         return lost
