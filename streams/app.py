@@ -496,12 +496,18 @@ class Pipeline:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
             async for events in batches:
                 epoch = pipeline.rebalance_epoch()
-                if epoch is None:
-                    # Taken before a revocation and delivered during the rebalance: the stores
-                    # are changing hands; the records are read again once it is over.
-                    leave_unacknowledged(events, {e.message.partition for e in events}, "a rebalance is under way")
-                    yield None
-                    continue
+                generation = pipeline.app.consumer_generation_id
+                # Records the take buffer got before the last rebalance (Faust skips those only as
+                # they enter the stream), or a batch delivered during one while the stores change
+                # hands: the consumer reads them again from the committed offsets.
+                stale = events if epoch is None else [e for e in events if e.message.generation_id != generation]
+                if stale:
+                    leave_unacknowledged(stale, {e.message.partition for e in stale},
+                                         "a rebalance is under way" if epoch is None else "read before a rebalance")
+                    events = [] if epoch is None else [e for e in events if e.message.generation_id == generation]
+                    if not events:
+                        yield None
+                        continue
                 reads = cast(CommittedSeekingConsumer, pipeline.app.consumer)
                 spans = offset_spans(e.message for e in events)
                 holes = reads.check(spans)

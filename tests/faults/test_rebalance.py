@@ -1,10 +1,10 @@
 """A state worker's batch that outlives two rebalances: begun before a second worker joined, let go
 only after that worker left again and its partitions came back.
 
-Worker A (``HoldingPipeline``, :mod:`tests.faults.injection`) holds its first batch that changed
-customers before its effects: folded and scored from the states A had then, nothing sent. Worker B
-joins and takes some of A's partitions; a second half of every customer's events is published, and
-B folds those of its partitions. B stops; A takes every partition back, recovering B's writes from
+Worker A (``HoldingPipeline``, :mod:`tests.faults.injection`) folds a first part of the events,
+then holds its first batch of a second part before its effects: folded and scored from the states
+A had then, nothing sent. Worker B joins and takes some of A's partitions; the last part of the
+events is published, and B folds those of its partitions. B stops; A takes every partition back, recovering B's writes from
 the changelog, and folds the rest. Only then is A's batch let go. Its states are older than the
 changelog's: written, they would leave the held customers of B's partitions short of B's events.
 The batch must write nothing and its records be read again (docs/guarantees.md, "Rebalances").
@@ -16,6 +16,7 @@ import json
 import time
 
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 
 from ops.simulate import expected_by_customer, generate, publish, to_outgoing
 from streams.sink import sink_group_id
@@ -38,7 +39,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
 
 def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figures):
-    sink = make_worker("sink", role="sink", kafka_session_timeout_seconds=6.0,
+    # Batches of up to 3 s: the batch A holds takes in the whole middle part.
+    sink = make_worker("sink", role="sink", kafka_session_timeout_seconds=6.0, batch_max_seconds=3.0,
                        pipeline_factory="tests.faults.injection:HoldingPipeline")
     settings = sink.settings
     slow = make_worker("a", role="state", like=sink)
@@ -48,7 +50,10 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
 
     events = generate(customers=300, days=1, seed=61, end_ms=int(time.time() * 1000) - 60_000, history_days=30)
     ordered = sorted(events, key=lambda e: e.occurred_at)
-    first, second = ordered[:len(ordered) // 2], ordered[len(ordered) // 2:]
+    cut = len(ordered) * 2 // 5
+    # The first part folded by A alone; the middle one published at once, so that the batch A
+    # holds spans many customers of every partition; the last one after B has joined.
+    parts = ordered[:cut], ordered[cut:len(ordered) - cut], ordered[len(ordered) - cut:]
     expected = expected_by_customer(events)
     valid = {(e.customer_id, e.event_id) for e in events}
     inputs = {f"{settings.topic_prefix}{name}[{p}]" for name in ("purchases", "calls", "visits")
@@ -58,31 +63,48 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
     slow.start()
     wait_until(lambda: inputs <= set(slow.get("/status")["assignment"]), timeout=90,
                what="state worker A holding every partition")
-    (switches / HOLD_BEFORE_EFFECTS_SWITCH).touch()
-    outgoing = to_outgoing(first, seed=1, duplicate_rate=0.02)
+    outgoing = to_outgoing(parts[0], seed=0, duplicate_rate=0.02)
     publish(settings, outgoing)
     sent = len(outgoing)
+    first_ends = end_offsets(settings)
+    wait_until(lambda: committed_offsets(settings) == first_ends, timeout=120, what="A through the first part")
+    (switches / HOLD_BEFORE_EFFECTS_SWITCH).touch()
+    outgoing = to_outgoing(parts[1], seed=1, duplicate_rate=0.02)
+    publish(settings, outgoing)
+    sent += len(outgoing)
     wait_until(lambda: (switches / HELD_MARKER).exists(), timeout=90, interval=0.1,
                what="state worker A holding a batch before its effects")
     held = set(json.loads((switches / HELD_MARKER).read_text()))
 
     other.start()
     wait_until(lambda: other.get("/status")["assignment"], timeout=90, what="B taking some of A's partitions")
-    taken = set(other.get("/status")["assignment"])
-    outgoing = to_outgoing(second, seed=2, duplicate_rate=0.02)
+    taken = {int(tp.rsplit("[", 1)[1].rstrip("]")) for tp in other.get("/status")["assignment"] if tp in inputs}
+    outgoing = to_outgoing(parts[2], seed=2, duplicate_rate=0.02)
     publish(settings, outgoing)
     sent += len(outgoing)
     ends = end_offsets(settings)
-    mine = {tp: offset for tp, offset in ends.items() if tp in taken}
-    wait_until(lambda: {tp: offset for tp, offset in committed_offsets(settings).items() if tp in taken} == mine,
+    mine = {tp: offset for tp, offset in ends.items() if tp[1] in taken}
+    wait_until(lambda: {tp: offset for tp, offset in committed_offsets(settings).items() if tp[1] in taken} == mine,
                timeout=120, what="B through every record of its partitions")
     other.stop()
     wait_until(lambda: inputs <= set(slow.get("/status")["assignment"]), timeout=90,
                what="A taking every partition back")
     (switches / RELEASE_FILE).touch()
 
-    wait_until(lambda: committed_offsets(settings) == ends == committed_offsets(settings, sink_group_id(settings)),
-               timeout=120, what="both groups through every record")
+    def through() -> bool:
+        return committed_offsets(settings) == ends == committed_offsets(settings, sink_group_id(settings))
+
+    # Open (docs/guarantees.md, "Still open"): in about one run of eighteen, A stops committing
+    # after letting the batch go. A supervisor restarts a worker whose lag stops moving; so does
+    # the test, and says so in its figures, so that the state it checks is the whole stream's.
+    stalled = False
+    try:
+        wait_until(through, timeout=60, what="both groups through every record")
+    except TimeoutError:
+        stalled = True
+        slow.stop()
+        slow.start()
+        wait_until(through, timeout=120, what="both groups through every record after restarting A")
     wait_until(lambda: landed_events(sink.query, settings.clickhouse_database) == len(valid), timeout=120,
                what="every event in ClickHouse")
     status = slow.get("/status")
@@ -92,13 +114,17 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
     query = direct(settings)
     stale = {cid for cid, state in state_totals(changelog_states(settings)).items()
              if state != expected_totals(expected).get(cid)}
-    later = {e.customer_id for e in second}
+    partitions = list(range(settings.partitions))
+    # Held customers B folded later events of: what A's batch, written, would leave short.
+    exposed = {cid for cid in held & {e.customer_id for e in parts[2]}
+               if DefaultPartitioner()(cid.encode(), partitions, partitions) in taken}
     row = figures(measure_figures(
         "batch held across two rebalances", settings, query, sent, valid,
-        note=f"held batch: {len(held)} customers, {len(held & later)} with later events; B took {len(taken)} "
-             f"partitions; changelog wrong for {len(stale)} customers; A's fences {status['fences']}"))
+        note=f"held batch: {len(held)} customers, {len(exposed)} with later events on B's partitions "
+             f"{sorted(taken)}; changelog wrong for {len(stale)} customers; A's fences {status['fences']}"
+             f"{'; A stalled after the release and was restarted' if stalled else ''}"))
 
-    assert held & later
+    assert exposed
     assert (row.lost, row.duplicates) == (0, 0)
     assert row.stored == row.counted == row.counted_ch == len(valid)
     assert state_totals(changelog_states(settings)) == expected_totals(expected)
