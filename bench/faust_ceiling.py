@@ -44,6 +44,8 @@ def build_app(args: argparse.Namespace) -> faust.App:
         args.group,
         broker=[f"kafka://{server}" for server in args.bootstrap.split(",")],
         store="memory://",
+        # Faust's data directory (empty with an in-memory store) under var/, not the working directory.
+        datadir=str(Path(__file__).resolve().parents[1] / "var" / "bench" / f"{args.group}-data"),
         value_serializer="raw",
         key_serializer="raw",
         web_enabled=False,

@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Largest Kafka message accepted; producers, consumers and topic configs agree on it."
     )
+    producer_batch_bytes: int = Field(
+        262_144, ge=1024, description="Largest batch of records the worker's producer builds per partition (capped at "
+        "LOYALTY_MAX_MESSAGE_BYTES). A changelog record is about 1.4 KB: Kafka's default of 16 KB sends a batch, and "
+        "awaits its acknowledgement, for every ten or so.")
 
     # -- worker -------------------------------------------------------------------------------
     app_id: str = Field("loyalty-stream", description="Faust application id: consumer group and changelog topic prefix.")

@@ -294,6 +294,7 @@ class Pipeline:
             key_serializer="raw",
             value_serializer="raw",
             producer_max_request_size=settings.max_message_bytes,
+            producer_max_batch_size=min(settings.producer_batch_bytes, settings.max_message_bytes),
             consumer_max_fetch_size=settings.max_message_bytes,
             broker_commit_interval=1.0,
             # Changelog writes and signals of a batch arrive one record at a time: a short linger
