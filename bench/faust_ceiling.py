@@ -11,6 +11,9 @@ offset), batches as the worker takes them (``take_events(2000, within=0.25)``) a
 body. When ``--expected`` records have been read it writes the result file: records, the moment
 the first batch arrived and the last one ended (wall clock), the process's CPU seconds (every
 thread, from /proc) and its peak memory at both moments. The caller stops the process.
+
+``--eager``: the consumer hands each record to the stream as the state worker's does
+(:mod:`streams.delivery`), instead of through four asyncio tasks per record.
 """
 
 from __future__ import annotations
@@ -54,6 +57,11 @@ def build_app(args: argparse.Namespace) -> faust.App:
         topic_replication_factor=1,
         logging_config=None,
     )
+    if args.eager:
+        from streams.delivery import EagerDelivery
+
+        transport: Any = app.transport
+        transport.Consumer = type("EagerConsumer", (EagerDelivery, transport.Consumer), {})
     topic = app.topic(*args.topics, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
     seen: dict[str, Any] = {"records": 0}
 
@@ -82,6 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--within", type=float, default=0.25)
+    parser.add_argument("--eager", action="store_true", help="deliver records as the state worker's consumer does")
     return parser.parse_args(argv)
 
 

@@ -487,14 +487,16 @@ async def _consume_and_decode(settings: Settings, expected: int, timeout: float)
 # -- F: Faust's ceiling -----------------------------------------------------------------------------
 
 
-def faust_ceiling(settings: Settings, expected: int, run_dir: Path, label: str, timeout: float = 900.0) -> dict[str, Any]:
-    """Run bench/faust_ceiling.py over the input topics until it has read ``expected`` records."""
+def faust_ceiling(settings: Settings, expected: int, run_dir: Path, label: str, timeout: float = 900.0,
+                  eager: bool = False) -> dict[str, Any]:
+    """Run bench/faust_ceiling.py over the input topics until it has read ``expected`` records
+    (``eager``: with the state worker's delivery of records to the stream, streams.delivery)."""
     result_path = run_dir / f"faust-ceiling-{label}.json"
     result_path.unlink(missing_ok=True)
     command = [sys.executable, str(REPO / "bench" / "faust_ceiling.py"), "--bootstrap", settings.bootstrap,
                "--group", f"bench-faust-ceiling-{uuid.uuid4().hex[:8]}", "--expected", str(expected),
                "--result", str(result_path), "--partitions", str(settings.partitions),
-               *Topics(settings.topic_prefix).inputs]
+               *(["--eager"] if eager else []), *Topics(settings.topic_prefix).inputs]
     started = time.time()
     with open(run_dir / f"faust-ceiling-{label}.log", "ab") as out:
         proc = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
@@ -1103,6 +1105,10 @@ def run_size(spec: SizeSpec, broker_settings: Settings, args: argparse.Namespace
         f_before = faust_ceiling(inputs, workload.events, run_dir, "before")
         log(f"[{spec.label}] F before: {f_before['records_per_second']:,.0f} records/s, "
             f"{f_before['cpu_us_per_record']:,.1f} us CPU per record")
+        log(f"[{spec.label}] Faust ceiling with the state worker's eager delivery (F eager)")
+        result["faust_ceiling_eager"] = faust_ceiling(inputs, workload.events, run_dir, "eager", eager=True)
+        log(f"[{spec.label}] F eager: {result['faust_ceiling_eager']['records_per_second']:,.0f} records/s, "
+            f"{result['faust_ceiling_eager']['cpu_us_per_record']:,.1f} us CPU per record")
 
     dep = Deployment(run_dir / "p1", bootstrap, inputs.topic_prefix, inputs.app_id, args.partitions, key,
                      states=1, profile=args.profile)
@@ -1203,6 +1209,7 @@ def profile_top(path: Path, limit: int = 15) -> str:
 def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, Any]:
     """The figures the goals are about, at the top level of the JSON."""
     f = main.get("faust_ceiling") or {}
+    f_eager = main.get("faust_ceiling_eager") or {}
     p1, p2 = main["p1"], main.get("p2")
     fresh = main.get("freshness") or {}
     bi = fresh.get("bi") or {}
@@ -1217,10 +1224,14 @@ def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, An
     out: dict[str, Any] = {
         "F": f.get("records_per_second"),
         "F_cpu_us_per_record": f.get("cpu_us_per_record"),
+        # the same agent with the state worker's consumer (streams.delivery): its own ceiling
+        "F_eager": f_eager.get("records_per_second"),
+        "F_eager_cpu_us_per_record": f_eager.get("cpu_us_per_record"),
         "B": main["baseline"]["events_per_second"],
         "P1": p1["events_per_second"],
         "P2": p2["events_per_second"] if p2 else None,
         "P1_over_F": round(p1["events_per_second"] / f["records_per_second"], 4) if f else None,
+        "P1_over_F_eager": round(p1["events_per_second"] / f_eager["records_per_second"], 4) if f_eager else None,
         "P2_over_P1": round(p2["events_per_second"] / p1["events_per_second"], 4) if p2 else None,
         "state_cpu_us_per_event": p1["state_cpu_us_per_event"],
         "sink_cpu_us_per_event": p1["sink_cpu_us_per_event"],
@@ -1314,6 +1325,11 @@ def print_report(report: dict[str, Any]) -> None:
               + (f"; F before/after: {f['before']['records_per_second']:,.0f} / "
                  f"{f['after']['records_per_second']:,.0f} rec/s at {f['cpu_us_per_record']:,.1f} us CPU/record"
                  if f else ""))
+        fe = run.get("faust_ceiling_eager")
+        if fe:
+            share = run["p1"]["events_per_second"] / fe["records_per_second"]
+            print(f"{'':6} F eager (the state worker's delivery): {fe['records_per_second']:,.0f} rec/s at "
+                  f"{fe['cpu_us_per_record']:,.1f} us CPU/record; P1 = {share:.3f} F eager")
         p1 = run["p1"]
         cpu = p1["cpu_during_p"]
         print(f"{'':6} P1 cores busy: " + ", ".join(f"{k} {v['cores_busy']:.2f}" for k, v in cpu.items())

@@ -58,7 +58,7 @@ async def measure(settings: Settings, batch_bytes: dict[str, int], batches: int,
         await first.producer.create_topic(topic, partitions, 1)
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
     try:
-        for name, app in apps.items():  # warm-up: connections, metadata
+        for app in apps.values():  # warm-up: connections, metadata
             await one_batch(app, signals, changelog, 200, partitions)
         for _ in range(batches):
             for name, app in apps.items():

@@ -27,6 +27,8 @@ import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
+from streams.delivery import EagerDelivery
+
 logger = logging.getLogger(__name__)
 
 #: Seeks back to the same offset, each answered by records starting at the same later offset,
@@ -34,9 +36,10 @@ logger = logging.getLogger(__name__)
 SAME_START_TIMES = 3
 
 
-class CommittedSeekingConsumer(AIOKafkaConsumer):
+class CommittedSeekingConsumer(EagerDelivery, AIOKafkaConsumer):
     """Faust's aiokafka consumer, whose seek to the committed offsets moves every stream partition,
-    and which remembers the next offset the agent must fold in each of them (:meth:`check`)."""
+    and which remembers the next offset the agent must fold in each of them (:meth:`check`); it
+    hands records to the stream eagerly (:mod:`streams.delivery`)."""
 
     #: The topics whose partitions are sought whatever their committed offset (the agent's inputs;
     #: changelogs are positioned by table recovery, not here). Set by :func:`install`.
