@@ -637,6 +637,12 @@ class Pipeline:
             "processed": dict(self.processor.totals),
             "fences": self.fences.status(),
             "read_again": getattr(app.consumer, "rereads", 0) if app.consumer else 0,
+            # each owned input partition's next offset to fold, and those sought back for records
+            # a batch skipped (offset sought, first offset of the batch that found the hole, times)
+            "next_offsets": {f"{tp.topic}[{tp.partition}]": offset
+                             for tp, offset in sorted(getattr(app.consumer, "next_offsets", {}).items())},
+            "reading_again": {f"{tp.topic}[{tp.partition}]": list(where)
+                              for tp, where in sorted(getattr(app.consumer, "reread_from", {}).items())},
             "model": self.model.status(),
             "assignment": sorted(f"{tp.topic}[{tp.partition}]" for tp in app.consumer.assignment())
             if app.consumer else [],

@@ -97,11 +97,19 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
     # Open (docs/guarantees.md, "Still open"): in about one run of eighteen, A stops committing
     # after letting the batch go. A supervisor restarts a worker whose lag stops moving; so does
     # the test, and says so in its figures, so that the state it checks is the whole stream's.
-    stalled = False
+    stalled = ""
     try:
         wait_until(through, timeout=60, what="both groups through every record")
     except TimeoutError:
-        stalled = True
+        # Where it stood, for the figures: each partition's committed offsets (state workers,
+        # sink) against its end, where they differ, and what A's status said.
+        committed, copied = committed_offsets(settings), committed_offsets(settings, sink_group_id(settings))
+        behind = {f"{tp[0].rsplit('.', 1)[-1]}[{tp[1]}]": (committed[tp], copied[tp], end)
+                  for tp, end in ends.items() if (committed[tp], copied[tp]) != (end, end)}
+        seen = slow.get("/status")
+        stalled = (f"; A stalled after the release and was restarted: (state, sink, end) offsets {behind}; "
+                   f"A's next offsets {seen.get('next_offsets')}, reading again {seen.get('reading_again')}")
+        print(stalled)
         slow.stop()
         slow.start()
         wait_until(through, timeout=120, what="both groups through every record after restarting A")
@@ -122,7 +130,7 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
         "batch held across two rebalances", settings, query, sent, valid,
         note=f"held batch: {len(held)} customers, {len(exposed)} with later events on B's partitions "
              f"{sorted(taken)}; changelog wrong for {len(stale)} customers; A's fences {status['fences']}"
-             f"{'; A stalled after the release and was restarted' if stalled else ''}"))
+             f"{stalled}"))
 
     assert exposed
     assert (row.lost, row.duplicates) == (0, 0)
