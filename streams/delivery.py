@@ -92,13 +92,12 @@ class EagerDelivery:
     ``wait_first(callback(message), self.suspend_flow.wait())`` starts the delivery eagerly."""
 
     suspend_flow: Any
-    _stopped: Any
-    _crashed: Any
+    should_stop: bool  # mode's: the service is stopping or crashed
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if (len(coros) == 2 and timeout is None and isinstance(coros[0], types.CoroutineType)
                 and _waits_for(coros[1], self.suspend_flow) and not self.suspend_flow.is_set()
-                and not self._stopped.is_set() and not self._crashed.is_set()):
+                and not self.should_stop):
             delivery, suspended = coros
             try:
                 finished, outcome = start_eagerly(delivery)
