@@ -109,7 +109,6 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
         seen = slow.get("/status")
         stalled = (f"; A stalled after the release and was restarted: (state, sink, end) offsets {behind}; "
                    f"A's next offsets {seen.get('next_offsets')}, reading again {seen.get('reading_again')}")
-        print(stalled)
         slow.stop()
         slow.start()
         wait_until(through, timeout=120, what="both groups through every record after restarting A")

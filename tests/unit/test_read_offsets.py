@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 
 from faust.types import TP
+from intervaltree import IntervalTree
 
 from streams.offsets import SAME_START_TIMES, CommittedSeekingConsumer, offset_spans
 
@@ -24,6 +26,8 @@ def ledger(next_offsets: dict[TP, int]) -> CommittedSeekingConsumer:
     reads.reread_from = {}
     reads.rereads = 0
     reads._read_offset = {}
+    reads._gap = defaultdict(IntervalTree)
+    reads._committed_offset = defaultdict(lambda: None)
 
     async def no_seek(positions):
         reads.sought = dict(positions)
@@ -99,3 +103,40 @@ def test_the_same_later_start_after_three_seeks_back_is_taken_as_it_is(caplog):
     assert reads.reread_from == {}
     # Once a batch was folded there, a hole is a hole again.
     assert reads.check({PURCHASES_0: (143, 150)}) == {PURCHASES_0}
+
+
+def gaps(reads: CommittedSeekingConsumer, tp: TP) -> list[tuple[int, int]]:
+    """The offsets Faust counts as acknowledged without a record (first, last)."""
+    return sorted((i.begin, i.end - 1) for i in reads._gap[tp])
+
+
+def test_a_seek_back_forgets_the_gap_faust_noted_over_the_skipped_records():
+    # Faust dropped 128 to 230 (fetched while the partition was paused) and delivered 231 next:
+    # a jump it notes as a gap, whose offsets its commits would count as acknowledged.
+    reads = ledger({PURCHASES_0: 128})
+    asyncio.run(reads._add_gap(PURCHASES_0, 128, 230))
+    asyncio.run(reads._add_gap(PURCHASES_0, 40, 41))  # before the next offset to fold: kept
+    assert gaps(reads, PURCHASES_0) == [(40, 41), (128, 230)]
+    assert reads.check({PURCHASES_0: (231, 260)}) == {PURCHASES_0}
+    asyncio.run(reads.read_again({PURCHASES_0: 231}))
+    assert gaps(reads, PURCHASES_0) == [(40, 41)]
+
+
+def test_no_gap_is_noted_while_a_partition_is_read_again_and_again_once_folded():
+    reads = ledger({VISITS_1: 147})
+    asyncio.run(reads.read_again({VISITS_1: 231}))
+    # A record fetched before the seek, delivered after it: 148 to 249 are to be read, not missing.
+    asyncio.run(reads._add_gap(VISITS_1, 148, 249))
+    assert gaps(reads, VISITS_1) == []
+    reads.folded({VISITS_1: (147, 300)})
+    asyncio.run(reads._add_gap(VISITS_1, 301, 303))  # transaction markers between two records
+    assert gaps(reads, VISITS_1) == [(301, 303)]
+
+
+def test_offsets_found_empty_after_the_seeks_back_become_a_gap():
+    reads = ledger({PURCHASES_0: 127})
+    for _ in range(SAME_START_TIMES):
+        assert reads.check({PURCHASES_0: (130, 140)}) == {PURCHASES_0}
+        asyncio.run(reads.read_again({PURCHASES_0: 130}))
+    assert reads.check({PURCHASES_0: (130, 140)}) == set()
+    assert gaps(reads, PURCHASES_0) == [(127, 129)]
