@@ -1,4 +1,5 @@
-"""Handing each fetched record to its stream without four asyncio tasks per record.
+"""Handing each fetched record to its stream without four asyncio tasks per record
+(``LOYALTY_EAGER_DELIVERY``, off by default: docs/guarantees.md, "Rebalances").
 
 Faust's consumer delivers every record it fetches with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: the delivery, unless the

@@ -109,14 +109,17 @@ NAMED_TUPLE_API = {"_replace", "_asdict", "_fields", "_make"}
 
 
 def test_no_private_attribute_of_another_object_is_used():
-    """Frameworks through their public APIs only: no ``x._name`` where ``x`` is not ``self`` or
-    ``cls``, except the listed uses of a module's own classes and the named-tuple API."""
+    """Frameworks through their public APIs only: no ``x._name`` where ``x`` is not ``self``,
+    ``cls`` or ``super()`` (a subclass extending its own method), except the listed uses of a
+    module's own classes and the named-tuple API."""
     found = []
     for package in PACKAGES:
         for path in _modules(package):
             for node in ast.walk(ast.parse(path.read_text())):
                 if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
                         and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                        and not (isinstance(node.value, ast.Call) and isinstance(node.value.func, ast.Name)
+                                 and node.value.func.id == "super" and not node.value.args)
                         and node.attr not in NAMED_TUPLE_API and (_id(path), node.attr) not in OWN_PRIVATE):
                     found.append(f"{_id(path)}:{node.lineno} .{node.attr}")
     assert found == [], found
