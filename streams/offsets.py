@@ -73,6 +73,29 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         self.reread_from = {}
         return committed
 
+    def _new_offset(self, tp: TP) -> int | None:
+        """The offset Faust may commit for ``tp``: its first run of acknowledged offsets, gaps
+        included, as Faust reckons it, with two changes for the stream partitions.
+
+        * Only the gaps below the next offset to fold count. A gap Faust noted over records this
+          worker has not folded (records dropped or delivered out of turn around a rebalance or
+          a seek back) would let a commit pass them; it counts once the worker has folded past it.
+        * Each offset counts once. Faust fills gaps into its list of acknowledged offsets without
+          its index, so an offset acknowledged and also inside a gap was listed twice; its runs
+          then broke at every offset and its commits moved one offset per commit interval, which
+          looked like a worker that stopped committing after a rebalance."""
+        acked = self._acked[tp]
+        limit = self.next_offsets.get(tp)
+        if acked and limit is not None:
+            gaps = self._gap.get(tp)
+            if gaps:
+                filled = {offset for interval in gaps.overlap(0, limit)
+                          for offset in range(interval.begin, min(interval.end, limit))}
+                gaps.chop(0, limit)
+                acked.extend(filled)
+            acked[:] = sorted(set(acked))
+        return super()._new_offset(tp)
+
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust notes a jump between two records it delivers as a gap, whose offsets its commits
         count as acknowledged (transaction markers or compaction leave such jumps). Not while a
