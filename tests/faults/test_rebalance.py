@@ -94,9 +94,9 @@ def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figu
     def through() -> bool:
         return committed_offsets(settings) == ends == committed_offsets(settings, sink_group_id(settings))
 
-    # Open (docs/guarantees.md, "Still open"): in about one run of eighteen, A stops committing
-    # after letting the batch go. A supervisor restarts a worker whose lag stops moving; so does
-    # the test, and says so in its figures, so that the state it checks is the whole stream's.
+    # A worker whose commits stop moving is restarted, as a supervisor would, and the figures say
+    # so: A once stalled here in some runs (Faust's gaps counted offsets twice; docs/guarantees.md,
+    # "Rebalances"), and the state checked below must be the whole stream's either way.
     stalled = ""
     try:
         wait_until(through, timeout=60, what="both groups through every record")
