@@ -1105,7 +1105,7 @@ def run_size(spec: SizeSpec, broker_settings: Settings, args: argparse.Namespace
         f_before = faust_ceiling(inputs, workload.events, run_dir, "before")
         log(f"[{spec.label}] F before: {f_before['records_per_second']:,.0f} records/s, "
             f"{f_before['cpu_us_per_record']:,.1f} us CPU per record")
-        log(f"[{spec.label}] Faust ceiling with eager delivery, LOYALTY_EAGER_DELIVERY (F eager)")
+        log(f"[{spec.label}] Faust ceiling with eager delivery, streams/delivery.py (F eager)")
         result["faust_ceiling_eager"] = faust_ceiling(inputs, workload.events, run_dir, "eager", eager=True)
         log(f"[{spec.label}] F eager: {result['faust_ceiling_eager']['records_per_second']:,.0f} records/s, "
             f"{result['faust_ceiling_eager']['cpu_us_per_record']:,.1f} us CPU per record")
@@ -1328,7 +1328,7 @@ def print_report(report: dict[str, Any]) -> None:
         fe = run.get("faust_ceiling_eager")
         if fe:
             share = run["p1"]["events_per_second"] / fe["records_per_second"]
-            print(f"{'':6} F eager (LOYALTY_EAGER_DELIVERY's delivery): {fe['records_per_second']:,.0f} rec/s at "
+            print(f"{'':6} F eager (streams/delivery.py, not used by the state worker): {fe['records_per_second']:,.0f} rec/s at "
                   f"{fe['cpu_us_per_record']:,.1f} us CPU/record; P1 = {share:.3f} F eager")
         p1 = run["p1"]
         cpu = p1["cpu_during_p"]

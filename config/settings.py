@@ -98,10 +98,6 @@ class Settings(BaseSettings):
         "The worker refuses to start on a non-loopback LOYALTY_WEB_HOST without one.",
     )
     batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
-    eager_delivery: bool = Field(
-        False, description="Hand each fetched record to the state worker's stream without Faust's four asyncio "
-        "tasks per record (streams/delivery.py): about 90 us of CPU less per record. Off by default: with it, two "
-        "runs of the batch-held-across-two-rebalances fault test in seventeen lost events; see docs/guarantees.md.")
     batch_max_seconds: float = Field(0.25, gt=0, description="Longest wait of the state worker to fill a batch, seconds.")
     state_cache_customers: int = Field(
         100_000, ge=0,

@@ -1,5 +1,7 @@
-"""Handing each fetched record to its stream without four asyncio tasks per record
-(``LOYALTY_EAGER_DELIVERY``, off by default: docs/guarantees.md, "Rebalances").
+"""Handing each fetched record to its stream without four asyncio tasks per record.
+
+Measured, not used by the state worker: with it, runs of ``tests/faults/test_rebalance.py`` lost
+events (docs/guarantees.md, "Rebalances"). ``bench/faust_ceiling.py --eager`` measures it.
 
 Faust's consumer delivers every record it fetches with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: the delivery, unless the
