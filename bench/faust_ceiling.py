@@ -90,7 +90,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batch", type=int, default=2000)
     parser.add_argument("--within", type=float, default=0.25)
-    parser.add_argument("--eager", action="store_true", help="deliver records as the state worker's consumer does")
+    parser.add_argument("--eager", action="store_true", help="deliver records eagerly (streams/delivery.py)")
     return parser.parse_args(argv)
 
 

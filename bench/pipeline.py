@@ -490,7 +490,8 @@ async def _consume_and_decode(settings: Settings, expected: int, timeout: float)
 def faust_ceiling(settings: Settings, expected: int, run_dir: Path, label: str, timeout: float = 900.0,
                   eager: bool = False) -> dict[str, Any]:
     """Run bench/faust_ceiling.py over the input topics until it has read ``expected`` records
-    (``eager``: with the state worker's delivery of records to the stream, streams.delivery)."""
+    (``eager``: with the eager delivery of records to the stream, streams.delivery, which the state
+    worker does not use)."""
     result_path = run_dir / f"faust-ceiling-{label}.json"
     result_path.unlink(missing_ok=True)
     command = [sys.executable, str(REPO / "bench" / "faust_ceiling.py"), "--bootstrap", settings.bootstrap,
@@ -1224,7 +1225,7 @@ def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, An
     out: dict[str, Any] = {
         "F": f.get("records_per_second"),
         "F_cpu_us_per_record": f.get("cpu_us_per_record"),
-        # the same agent with the state worker's consumer (streams.delivery): its own ceiling
+        # the same agent with the eager delivery (streams.delivery, not used by the state worker)
         "F_eager": f_eager.get("records_per_second"),
         "F_eager_cpu_us_per_record": f_eager.get("cpu_us_per_record"),
         "B": main["baseline"]["events_per_second"],
