@@ -694,6 +694,9 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
         "sink_cpu_us_per_event": round(sink_cpu / done * 1e6, 1),
         "cpu_during_p": cpu,
         "input_partitions_by_state_worker": {s.name: _input_partitions(s) for s in dep.states},
+        # wall seconds in each step of the agent's batches since it started (GET /status)
+        "batch_seconds_by_state_worker": {s.name: s.get("/status", timeout=15).get("batch_seconds", {})
+                                          for s in dep.states},
         "sink_status": {k: v for k, v in dep.sink.get("/status", timeout=30)["sink"].items()
                         if k in ("batches", "copied", "sink_retries")},
         "memory_mb": {s.name: s.memory_mb() for s in dep.services},
@@ -1337,6 +1340,9 @@ def print_report(report: dict[str, Any]) -> None:
               + f"; state threads: {cpu['state-1']['cpu_by_thread_seconds']}")
         print(f"{'':6} P1 sink: {p1['sink_status']['batches']:,} batches, copied {p1['sink_status']['copied']}; "
               f"threads: {cpu['sink']['cpu_by_thread_seconds']}")
+        steps = p1.get("batch_seconds_by_state_worker", {}).get("state-1")
+        if steps:
+            print(f"{'':6} P1 state-1 batch steps (wall s): {steps}")
     if any(run[p]["capped"] for run in report["runs"] for p in ("p1", "p2") if p in run):
         print("(* capped by --p-timeout: rate over the events processed so far)")
     main = report["runs"][0]

@@ -53,6 +53,7 @@ import os
 import secrets
 import ssl
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, cast
 
@@ -340,6 +341,10 @@ class Pipeline:
         self.partitioner = DefaultPartitioner()
         self.fences = Fences(settings, self.topics.state_fences)
         self.stall_watch = StallWatch(limit=settings.kafka_session_timeout_seconds / 2)
+        #: Wall seconds the agent spent in each step of its batches, for ``GET /status``: waiting
+        #: for Faust to deliver a batch, processing it, confirming its fences, producing its
+        #: outputs and its changelog records (each until acknowledged).
+        self.batch_seconds: Counter[str] = Counter()
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -369,7 +374,9 @@ class Pipeline:
         A batch whose ``epoch`` (:meth:`rebalance_epoch`) has passed writes nothing more: before
         its outputs, it read states while the worker's partitions and stores were changing hands;
         before its changelog, the process stood still and its partitions may be another worker's."""
+        started = time.monotonic()
         owned = await self.fences.confirm(effects.partitions)
+        self.batch_seconds["fences"] += time.monotonic() - started
         passed = self.rebalance_epoch() != epoch
         if owned and passed:
             logger.warning("a rebalance or a stall came during the batch: it writes nothing and its records are "
@@ -385,8 +392,13 @@ class Pipeline:
         self.not_writing.clear()
         self.batch_epoch = epoch
         try:
+            started = time.monotonic()
             await self.produce_outputs(effects)
-            if not await self.produce_changelog():
+            outputs_done = time.monotonic()
+            self.batch_seconds["outputs"] += outputs_done - started
+            written = await self.produce_changelog()
+            self.batch_seconds["changelog"] += time.monotonic() - outputs_done
+            if not written:
                 lost = set(effects.partitions)
                 self.drop(effects, lost)
                 self.states.clear()
@@ -495,7 +507,9 @@ class Pipeline:
 
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
             batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
+            waiting_since = time.monotonic()
             async for events in batches:
+                pipeline.batch_seconds["waiting"] += time.monotonic() - waiting_since
                 epoch = pipeline.rebalance_epoch()
                 generation = pipeline.app.consumer_generation_id
                 # Records the take buffer got before the last rebalance (Faust skips those only as
@@ -508,13 +522,16 @@ class Pipeline:
                     events = [] if epoch is None else [e for e in events if e.message.generation_id == generation]
                     if not events:
                         yield None
+                        waiting_since = time.monotonic()
                         continue
                 reads = cast(CommittedSeekingConsumer, pipeline.app.consumer)
                 spans = offset_spans(e.message for e in events)
                 holes = reads.check(spans)
                 if holes:
                     events = await pipeline.read_again(events, {tp: spans[tp][0] for tp in holes})
+                started = time.monotonic()
                 effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
+                pipeline.batch_seconds["processing"] += time.monotonic() - started
                 lost = await pipeline.produce(effects, epoch)
                 if lost:
                     leave_unacknowledged(events, lost, "the batch's effects for them were dropped")
@@ -522,6 +539,7 @@ class Pipeline:
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
                 yield None
+                waiting_since = time.monotonic()
 
         # A crashed agent stops the worker (it exits non-zero) so a supervisor restarts it from the
         # last committed offsets, instead of a live process whose partitions no longer move.
@@ -636,6 +654,7 @@ class Pipeline:
             "role": self.role,
             "processed": dict(self.processor.totals),
             "fences": self.fences.status(),
+            "batch_seconds": {step: round(seconds, 3) for step, seconds in self.batch_seconds.items()},
             "read_again": getattr(app.consumer, "rereads", 0) if app.consumer else 0,
             # each owned input partition's next offset to fold, and those sought back for records
             # a batch skipped (offset sought, first offset of the batch that found the hole, times)
