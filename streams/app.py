@@ -53,7 +53,7 @@ import os
 import secrets
 import ssl
 import time
-from collections import Counter
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any, Literal, NamedTuple, cast
 
@@ -344,7 +344,7 @@ class Pipeline:
         #: Wall seconds the agent spent in each step of its batches, for ``GET /status``: waiting
         #: for Faust to deliver a batch, processing it, confirming its fences, producing its
         #: outputs and its changelog records (each until acknowledged).
-        self.batch_seconds: Counter[str] = Counter()
+        self.batch_seconds: defaultdict[str, float] = defaultdict(float)
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
