@@ -7,7 +7,7 @@ is assigned every partition and then confirms them all ``--batches`` times in a 
 worker owning them does once per batch. The baseline, measured in the same run: one plain record
 per partition sent and acknowledged (what any produce round trip costs). Printed: the median and
 90th percentile per batch, and per event at ``--events`` events a batch (the worker's
-``LOYALTY_BATCH_MAX_EVENTS``, 2,000 by default).
+``LOYALTY_BATCH_MAX_EVENTS``, 10,000 by default).
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--bootstrap", required=True)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--batches", type=int, default=200)
-    parser.add_argument("--events", type=int, default=2000)
+    parser.add_argument("--events", type=int, default=Settings.model_fields["batch_max_events"].default)
     args = parser.parse_args()
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic

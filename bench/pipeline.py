@@ -497,6 +497,8 @@ def faust_ceiling(settings: Settings, expected: int, run_dir: Path, label: str, 
     command = [sys.executable, str(REPO / "bench" / "faust_ceiling.py"), "--bootstrap", settings.bootstrap,
                "--group", f"bench-faust-ceiling-{uuid.uuid4().hex[:8]}", "--expected", str(expected),
                "--result", str(result_path), "--partitions", str(settings.partitions),
+               # the state worker's batches
+               "--batch", str(settings.batch_max_events), "--within", str(settings.batch_max_seconds),
                *(["--eager"] if eager else []), *Topics(settings.topic_prefix).inputs]
     started = time.time()
     with open(run_dir / f"faust-ceiling-{label}.log", "ab") as out:

@@ -97,7 +97,10 @@ class Settings(BaseSettings):
         description="Bearer token required by every route of the worker's HTTP API but /health; never logged. "
         "The worker refuses to start on a non-loopback LOYALTY_WEB_HOST without one.",
     )
-    batch_max_events: int = Field(2000, ge=1, description="Events an agent takes per batch at most.")
+    batch_max_events: int = Field(
+        10_000, ge=1,
+        description="Events the state worker takes per batch at most (live traffic makes smaller batches within "
+        "LOYALTY_BATCH_MAX_SECONDS; a backlog is caught up in batches of this size).")
     batch_max_seconds: float = Field(0.25, gt=0, description="Longest wait of the state worker to fill a batch, seconds.")
     state_cache_customers: int = Field(
         100_000, ge=0,
