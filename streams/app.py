@@ -52,6 +52,7 @@ import logging
 import os
 import secrets
 import ssl
+import sys
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator
@@ -89,6 +90,8 @@ logger = logging.getLogger(__name__)
 
 #: How long a revocation waits for the batch being written, in session timeouts.
 REVOKE_WAIT_SESSIONS = 3
+#: The sink process's interpreter switch interval (:func:`serve_sink`), seconds.
+SINK_SWITCH_INTERVAL_SECONDS = 0.001
 
 Role = Literal["state", "sink", "all"]
 
@@ -770,6 +773,11 @@ async def serve_sink(settings: Settings) -> None:
     from aiohttp import web
 
     check_web_exposure(settings)
+    # A batch's rows are built on a thread of their own while the event loop answers reads, and a
+    # read needs the interpreter lock at each of its steps (the request, the query thread, the
+    # answer): a thread waiting for it gets it after the switch interval at most, 5 ms by
+    # default, so a BI query behind a batch being built could wait 5 ms per step.
+    sys.setswitchinterval(SINK_SWITCH_INTERVAL_SECONDS)
     service = make_sink_service(settings)
     webhooks = make_webhook_consumer(settings)
     await asyncio.get_running_loop().run_in_executor(None, service.prepare)
