@@ -7,8 +7,9 @@ Run by ``bench/pipeline.py`` as a child process (F in its report); standalone::
 
 One agent over the given topics, raw keys and values, an in-memory store, no web server, a
 consumer group of its own (``--group``, a fresh one each run; a new group starts at the earliest
-offset), batches as the worker takes them (``take_events(2000, within=0.25)``) and an empty loop
-body. When ``--expected`` records have been read it writes the result file: records, the moment
+offset), batches as the worker takes them (``take_events`` with the defaults of
+``LOYALTY_BATCH_MAX_EVENTS`` and ``LOYALTY_BATCH_MAX_SECONDS``) and an empty loop body.
+When ``--expected`` records have been read it writes the result file: records, the moment
 the first batch arrived and the last one ended (wall clock), the process's CPU seconds (every
 thread, from /proc) and its peak memory at both moments. The caller stops the process.
 
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import faust
+
+from config.settings import Settings
 
 
 def cpu_seconds() -> float:
@@ -88,8 +91,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--expected", type=int, required=True, help="records to read before writing the result")
     parser.add_argument("--result", type=Path, required=True)
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=2000)
-    parser.add_argument("--within", type=float, default=0.25)
+    parser.add_argument("--batch", type=int, default=Settings.model_fields["batch_max_events"].default)
+    parser.add_argument("--within", type=float, default=Settings.model_fields["batch_max_seconds"].default)
     parser.add_argument("--eager", action="store_true", help="deliver records eagerly (streams/delivery.py)")
     return parser.parse_args(argv)
 
