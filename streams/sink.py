@@ -285,8 +285,11 @@ class ClickHouseSinkService:
         batch = SinkBatch()
         topics = self.topics
         for tp, records in fetched.items():
-            for record in records:
-                batch.cover(tp.topic, tp.partition, record.offset)
+            if not records:
+                continue
+            # a partition's records come in offset order: its first and last give its range
+            batch.cover(tp.topic, tp.partition, records[0].offset)
+            batch.cover(tp.topic, tp.partition, records[-1].offset)
             if tp.topic in self.decoder.kinds:
                 self._raw_rows(batch, tp, records, now, partitions)
             elif tp.topic == topics.signals:
