@@ -17,7 +17,9 @@ aggregates what its shard receives; a refreshable one recomputes its shard's fig
 ``Memory`` table of its own, which stays ``Memory``), and a change of a materialized view's query (``ALTER
 TABLE ... MODIFY QUERY``) runs ``ON CLUSTER`` reading the local tables likewise; plain views
 (created or replaced) and other ``ALTER TABLE`` statements run ``ON CLUSTER`` (an ``ALTER`` on
-both the local and the distributed table). Pure: text in, text out.
+both the local and the distributed table), and so does a ``DROP`` (of a table: the distributed
+one, then the local one; ``SYNC``: a replicated table's coordination data goes with it).
+Pure: text in, text out.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ CREATE_VIEW = re.compile(r"^(CREATE VIEW IF NOT EXISTS|CREATE OR REPLACE VIEW) (
 MODIFY_QUERY = re.compile(r"^ALTER TABLE (\S+)\.(\w+) MODIFY QUERY(.*)$", re.S)
 ALTER_TABLE = re.compile(r"^ALTER TABLE (\S+)\.(\w+) (.*)$", re.S)
 CREATE_DATABASE = re.compile(r"^CREATE DATABASE IF NOT EXISTS (\S+)$")
+DROP = re.compile(r"^DROP (VIEW|TABLE) IF EXISTS (\S+)\.(\w+)$")
 MERGE_TREES = ("MergeTree", "ReplacingMergeTree", "AggregatingMergeTree", "SummingMergeTree", "CollapsingMergeTree")
 
 
@@ -57,6 +60,13 @@ def on_cluster(statement: str, cluster: str, tables: set[str]) -> list[str]:
     if match := MODIFY_QUERY.match(statement):  # a materialized view's query: it reads the local tables
         db, name, body = match.groups()
         return [f"ALTER TABLE {db}.{name} ON CLUSTER {cluster} MODIFY QUERY{_read_local(body, tables)}"]
+    if match := DROP.match(statement):
+        kind, db, name = match.groups()
+        if kind == "VIEW":  # a materialized view exists on every node, under its own name
+            return [f"DROP VIEW IF EXISTS {db}.{name} ON CLUSTER {cluster} SYNC"]
+        tables.discard(name)
+        return [f"DROP TABLE IF EXISTS {db}.{name} ON CLUSTER {cluster} SYNC",
+                f"DROP TABLE IF EXISTS {db}.{local_name(name)} ON CLUSTER {cluster} SYNC"]
     if match := ALTER_TABLE.match(statement):
         db, name, change = match.groups()
         return [f"ALTER TABLE {db}.{local_name(name)} ON CLUSTER {cluster} {change}",

@@ -8,7 +8,8 @@
 -- Money is in integer minor units of the reporting currency (LOYALTY_CURRENCY).
 
 -- signals_daily: the daily snapshot, one row per (day, tier) after merges, day = toDate(as_of)
--- (UTC), filled by signals_daily_mv from every version inserted into signals_history.
+-- (UTC), filled by signals_daily_mv from every version inserted into signals_history. (Dropped
+-- by 0014: since 0007 the views read tier_days.)
 --
 -- Replays. Delivery is at-least-once: signals_history can receive the same (customer_id,
 -- version) row twice in different insert blocks (a replay after a crash whose batch boundaries

@@ -40,5 +40,5 @@ GRANT SELECT ON {db}.v_recognition_and_quality TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_tiers_current TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_score_histogram TO loyalty_bi_reader;
 GRANT SELECT ON {db}.v_tiers_now TO loyalty_bi_reader;
--- The daily snapshot itself (aggregate states: read with uniqMerge, avgMerge; see 0004_bi.sql).
-GRANT SELECT ON {db}.signals_daily TO loyalty_bi_reader;
+-- signals_daily is dropped by 0014 (no view read it since 0007); its grant, where given, goes.
+REVOKE SELECT ON {db}.signals_daily FROM loyalty_bi_reader;

@@ -9,7 +9,7 @@
 -- No SELECT of contact pseudonyms; of the raw interactions only the columns the churn refit
 -- reads. The materialized views of 0004, 0011 and 0012 run with
 -- their definer's rights, so INSERT into signals_current fills signals_history, and that
--- signals_daily and customer_week_tiers, without a grant on them (INSERT on signals_history
+-- customer_week_tiers, without a grant on them (INSERT on signals_history
 -- stays for sinks older than 0011), and INSERT into signals_avro (0012) fills signals_current,
 -- tier_days and relationships (INSERT on those stays: signals of older writer schemas, and a
 -- batch ClickHouse refuses in Avro, are inserted there directly).

@@ -87,13 +87,23 @@ def test_a_replaced_view_and_a_materialized_view_s_new_query():
     assert alter == "ALTER TABLE db.week_mv ON CLUSTER c1 MODIFY QUERY\nSELECT tier FROM db.signals_history_local GROUP BY tier"
 
 
+def test_a_dropped_view_and_a_dropped_table_go_on_every_node():
+    tables = {"signals_daily", "signals_history"}
+    assert on_cluster("DROP VIEW IF EXISTS db.signals_daily_mv", "c1", tables) == [
+        "DROP VIEW IF EXISTS db.signals_daily_mv ON CLUSTER c1 SYNC"]
+    assert on_cluster("DROP TABLE IF EXISTS db.signals_daily", "c1", tables) == [
+        "DROP TABLE IF EXISTS db.signals_daily ON CLUSTER c1 SYNC",
+        "DROP TABLE IF EXISTS db.signals_daily_local ON CLUSTER c1 SYNC"]
+    assert tables == {"signals_history"}  # a later view's FROM signals_daily is not rewritten to a dropped table
+
+
 def test_every_migration_statement_has_a_cluster_form():
     sink = ClickHouseSink("http://example.invalid:8123/", "loyalty", cluster="prod")
     created, distributed = [], []
     for _, _, sql in migrations():
         for statement in split_statements(sql.replace("{db}", "loyalty")):
             for rewritten in sink.ddl(statement):
-                if rewritten.startswith(("CREATE", "ALTER")):
+                if rewritten.startswith(("CREATE", "ALTER", "DROP")):
                     assert " ON CLUSTER prod " in rewritten, rewritten
                 if "ENGINE = Distributed" in rewritten:
                     distributed.append(rewritten.split()[5])
