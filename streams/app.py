@@ -377,6 +377,12 @@ class Pipeline:
         A batch whose ``epoch`` (:meth:`rebalance_epoch`) has passed writes nothing more: before
         its outputs, it read states while the worker's partitions and stores were changing hands;
         before its changelog, the process stood still and its partitions may be another worker's."""
+        if effects.abandoned:  # stopped part way once the epoch had passed: nothing of it is written
+            logger.warning("a rebalance or a stall came during the batch: it stopped part way, writes nothing, "
+                           "and its records are read again")
+            self.drop(effects, set(effects.partitions))
+            self.states.clear()
+            return set(effects.partitions)
         started = time.monotonic()
         owned = await self.fences.confirm(effects.partitions)
         self.batch_seconds["fences"] += time.monotonic() - started
@@ -533,7 +539,11 @@ class Pipeline:
                 if holes:
                     events = await pipeline.read_again(events, {tp: spans[tp][0] for tp in holes})
                 started = time.monotonic()
-                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms())
+
+                def current(begun: tuple[int, int] | None = epoch) -> bool:
+                    return pipeline.rebalance_epoch() == begun  # else the batch stops part way
+
+                effects = await pipeline.processor.process([message_of(e) for e in events], now_ms(), current)
                 pipeline.batch_seconds["processing"] += time.monotonic() - started
                 lost = await pipeline.produce(effects, epoch)
                 if lost:

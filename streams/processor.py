@@ -83,6 +83,8 @@ class Effects:
     # (streams.fencing), so a lost partition's share can be dropped.
     homes: dict[bytes, int] = field(default_factory=dict)
     partitions: set[int] = field(default_factory=set)
+    # Stopped part way (CustomerProcessor.process's ``current``): not to be written at all.
+    abandoned: bool = False
 
     def drop(self, partitions: set[int]) -> list[bytes]:
         """Remove the effects of the records read from ``partitions``; return the keys of the
@@ -147,13 +149,22 @@ class CustomerProcessor:
             by_customer.setdefault((decoded.customer_id.encode(), message.partition), []).append((message, decoded))
         return by_customer
 
-    async def process(self, messages: Sequence[Message], now: int) -> Effects:
-        """Fold, score and store one batch; return what is to be produced."""
+    async def process(self, messages: Sequence[Message], now: int,
+                      current: Callable[[], bool] | None = None) -> Effects:
+        """Fold, score and store one batch; return what is to be produced.
+
+        ``current`` is asked each time the batch yields to the event loop whether the batch may
+        still be written. Once it says no (the worker's partitions changed hands, or it stood
+        still), the batch stops there and says so (``effects.abandoned``): it would be dropped
+        whole anyway, and the worker turns to its new assignment a batch's processing sooner."""
         effects = Effects()
         by_customer = self.group(messages, now, effects)
         for done, ((key, _), items) in enumerate(by_customer.items()):
             if done % YIELD_EVERY_CUSTOMERS == YIELD_EVERY_CUSTOMERS - 1:
                 await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
+                if current is not None and not current():
+                    effects.abandoned = True
+                    break
             self.customer(key, items, effects, now)
         effects.customers = len(by_customer)
         effects.partitions = ({p for _, p in by_customer} | {m.partition for m, _ in effects.forwards}

@@ -403,19 +403,35 @@ class RebalancingFences(FencesStandIn):
         return await super().confirm(partitions)
 
 
-def test_a_batch_whose_rebalance_epoch_passed_writes_nothing_and_stays_unacknowledged(pipeline: Pipeline):
-    # The first batch read its states before a rebalance that began during its fences: it must
-    # send nothing (no signal, no table record) and leave every record unacknowledged, to be read
-    # again from the committed offsets; the batches after it go on.
+@pytest.mark.parametrize("begins", ["fences", "processing"])
+def test_a_batch_whose_rebalance_epoch_passed_writes_nothing_and_stays_unacknowledged(
+        pipeline: Pipeline, begins: str, monkeypatch: pytest.MonkeyPatch):
+    # The first batch read its states before a rebalance that began during its fences, or during
+    # its processing (it then stops part way): it must send nothing (no signal, no table record)
+    # and leave every record unacknowledged, to be read again from the committed offsets; the
+    # batches after it go on.
     events = [e for e in _events() if e.kind == "purchase"]
-    pipeline.fences = RebalancingFences(pipeline)  # type: ignore[assignment]
+    if begins == "fences":
+        pipeline.fences = RebalancingFences(pipeline)  # type: ignore[assignment]
+    else:
+        pipeline.fences = FencesStandIn(lost=set())  # type: ignore[assignment]
+        monkeypatch.setattr("streams.processor.YIELD_EVERY_CUSTOMERS", 3)  # asked between customers
     sent: list[Effects] = []
     batches: list[list[int]] = []
+    abandoned: list[bool] = []
     process = pipeline.processor.process
 
-    async def process_recording(messages: Any, now: int) -> Effects:
+    async def process_recording(messages: Any, now: int, current: Any = None) -> Effects:
         batches.append([m.offset for m in messages])
-        return await process(messages, now)
+        if begins == "processing" and len(batches) == 1:
+            def rebalance_begins() -> bool:
+                pipeline.app.rebalancing_count += 1  # what Faust's consumer does as a rebalance begins
+                return bool(current())
+            effects = await process(messages, now, rebalance_begins)
+        else:
+            effects = await process(messages, now, current)
+        abandoned.append(effects.abandoned)
+        return effects
 
     async def produce_outputs(effects: Effects) -> None:
         sent.append(effects)
@@ -449,6 +465,12 @@ def test_a_batch_whose_rebalance_epoch_passed_writes_nothing_and_stays_unacknowl
     asyncio.run(run())
     assert len(batches) >= 2
     dropped = set(batches[0])
+    if begins == "processing":
+        assert abandoned[0] and not any(abandoned[1:])
+        assert len(sent) == len(batches) - 1  # the abandoned batch produced nothing
+        sent.insert(0, Effects())
+    else:
+        assert not any(abandoned)
     assert not sent[0].signals and not sent[0].alerts and not sent[0].dead_letters
     expected = expected_by_customer([e for n, e in enumerate(events) if n not in dropped])
     stored = {bytes(k).decode(): decode_record(bytes(v)).state for k, v in pipeline.relationships.items()}

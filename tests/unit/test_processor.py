@@ -50,6 +50,25 @@ def test_one_write_and_one_signal_per_customer_whatever_the_events_per_customer(
     assert versions == {cid: x.events for cid, x in expected.items()}
 
 
+def test_a_batch_stops_part_way_once_it_may_no_longer_be_written():
+    """``current`` is asked at each yield to the event loop (every 50 customers): the first "no"
+    stops the batch there, every partition it read is still named (its whole share is dropped),
+    and no customer after that point was read or written."""
+    from streams.processor import YIELD_EVERY_CUSTOMERS
+
+    processor, store, events, messages, now = _setup(customers=300)
+    answers = iter([True, False])
+    effects = asyncio.run(processor.process(messages, now, current=lambda: next(answers)))
+    assert effects.abandoned
+    assert len(effects.signals) == store.writes == 2 * YIELD_EVERY_CUSTOMERS - 1
+    assert effects.customers == len(expected_by_customer(events)) > 2 * YIELD_EVERY_CUSTOMERS
+    assert effects.partitions == {0}
+
+    processor, store, events, messages, now = _setup(customers=300)
+    effects = asyncio.run(processor.process(messages, now, current=lambda: True))
+    assert not effects.abandoned and len(effects.signals) == store.writes == effects.customers
+
+
 def test_a_backfill_batch_carries_the_earlier_day_ends_and_stores_the_arrival_order_state():
     """One customer's three event days in one batch: one signal (the newest day) carrying the two
     earlier days' ends; the stored state is the one apply_event gives event by event."""
