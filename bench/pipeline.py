@@ -589,11 +589,14 @@ def run_preload(settings: Settings, customers: int) -> float:
 # -- P: the pipeline --------------------------------------------------------------------------------
 
 
-def snapshot(services: Sequence[Service], broker_pid: int | None) -> dict[str, Any]:
-    """CPU of each process (and by thread) and of the machine, now."""
+def snapshot(services: Sequence[Service], broker_pid: int | None, bench: bool = False) -> dict[str, Any]:
+    """CPU of each process (and by thread) and of the machine, now; ``bench``: this process too
+    (it sends the freshness load and asks the queries)."""
     pids = {s.name: s.pid for s in services}
     if broker_pid is not None:
         pids["broker"] = broker_pid
+    if bench:
+        pids["bench"] = os.getpid()
     return {"at": time.time(), "machine": machine_busy_seconds(),
             "cpu": {name: process_cpu_seconds(pid) for name, pid in pids.items()},
             "threads": {name: process_threads_cpu(pid) for name, pid in pids.items()}}
@@ -938,7 +941,8 @@ def group_lag(settings: Settings, group: str, topics: Sequence[str]) -> int:
 
 
 def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, share: float,
-                             bi_customers_expected: int, marker_ms: int, bi_pause: float | None) -> dict[str, Any]:
+                             bi_customers_expected: int, marker_ms: int, bi_pause: float | None,
+                             broker_pid: int | None = None) -> dict[str, Any]:
     """Publish ``workload`` at ``rate``/s; marker latencies into ClickHouse and BI latencies meanwhile."""
     from streams.sink import sink_group_id
 
@@ -989,8 +993,12 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         exact_loop.start()
     try:
         cpu_at_start = {service.name: service.cpu_seconds() for service in dep.services}
+        sending = snapshot(dep.services, broker_pid, bench=True)
+        steps_before = [state.get("/status", timeout=15).get("batch_seconds", {}) for state in dep.states]
         report = send_outgoing(producer, workload.messages, topics, rate)
         sent_done = time.time()
+        while_sending = cpu_between(sending, snapshot(dep.services, broker_pid, bench=True))
+        steps_after = [state.get("/status", timeout=15).get("batch_seconds", {}) for state in dep.states]
         state_backlog = already + workload.events - sum(dep.processed()[0])
         sink_backlog = group_lag(settings, sink_group_id(settings), (*topics.inputs, topics.signals))
         deadline = time.monotonic() + 60
@@ -1027,6 +1035,12 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         "kept_up": state_backlog <= rate and sink_backlog <= rate,
         "drained_after_send_s": round(drained - sent_done, 2),
         "cpu_us_per_event": cpu_us,
+        # cores each process kept busy while the load was sent (the drain after it left out)
+        "cores_busy_while_sending": {name: figures["cores_busy"] for name, figures in while_sending.items()},
+        # wall seconds in each step of the state workers' batches meanwhile (GET /status)
+        "batch_seconds_while_sending": {
+            state.name: {step: round(seconds - before.get(step, 0.0), 3) for step, seconds in after.items()}
+            for state, before, after in zip(dep.states, steps_before, steps_after)},
         "poll_errors": poller.errors[:3],
         "bi": {
             "query": TIER_QUERY.format(db=db),
@@ -1165,7 +1179,7 @@ def run_size(spec: SizeSpec, broker_settings: Settings, args: argparse.Namespace
             log(f"[{spec.label}] freshness + BI: {fresh.events:,} events at {rate:,.0f}/s")
             result["freshness"] = measure_freshness_and_bi(
                 dep, fresh, rate, args.freshness_share, spec.preload_customers + workload.customers,
-                args.marker_ms, None if args.no_bi_load else args.bi_pause)
+                args.marker_ms, None if args.no_bi_load else args.bi_pause, broker_pid)
     finally:
         result["p1_exit_codes"] = dep.stop()
     for state in dep.states:
@@ -1377,6 +1391,9 @@ def print_report(report: dict[str, Any]) -> None:
               f"state worker drained {fresh['drained_after_send_s']} s after the last send; " + _kept_up(fresh))
         if fresh.get("cpu_us_per_event"):
             print(f"CPU per event over the freshness load (us): {fresh['cpu_us_per_event']}")
+        if fresh.get("cores_busy_while_sending"):
+            print(f"Cores busy while the load was sent: {fresh['cores_busy_while_sending']}; state worker batch "
+                  f"steps meanwhile (wall s): {fresh.get('batch_seconds_while_sending')}")
         print(f"BI tier query over {bi['customers']:,} customers (v_tiers_now): during ingest p50 "
               f"{bi['during_ingest_p50_ms']} ms, p99 {bi['during_ingest_p99_ms']} ms (n={bi['during_ingest_n']}), "
               f"answers p50 {bi.get('answer_age_p50_s')} s / p99 {bi.get('answer_age_p99_s')} s old; "
