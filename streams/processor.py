@@ -164,6 +164,7 @@ class CustomerProcessor:
                 await asyncio.sleep(0)  # between customers: each one's read, fold and write stay together
                 if current is not None and not current():
                     effects.abandoned = True
+                    effects.outcomes["batches_abandoned"] += 1  # GET /status counts them
                     break
             self.customer(key, items, effects, now)
         effects.customers = len(by_customer)

@@ -59,7 +59,7 @@ def test_a_batch_stops_part_way_once_it_may_no_longer_be_written():
     processor, store, events, messages, now = _setup(customers=300)
     answers = iter([True, False])
     effects = asyncio.run(processor.process(messages, now, current=lambda: next(answers)))
-    assert effects.abandoned
+    assert effects.abandoned and processor.totals["batches_abandoned"] == 1
     assert len(effects.signals) == store.writes == 2 * YIELD_EVERY_CUSTOMERS - 1
     assert effects.customers == len(expected_by_customer(events)) > 2 * YIELD_EVERY_CUSTOMERS
     assert effects.partitions == {0}
