@@ -20,6 +20,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -140,7 +141,7 @@ def ensure_jars(settings: Settings) -> Path:
 # -- lifecycle -------------------------------------------------------------------------------
 
 
-def _server_properties(settings: Settings, paths: dict[str, Path]) -> str:
+def _server_properties(settings: Settings, paths: dict[str, Path], overrides: Mapping[str, str] | None = None) -> str:
     port = settings.local_kafka_port
     listeners = f"PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{port + 1}"
     advertised = f"PLAINTEXT://127.0.0.1:{port}"
@@ -177,12 +178,14 @@ def _server_properties(settings: Settings, paths: dict[str, Path]) -> str:
         "transaction.state.log.min.isr": "1",
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
+        # A new group is assigned at once (Kafka waits 3 s for more members): tests start fast.
         "group.initial.rebalance.delay.ms": "0",
         "num.partitions": str(settings.partitions),
         "message.max.bytes": str(settings.max_message_bytes),
         "replica.fetch.max.bytes": str(max(settings.max_message_bytes, 1_048_576)),
         "log.retention.hours": "168",
         "log.segment.bytes": str(256 * 1024 * 1024),
+        **(overrides or {}),
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -269,8 +272,12 @@ def require(settings: Settings) -> None:
                           f"{PROBE_TIMEOUT_SECONDS:g}s; is the broker up and the address right?")
 
 
-def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerStatus:
-    """Start the local broker unless it (or a configured one) is already there. Idempotent."""
+def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS,
+          properties: Mapping[str, str] | None = None) -> BrokerStatus:
+    """Start the local broker unless it (or a configured one) is already there. Idempotent.
+
+    ``properties``: broker settings that replace this module's (a benchmark's broker keeping one
+    of Kafka's defaults, for instance)."""
     if not settings.uses_local_kafka:
         logger.info("LOYALTY_KAFKA_BOOTSTRAP is set (%s): not starting a local broker", settings.bootstrap)
         return status(settings)
@@ -287,7 +294,7 @@ def start(settings: Settings, timeout: float = START_TIMEOUT_SECONDS) -> BrokerS
     jars = ensure_jars(settings)
     for key in ("data", "logs"):
         paths[key].mkdir(parents=True, exist_ok=True)
-    paths["config"].write_text(_server_properties(settings, paths))
+    paths["config"].write_text(_server_properties(settings, paths, properties))
     classpath = f"{jars}/*"
     if settings.local_kafka_secure:
         _make_certificate(paths["root"] / "tls")
