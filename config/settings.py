@@ -76,15 +76,6 @@ class Settings(BaseSettings):
     producer_linger_seconds: float = Field(
         0.01, ge=0, description="How long the worker's producer waits to fill a batch of changelog writes, signals "
         "and alerts before sending it.")
-    consumer_fetch_min_bytes: int = Field(
-        65_536, ge=1,
-        description="Bytes a consumer's fetch request asks the broker to gather before it answers (or "
-        "LOYALTY_CONSUMER_FETCH_MAX_WAIT_SECONDS passes): live traffic then comes in fewer, larger fetches, which cost "
-        "the state worker and the sink less per record. 1: answer as soon as one record is there.")
-    consumer_fetch_max_wait_seconds: float = Field(
-        0.1, gt=0, le=1.5,
-        description="Longest the broker holds a fetch request short of LOYALTY_CONSUMER_FETCH_MIN_BYTES, seconds: the "
-        "most a quiet stream's record waits before it is fetched.")
     max_message_bytes: int = Field(
         1_048_576, ge=1024, description="Largest Kafka message accepted; producers, consumers and topic configs agree on it."
     )

@@ -78,7 +78,6 @@ from streams.churn_params import churn_from_bytes
 from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
 from streams.fencing import Fences, StallWatch
-from streams.fetching import install as install_sized_fetches
 from streams.messages import Message
 from streams.offsets import CommittedSeekingConsumer, offset_spans
 from streams.offsets import install as install_committed_seeking
@@ -314,7 +313,6 @@ class Pipeline:
         # Every input partition starts at its committed offset after a rebalance, 0 included; and
         # no batch writes across a revocation (:meth:`before_revoke`).
         install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due), self.before_revoke)
-        install_sized_fetches(self.app, settings.consumer_fetch_min_bytes, settings.consumer_fetch_max_wait_seconds)
         #: Set while no batch is writing (between its rebalance check and its last acknowledgement).
         self.not_writing = asyncio.Event()
         self.not_writing.set()

@@ -193,9 +193,6 @@ class ClickHouseSinkService:
             **config, group_id=self.group_id, client_id=self.group_id, enable_auto_commit=False,
             auto_offset_reset="earliest", max_partition_fetch_bytes=self.settings.max_message_bytes,
             fetch_max_bytes=max(self.settings.max_message_bytes, 52_428_800),
-            # live traffic in fewer, larger fetches (streams.fetching)
-            fetch_min_bytes=self.settings.consumer_fetch_min_bytes,
-            fetch_max_wait_ms=round(self.settings.consumer_fetch_max_wait_seconds * 1000),
             session_timeout_ms=int(self.settings.kafka_session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(max(1.0, self.settings.kafka_session_timeout_seconds / 3) * 1000),
             max_poll_interval_ms=600_000,
