@@ -104,7 +104,6 @@ import pstats
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -124,7 +123,7 @@ from config.settings import Settings
 from config.topics import KIND_BY_SUFFIX, Topics
 from domain.model import TIERS
 from domain.records import Event
-from ops import broker
+from ops import broker, ports
 from ops.admin import changelog_topics, create_topics
 from ops.simulate import Outgoing, encode_event, generate, send_outgoing
 from ops.workers import WorkerProcess
@@ -164,21 +163,6 @@ BI_PAUSE_SECONDS = 0.2
 
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (the local broker's controller takes port + 1)."""
-    for _ in range(50):
-        port = free_port()
-        if port < 65_000 and not broker.port_open("127.0.0.1", port + 1, timeout=0.2):
-            return port
-    raise RuntimeError("no two consecutive free ports found")
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -334,7 +318,7 @@ class Deployment:
 
         def settings(name: str) -> Settings:
             return Settings(kafka_bootstrap=bootstrap, topic_prefix=prefix, app_id=app_id, partitions=partitions,
-                            data_dir=root / name, web_port=free_port(), pseudonymisation_key=SecretStr(key))
+                            data_dir=root / name, web_port=ports.free_ports(1), pseudonymisation_key=SecretStr(key))
 
         self.sink = Service("sink", "sink", settings("sink"), root / "sink.log")
         self.states = [
@@ -1501,7 +1485,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def start_broker() -> Settings:
-    broker_settings = Settings(data_dir=BENCH_DIR / "broker", local_kafka_port=free_port_pair())
+    broker_settings = Settings(data_dir=BENCH_DIR / "broker", local_kafka_port=ports.free_ports(2))
     shutil.rmtree(broker_settings.kafka_dir, ignore_errors=True)
     log(f"starting a Kafka broker on {broker_settings.bootstrap} (data in {broker_settings.kafka_dir})")
     broker.start(broker_settings, properties=BROKER_PROPERTIES)

@@ -30,7 +30,7 @@ from typing import Any
 from config.settings import Settings
 from config.topics import Topics
 from domain.records import Event
-from ops import broker
+from ops import broker, ports
 from ops.admin import consumer_lag, create_topics, worker_get, worker_query
 from ops.cli import EXIT_UNREACHABLE, CliError, print_table
 from ops.report import AUDIENCE_TIERS, LOYAL_TIERS, SQL, money, percent
@@ -175,6 +175,12 @@ def start_deployment(settings: Settings, workers: int, clock: Clock | None = Non
                                            "state_path": settings.data_dir / "state" / f"worker-{n}"})
         procs.append(WorkerProcess(mine, settings.data_dir / f"state-worker-{n}.log", role="state",
                                    name=f"state worker {n}"))
+    taken = [proc for proc in procs if not ports.bindable(proc.settings.web_port, proc.settings.web_host)]
+    if taken:
+        names = ", ".join(f"{proc.settings.web_port} ({proc.name})" for proc in taken)
+        raise CliError(f"in use on {settings.web_host}: port {names}. The demo's sink listens on LOYALTY_WEB_PORT "
+                       f"({settings.web_port}) and its state workers on the {workers} port(s) after it: set "
+                       f"LOYALTY_WEB_PORT to the first of {workers + 1} free ports")
     try:
         for proc in procs:
             proc.spawn()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,17 @@ from pathlib import Path
 from typing import Any
 
 from config.settings import Settings
+
+ERROR_LINE = re.compile(r"^(\w+\.)*\w*(Error|Exception|Exit|Interrupt)\b.*|.* (ERROR|CRITICAL) .*")
+
+
+def last_error(log: str) -> str:
+    """``": <line>"`` for the log's last line that reports an error (a raised exception's own
+    line, or a line logged at ERROR or CRITICAL); empty when there is none."""
+    for line in reversed(log.splitlines()):
+        if ERROR_LINE.fullmatch(line.strip()):
+            return f": {line.strip()}"
+    return ""
 
 
 class WorkerProcess:
@@ -51,13 +63,16 @@ class WorkerProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"the {self.name} exited with code {self.proc.returncode}; log:\n{self.log_tail()}")
+                tail = self.log_tail()
+                raise RuntimeError(f"the {self.name} exited with code {self.proc.returncode}{last_error(tail)}\n"
+                                   f"the end of {self.log_path}:\n{tail}")
             try:
                 self.get("/health", timeout=2)
                 return
             except (urllib.error.URLError, OSError):
                 time.sleep(0.2)
-        raise TimeoutError(f"the {self.name} did not answer within {timeout:.0f}s; log:\n{self.log_tail()}")
+        raise TimeoutError(f"the {self.name} did not answer within {timeout:.0f}s\n"
+                           f"the end of {self.log_path}:\n{self.log_tail()}")
 
     @property
     def pid(self) -> int:

@@ -7,7 +7,6 @@ so tests never see each other's data.
 from __future__ import annotations
 
 import os
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -22,7 +21,7 @@ from kafka import KafkaConsumer, TopicPartition
 from config.settings import Settings
 from domain.alerts.state import alert_state_to_dict
 from domain.relationship import state_to_dict
-from ops import workers
+from ops import ports, workers
 from sinks.clickhouse import ClickHouseSink
 from streams.sink import sink_group_id
 from streams.state import decode_record
@@ -31,9 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port below the ephemeral range (see :mod:`ops.ports`)."""
+    return ports.free_ports(1)
 
 
 def another_process(settings: Settings, data_dir: Path) -> Settings:
@@ -151,17 +149,7 @@ Query = Callable[[str], Any]  # SQL -> rows (a worker's HTTP query, or direct_qu
 
 def free_port_pair() -> int:
     """A free port P whose neighbour P+1 is free too (a local broker's client and controller ports)."""
-    for _ in range(200):
-        port = free_port()
-        if port >= 65535:
-            continue
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two adjacent free ports found")
+    return ports.free_ports(2)
 
 
 def direct(settings: Settings) -> Query:

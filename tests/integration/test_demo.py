@@ -18,6 +18,7 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from ops.admin import worker_get, worker_query
+from ops.ports import free_ports
 from tests.harness import REPO
 
 pytestmark = pytest.mark.kafka
@@ -72,7 +73,9 @@ def demo_settings(settings: Settings, tmp_path: Path) -> Settings:
     # With an API token, so the summary's queries and its profile request must carry it. The
     # gone-quiet timer stays out of the run: a round of it after the summary would add alerts the
     # summary could not have counted.
-    return settings.model_copy(update={"api_token": SecretStr("demo-test-token"), "alert_check_seconds": 3600.0})
+    # The sink listens on web_port and the demo's one state worker on the port after it.
+    return settings.model_copy(update={"api_token": SecretStr("demo-test-token"), "alert_check_seconds": 3600.0,
+                                       "web_port": free_ports(2)})
 
 
 @pytest.fixture

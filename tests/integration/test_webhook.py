@@ -11,7 +11,6 @@ import asyncio
 import base64
 import logging
 import os
-import socket
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from aiohttp import web
 from domain.alerts import AlertFacts, alert_to_dict, evaluate
 from domain.model import MODEL_VERSION, LoyaltySignal
 from domain.relationship import DAY_MS
+from ops.ports import free_ports
 from sinks.webhook import WebhookConfig, WebhookDelivery, encode_body
 from sinks.webhook_verify import WebhookVerificationError, sign, verify
 
@@ -57,12 +57,6 @@ def make_alerts(n: int) -> list[dict[str, Any]]:
         (alert,) = evaluate(_signal(f"cust-{i:03d}", 1, 60.0), CALM, state).alerts
         out.append(alert_to_dict(alert))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Receiver:
@@ -141,7 +135,7 @@ def test_receiver_down_then_back_gets_every_alert_exactly_once() -> None:
     assert len({a["alert_id"] for a in alerts}) == 25
 
     async def scenario() -> None:
-        port = free_port()
+        port = free_ports(1)
         gave_up, on_give_up = give_up_recorder()
         # enough attempts to outlast the outage: each retry waits at most the 0.5 s cap
         delivery = WebhookDelivery(config(port, max_attempts=int(DOWN_SECONDS / 0.25) + 20), on_give_up)
@@ -171,7 +165,7 @@ def test_a_4xx_gives_up_at_once_with_the_reason() -> None:
     (alert,) = make_alerts(1)
 
     async def scenario() -> None:
-        port = free_port()
+        port = free_ports(1)
         gave_up, on_give_up = give_up_recorder()
         receiver = Receiver(SECRET)
         receiver.script = [(400, {}, 0.0)]
@@ -195,7 +189,7 @@ def test_5xx_is_retried_until_the_attempts_run_out() -> None:
     (alert,) = make_alerts(1)
 
     async def scenario() -> None:
-        port = free_port()
+        port = free_ports(1)
         gave_up, on_give_up = give_up_recorder()
         receiver = Receiver(SECRET)
         receiver.script = [(500, {}, 0.0)] * 3
@@ -219,7 +213,7 @@ def test_retry_after_is_honoured_and_capped() -> None:
     (alert,) = make_alerts(1)
 
     async def scenario() -> None:
-        port = free_port()
+        port = free_ports(1)
         gave_up, on_give_up = give_up_recorder()
         receiver = Receiver(SECRET)
         receiver.script = [(429, {"Retry-After": "1"}, 0.0)]
@@ -245,7 +239,7 @@ def test_a_timeout_is_retried_and_the_receiver_deduplicates_by_webhook_id() -> N
     (alert,) = make_alerts(1)
 
     async def scenario() -> None:
-        port = free_port()
+        port = free_ports(1)
         gave_up, on_give_up = give_up_recorder()
         receiver = Receiver(SECRET)
         receiver.script = [(204, {}, 1.0)]  # the first answer comes after the client gave up
@@ -272,7 +266,7 @@ def test_tampered_requests_are_rejected_by_the_verify_helper() -> None:
     body = encode_body(alert)
 
     async def scenario() -> list[int]:
-        port = free_port()
+        port = free_ports(1)
         receiver = Receiver(SECRET)
         await receiver.start(port)
         url = f"http://127.0.0.1:{port}/hooks"
@@ -304,7 +298,7 @@ def test_undelivered_alerts_go_to_on_give_up_on_stop_and_when_the_queue_is_full(
     alerts = make_alerts(4)
 
     async def scenario() -> None:
-        port = free_port()  # nothing listens
+        port = free_ports(1)  # nothing listens
         gave_up, on_give_up = give_up_recorder()
         delivery = WebhookDelivery(config(port, max_attempts=1000, queue_size=2, concurrency=1), on_give_up)
         await delivery.start()
@@ -332,7 +326,7 @@ def test_the_secret_never_reaches_the_logs(caplog: Any) -> None:
     alerts = make_alerts(3)
 
     async def scenario() -> None:
-        port = free_port()
+        port = free_ports(1)
         gave_up, on_give_up = give_up_recorder()
         receiver = Receiver(SECRET)
         receiver.script = [(503, {}, 0.0), (400, {}, 0.0)]
