@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from domain.model.churn import BgNbdParams
 from domain.model.churn_learned import LearnedChurnModel
-from domain.model.signals import LoyaltySignal, score_customer
+from domain.model.signals import Assessment, assess
 from domain.records import Event
 from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event, window
 
@@ -55,11 +55,13 @@ class DayEnd:
     spend_365d_minor: int
 
 
-def day_end(state: RelationshipState, signal: LoyaltySignal) -> DayEnd:
-    """The day end of ``signal``, scored on ``state`` as of the day's last event."""
-    return DayEnd(day=signal.as_of // DAY_MS, as_of=signal.as_of, version=state.version, tier=signal.tier,
-                  loyalty_score=signal.loyalty_score, churn_risk=signal.churn_risk,
-                  spend_365d_minor=window(state, 365, signal.as_of).spend_minor)
+def day_end(state: RelationshipState, as_of: int, judged: Assessment) -> DayEnd:
+    """The day end of ``state`` as of the day's last event ``as_of``, as ``judged`` then (the
+    figures a signal scored then would carry; :func:`~domain.model.signals.assess` gives them
+    without the know-me profile a day end does not keep)."""
+    return DayEnd(day=as_of // DAY_MS, as_of=as_of, version=state.version, tier=judged.tier,
+                  loyalty_score=judged.score, churn_risk=judged.churn_risk,
+                  spend_365d_minor=window(state, 365, as_of).spend_minor)
 
 
 def day_end_to_dict(end: DayEnd) -> dict[str, object]:
@@ -111,6 +113,7 @@ def _fold_closing(state: RelationshipState, arrivals: Sequence[Arrival], days: l
         # the last event of `day` has been folded
         if applied_today and (first_open is None or day >= first_open):
             assert state.last_seen_at is not None  # an event was applied
-            ends.append(day_end(state, score_customer(state, state.last_seen_at, params, horizon_days, learned)))
+            as_of = state.last_seen_at
+            ends.append(day_end(state, as_of, assess(state, as_of, params, horizon_days, learned)))
         applied_today = False
     return outcomes, ends

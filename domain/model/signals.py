@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 from domain.model import churn
 from domain.model.churn import BgNbdParams
-from domain.model.churn_learned import LearnedChurnModel, churn_risk
+from domain.model.churn_learned import ChurnRisk, LearnedChurnModel, churn_risk
 from domain.model.components import (
     LOOKBACK_DAYS,
+    Rhythm,
     compute_components,
     days_since_last_purchase,
     gap_variation,
@@ -67,32 +68,38 @@ class LoyaltySignal:
     suggested_categories: list[Suggestion] = field(default_factory=list)
 
 
-def score_customer(
-    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS,
-    learned: LearnedChurnModel | None = None, copurchase: CoPurchaseTable | None = None,
-) -> LoyaltySignal:
-    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only.
+@dataclass(frozen=True, slots=True)
+class Assessment:
+    """The model's judgement of a customer as of a time, without the know-me profile and the
+    expected purchases: all that the end of a past day needs (:mod:`.days`)."""
 
-    ``learned`` is the churn model fitted on the business's history; without it (or for a
-    never-buyer, or a model of another horizon) the churn risk is BG/NBD's. ``copurchase`` is the
-    population's co-purchase table the suggestions come from (none without it).
-    """
+    rhythm: Rhythm
+    components: dict[str, float]
+    score: float
+    since_last: float | None
+    summary: churn.Summary | None
+    p_alive: float | None
+    risk: ChurnRisk
+    tier: str
+    reason: str
+
+    @property
+    def churn_risk(self) -> float:
+        """The churn risk as the signal carries it: within [0, 1], six decimals."""
+        return round(min(1.0, max(0.0, self.risk.risk)), 6)
+
+
+def assess(state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS,
+           learned: LearnedChurnModel | None = None) -> Assessment:
+    """Score, churn risk and tier of one customer as of ``as_of`` (see :func:`score_customer`)."""
     if horizon_days <= 0:
         raise ValueError(f"horizon_days must be positive, not {horizon_days}")
     rhythm = rhythm_gap(state, params.population_gap_days)
     components = compute_components(state, as_of, rhythm)
     score = loyalty_score(components)
     since_last = days_since_last_purchase(state, as_of)
-
     summary = churn.summarise(state, as_of)
-    if summary is None:
-        known_since = state.first_seen_at if state.first_seen_at is not None else as_of
-        days_known = max(0, as_of - known_since) / DAY_MS
-        p_alive = None
-        expected = churn.prospect_expected_purchases(params, days_known, horizon_days)
-    else:
-        p_alive = churn.p_alive(params, summary)
-        expected = churn.expected_purchases(params, summary, horizon_days)
+    p_alive = None if summary is None else churn.p_alive(params, summary)
     risk = churn_risk(state, as_of, params, horizon_days, learned)
 
     service = window(state, SERVICE_WINDOW_DAYS, as_of)
@@ -111,17 +118,38 @@ def score_customer(
         calls_365d=window(state, LOOKBACK_DAYS, as_of).calls,  # memoised: the components' window
         gap_variation=gap_variation(state),
     ))
+    return Assessment(rhythm, components, score, since_last, summary, p_alive, risk, tier, reason)
+
+
+def score_customer(
+    state: RelationshipState, as_of: int, params: BgNbdParams, horizon_days: int = DEFAULT_HORIZON_DAYS,
+    learned: LearnedChurnModel | None = None, copurchase: CoPurchaseTable | None = None,
+) -> LoyaltySignal:
+    """Score one customer as of ``as_of`` (epoch ms); ``state`` must hold events up to then only.
+
+    ``learned`` is the churn model fitted on the business's history; without it (or for a
+    never-buyer, or a model of another horizon) the churn risk is BG/NBD's. ``copurchase`` is the
+    population's co-purchase table the suggestions come from (none without it).
+    """
+    judged = assess(state, as_of, params, horizon_days, learned)
+    if judged.summary is None:
+        known_since = state.first_seen_at if state.first_seen_at is not None else as_of
+        days_known = max(0, as_of - known_since) / DAY_MS
+        expected = churn.prospect_expected_purchases(params, days_known, horizon_days)
+    else:
+        expected = churn.expected_purchases(params, judged.summary, horizon_days)
     profile = know_me(state, as_of, copurchase)
     last_at = profile.last_purchase_at
+    rhythm, since_last, p_alive = judged.rhythm, judged.since_last, judged.p_alive
     return LoyaltySignal(
         customer_id=state.customer_id,
         as_of=as_of,
         model_version=MODEL_VERSION,
-        loyalty_score=score,
-        tier=tier,
-        tier_reason=reason,
-        components=components,
-        churn_risk=round(min(1.0, max(0.0, risk.risk)), 6),
+        loyalty_score=judged.score,
+        tier=judged.tier,
+        tier_reason=judged.reason,
+        components=judged.components,
+        churn_risk=judged.churn_risk,
         horizon_days=horizon_days,
         p_alive=None if p_alive is None else round(p_alive, 6),
         expected_purchases=round(expected, 6),
@@ -132,8 +160,8 @@ def score_customer(
         purchases=state.lifetime.purchases,
         **know_me_values(profile),
         params_source=params.source,
-        churn_model=risk.model,
-        churn_drivers=[{"feature": name, "contribution": value} for name, value in risk.drivers],
+        churn_model=judged.risk.model,
+        churn_drivers=[{"feature": name, "contribution": value} for name, value in judged.risk.drivers],
     )
 
 
