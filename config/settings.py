@@ -128,7 +128,8 @@ class Settings(BaseSettings):
     sink_batch_max_records: int = Field(
         50_000, ge=1, description="Records the ClickHouse sink copies per batch at most (one insert per table per batch).")
     sink_batch_max_seconds: float = Field(
-        0.25, gt=0, description="Longest time the ClickHouse sink gathers a batch before inserting it, seconds.")
+        0.25, gt=0, description="Longest time the ClickHouse sink gathers a batch before inserting it, seconds. Its "
+        "consumer's fetches wait for 256 KB of records or half this time, whichever comes first.")
     model_params_check_seconds: float = Field(
         30.0, gt=0,
         description="How often a state worker looks for new BG/NBD parameters and co-purchase tables on the model-params topic.")

@@ -1,4 +1,5 @@
-"""AsyncSinkRunner: batches handed in during an insert go together as one; each caller waits for its own rows."""
+"""AsyncSinkRunner: batches handed in during an insert go together as one; each caller waits for its own rows.
+And the sink consumer's fetch settings."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
 from sinks.clickhouse import AsyncSinkRunner, SinkBatch
+from streams.sink import FETCH_MIN_BYTES, fetch_batching
 
 
 class RecordingSink:
@@ -102,3 +104,10 @@ def test_combining_rows_of_different_columns_is_refused():
     b.rows("t", ("y",)).append({"y": 1})
     with pytest.raises(ValueError):
         SinkBatch.combine([a, b])
+
+
+@pytest.mark.parametrize(("batch_seconds", "wait_ms"), [(0.25, 125), (2.0, 1000), (0.001, 1)])
+def test_the_sink_s_fetches_wait_for_a_share_of_a_batch_at_most(batch_seconds: float, wait_ms: int) -> None:
+    """A fetch waits for FETCH_MIN_BYTES or half the batch time (never zero: the broker would
+    answer at once with nothing, and the consumer would spin)."""
+    assert fetch_batching(batch_seconds) == {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": wait_ms}
