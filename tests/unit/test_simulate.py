@@ -44,6 +44,7 @@ from ops.simulate import (
     to_outgoing,
     write_ledger,
 )
+from ops.simulate.publisher import PACE_SECONDS
 from schemas import DecodeError, codec
 
 END = 1_750_000_000_000  # 2025-06-15T15:06:40Z
@@ -592,6 +593,25 @@ def test_send_outgoing_paces_reports_and_shows_progress(day_run: list) -> None:
     assert len(progress) in (total // 100 + 1, total // 100 + 2)  # about once a second, and at the end
     assert f"sent {total:,}/{total:,}" in str(report)
 
+
+
+def test_a_fast_paced_send_sleeps_in_steps_and_keeps_its_rate(day_run: list) -> None:
+    """At 2,000 a second a message is due every 0.5 ms: the sender sleeps once it is
+    PACE_SECONDS ahead, never sends a message more than that early, and keeps the rate."""
+    outgoing = to_outgoing(day_run[:300], seed=7)
+    clock = FakeClock()
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.sleep(seconds)
+
+    producer = FakeProducer(clock)
+    report = send_outgoing(producer, outgoing, Topics("t."), rate=2000, clock=clock, sleep=sleep)
+    assert all(at >= i / 2000 - PACE_SECONDS - 1e-9 for i, (at, *_) in enumerate(producer.sent))
+    assert min(sleeps) >= PACE_SECONDS
+    assert len(sleeps) <= len(outgoing) / (2000 * PACE_SECONDS) + 1
+    assert report.elapsed_seconds == pytest.approx((len(outgoing) - 1) / 2000, abs=PACE_SECONDS)
 
 def test_send_outgoing_counts_refused_messages(day_run: list) -> None:
     outgoing = to_outgoing(day_run[:200], seed=7)
