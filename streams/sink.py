@@ -249,17 +249,28 @@ class ClickHouseSinkService:
             raise
 
     async def fetch(self) -> dict[TopicPartition, list[Any]]:
-        """Records for one batch: as many as arrive within the batch time, up to the batch size."""
+        """Records for one batch: as many as arrive within the batch time of the first, up to the
+        batch size; none when nothing arrives within a batch time.
+
+        The batch's clock starts at its first record, not when the fetch began: a burst (the
+        signals of one state-worker batch) then lands in one batch instead of being cut wherever
+        an empty window happened to end, and no record waits longer than the batch time."""
         assert self.consumer is not None
         limit, wait = self.settings.sink_batch_max_records, self.settings.sink_batch_max_seconds
-        deadline = time.monotonic() + wait
+        deadline: float | None = None
         fetched: dict[TopicPartition, list[Any]] = {}
         count = 0
         while count < limit:
-            left = deadline - time.monotonic()
+            left = wait if deadline is None else deadline - time.monotonic()
             if left <= 0:
                 break
-            more = await self.consumer.getmany(timeout_ms=int(left * 1000), max_records=limit - count)
+            more = await self.consumer.getmany(timeout_ms=max(1, int(left * 1000)), max_records=limit - count)
+            if not more:
+                if deadline is None:
+                    break  # nothing for a whole batch time
+                continue
+            if deadline is None:
+                deadline = time.monotonic() + wait
             for tp, records in more.items():
                 fetched.setdefault(tp, []).extend(records)
                 count += len(records)

@@ -1,5 +1,5 @@
 """AsyncSinkRunner: batches handed in during an insert go together as one; each caller waits for its own rows.
-And the sink consumer's fetch settings."""
+And how the sink gathers a batch: its consumer's fetch settings, and a batch's clock from its first record."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ import threading
 import pytest
 from clickhouse_connect.driver.exceptions import OperationalError, ProgrammingError
 
-from sinks.clickhouse import AsyncSinkRunner, SinkBatch
-from streams.sink import FETCH_MIN_BYTES, fetch_batching
+from config.settings import Settings
+from sinks.clickhouse import AsyncSinkRunner, ClickHouseSink, SinkBatch
+from streams.sink import FETCH_MIN_BYTES, ClickHouseSinkService, fetch_batching
 
 
 class RecordingSink:
@@ -111,3 +112,43 @@ def test_the_sink_s_fetches_wait_for_a_share_of_a_batch_at_most(batch_seconds: f
     """A fetch waits for FETCH_MIN_BYTES or half the batch time (never zero: the broker would
     answer at once with nothing, and the consumer would spin)."""
     assert fetch_batching(batch_seconds) == {"fetch_min_bytes": FETCH_MIN_BYTES, "fetch_max_wait_ms": wait_ms}
+
+
+
+class ScriptedConsumer:
+    """Stands in for the sink's aiokafka consumer: each record becomes available at its time
+    (seconds after the consumer was made); getmany returns what is available, waiting for the
+    next record at most its timeout."""
+
+    def __init__(self, arrivals: list[float]) -> None:
+        self.start = asyncio.get_running_loop().time()
+        self.arrivals = sorted(arrivals)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict[str, list[float]]:
+        loop = asyncio.get_running_loop()
+        now = loop.time() - self.start
+        if not self.arrivals or self.arrivals[0] > now:
+            wait = min(timeout_ms / 1000, (self.arrivals[0] - now) if self.arrivals else timeout_ms / 1000)
+            await asyncio.sleep(max(0.0, wait))
+            now = loop.time() - self.start
+        ready = [at for at in self.arrivals if at <= now][:max_records]
+        self.arrivals = self.arrivals[len(ready):]
+        return {"topic-0": ready} if ready else {}
+
+
+def test_a_sink_batch_runs_from_its_first_record_for_the_batch_time(tmp_path) -> None:
+    """Batch time 0.5 s. Nothing comes for the first 0.5 s: an empty batch. Records then come at
+    0.8, 1.0 and 1.1 s, and one at 1.6 s: the second batch starts its clock at 0.8 s and takes
+    the three up to 1.3 s (a clock started when the fetch began, at 0.5 s, would have cut the
+    burst at 1.0 s); the last record makes a batch of its own."""
+    settings = Settings(data_dir=tmp_path, sink_batch_max_seconds=0.5)
+
+    async def batches() -> list[list[float]]:
+        service = ClickHouseSinkService(settings, b"k", ClickHouseSink("chdb://unused", "unused"))
+        service.consumer = ScriptedConsumer([0.8, 1.0, 1.1, 1.6])  # type: ignore[assignment]
+        try:
+            return [sum((await service.fetch()).values(), []) for _ in range(3)]
+        finally:
+            service.runner.shutdown()
+
+    assert asyncio.run(batches()) == [[], [0.8, 1.0, 1.1], [1.6]]
