@@ -19,6 +19,7 @@ the earliest offset when nothing is (the ``earliest`` reset policy, the applicat
 
 from __future__ import annotations
 
+import bisect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -26,6 +27,8 @@ from typing import Any, ClassVar
 import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
+
+from streams.delivery import EagerDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -81,18 +84,28 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         * Each offset counts once. Faust fills gaps into its list of acknowledged offsets without
           its index, so an offset acknowledged and also inside a gap was listed twice; its runs
           then broke at every offset and its commits moved one offset per commit interval, which
-          looked like a worker that stopped committing after a rebalance."""
+          looked like a worker that stopped committing after a rebalance.
+        * No commit passes the next offset to fold. An offset acknowledged beyond it (a record
+          Faust handed over that no batch folded) waits there until a batch folds up to it, so
+          however records reach the stream, a commit only ever covers what this worker folded."""
         acked = self._acked[tp]
         limit = self.next_offsets.get(tp)
-        if acked and limit is not None:
-            gaps = self._gap.get(tp)
-            if gaps:
-                filled = {offset for interval in gaps.overlap(0, limit)
-                          for offset in range(interval.begin, min(interval.end, limit))}
-                gaps.chop(0, limit)
-                acked.extend(filled)
-            acked[:] = sorted(set(acked))
-        return super()._new_offset(tp)
+        if not acked or limit is None:
+            return super()._new_offset(tp)
+        gaps = self._gap.get(tp)
+        if gaps:
+            filled = {offset for interval in gaps.overlap(0, limit)
+                      for offset in range(interval.begin, min(interval.end, limit))}
+            gaps.chop(0, limit)
+            acked.extend(filled)
+        acked[:] = sorted(set(acked))
+        split = bisect.bisect_left(acked, limit)
+        later = acked[split:]
+        del acked[split:]
+        try:
+            return super()._new_offset(tp)
+        finally:
+            acked.extend(later)  # all above what Faust kept: the list stays sorted
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust notes a jump between two records it delivers as a gap, whose offsets its commits
@@ -191,14 +204,17 @@ def offset_spans(messages: Iterable[Any]) -> dict[TP, tuple[int, int]]:
 
 
 def install(app: faust.App, stream_topics: Iterable[str],
-            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None) -> None:
+            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None, eager: bool = False) -> None:
     """Make ``app`` (not started yet) build its consumer as a :class:`CommittedSeekingConsumer` for
-    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation."""
+    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation; ``eager``: one
+    that hands records to the stream eagerly (:mod:`streams.delivery`)."""
     if app.conf.consumer_auto_offset_reset != "earliest":
         raise ValueError("the state worker reads a partition nobody committed from its earliest offset; "
                          f"consumer_auto_offset_reset={app.conf.consumer_auto_offset_reset!r} is not supported")
-    consumer_class: Any = type("CommittedSeekingConsumer", (CommittedSeekingConsumer,),
-                               {"stream_topics": frozenset(stream_topics), "__module__": __name__,
+    bases = (EagerDelivery, CommittedSeekingConsumer) if eager else (CommittedSeekingConsumer,)
+    topics = frozenset(stream_topics)
+    consumer_class: Any = type("CommittedSeekingConsumer", bases,
+                               {"stream_topics": topics, "eager_topics": topics, "__module__": __name__,
                                 "before_revoke": () if before_revoke is None else (before_revoke,)})
     transport: Any = app.transport
     transport.Consumer = consumer_class
