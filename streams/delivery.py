@@ -1,7 +1,9 @@
 """Handing each fetched record to its stream without four asyncio tasks per record.
 
-Measured, not used by the state worker: with it, runs of ``tests/faults/test_rebalance.py`` lost
-events (docs/guarantees.md, "Rebalances"). ``bench/faust_ceiling.py --eager`` measures it.
+The state worker delivers the records of its input topics this way (``LOYALTY_EAGER_DELIVERY``,
+on by default), and its tables' changelog records (recovery, standbys) Faust's way: with every
+topic eager, runs of ``tests/faults/test_rebalance.py`` ended with stale states
+(docs/guarantees.md, "Rebalances"). ``bench/faust_ceiling.py --eager`` measures it.
 
 Faust's consumer delivers every record it fetches with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: the delivery, unless the
