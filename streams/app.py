@@ -312,8 +312,7 @@ class Pipeline:
         )
         # Every input partition starts at its committed offset after a rebalance, 0 included; and
         # no batch writes across a revocation (:meth:`before_revoke`).
-        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due), self.before_revoke,
-                                  eager=settings.eager_delivery)
+        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due), self.before_revoke)
         #: Set while no batch is writing (between its rebalance check and its last acknowledgement).
         self.not_writing = asyncio.Event()
         self.not_writing.set()

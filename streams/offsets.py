@@ -28,8 +28,6 @@ import faust
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
-from streams.delivery import EagerDelivery
-
 logger = logging.getLogger(__name__)
 
 #: Seeks back to the same offset, each answered by records starting at the same later offset,
@@ -204,17 +202,14 @@ def offset_spans(messages: Iterable[Any]) -> dict[TP, tuple[int, int]]:
 
 
 def install(app: faust.App, stream_topics: Iterable[str],
-            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None, eager: bool = False) -> None:
+            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None) -> None:
     """Make ``app`` (not started yet) build its consumer as a :class:`CommittedSeekingConsumer` for
-    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation; ``eager``: one
-    that hands records to the stream eagerly (:mod:`streams.delivery`)."""
+    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation."""
     if app.conf.consumer_auto_offset_reset != "earliest":
         raise ValueError("the state worker reads a partition nobody committed from its earliest offset; "
                          f"consumer_auto_offset_reset={app.conf.consumer_auto_offset_reset!r} is not supported")
-    bases = (EagerDelivery, CommittedSeekingConsumer) if eager else (CommittedSeekingConsumer,)
-    topics = frozenset(stream_topics)
-    consumer_class: Any = type("CommittedSeekingConsumer", bases,
-                               {"stream_topics": topics, "eager_topics": topics, "__module__": __name__,
+    consumer_class: Any = type("CommittedSeekingConsumer", (CommittedSeekingConsumer,),
+                               {"stream_topics": frozenset(stream_topics), "__module__": __name__,
                                 "before_revoke": () if before_revoke is None else (before_revoke,)})
     transport: Any = app.transport
     transport.Consumer = consumer_class
