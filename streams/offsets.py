@@ -19,7 +19,6 @@ the earliest offset when nothing is (the ``earliest`` reset policy, the applicat
 
 from __future__ import annotations
 
-import bisect
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, ClassVar
@@ -82,28 +81,18 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         * Each offset counts once. Faust fills gaps into its list of acknowledged offsets without
           its index, so an offset acknowledged and also inside a gap was listed twice; its runs
           then broke at every offset and its commits moved one offset per commit interval, which
-          looked like a worker that stopped committing after a rebalance.
-        * No commit passes the next offset to fold. An offset acknowledged beyond it (a record
-          Faust handed over that no batch folded) waits there until a batch folds up to it, so
-          however records reach the stream, a commit only ever covers what this worker folded."""
+          looked like a worker that stopped committing after a rebalance."""
         acked = self._acked[tp]
         limit = self.next_offsets.get(tp)
-        if not acked or limit is None:
-            return super()._new_offset(tp)
-        gaps = self._gap.get(tp)
-        if gaps:
-            filled = {offset for interval in gaps.overlap(0, limit)
-                      for offset in range(interval.begin, min(interval.end, limit))}
-            gaps.chop(0, limit)
-            acked.extend(filled)
-        acked[:] = sorted(set(acked))
-        split = bisect.bisect_left(acked, limit)
-        later = acked[split:]
-        del acked[split:]
-        try:
-            return super()._new_offset(tp)
-        finally:
-            acked.extend(later)  # all above what Faust kept: the list stays sorted
+        if acked and limit is not None:
+            gaps = self._gap.get(tp)
+            if gaps:
+                filled = {offset for interval in gaps.overlap(0, limit)
+                          for offset in range(interval.begin, min(interval.end, limit))}
+                gaps.chop(0, limit)
+                acked.extend(filled)
+            acked[:] = sorted(set(acked))
+        return super()._new_offset(tp)
 
     async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
         """Faust notes a jump between two records it delivers as a gap, whose offsets its commits

@@ -180,27 +180,3 @@ def test_other_partitions_are_committed_as_faust_does():
     acknowledged(reads, changelog, [1, 2, 3, 7])
     reads._gap[changelog].addi(3, 7)  # overlapping 3: listed twice, as Faust lists it
     assert reads._new_offset(changelog) == 4
-
-
-def test_no_commit_passes_the_next_offset_to_fold():
-    # Records handed to the stream and acknowledged, but not folded by any batch (a delivery that
-    # skipped some, or a batch left unwritten): the commit stops where folding did.
-    reads = ledger({PURCHASES_0: 13})
-    reads._committed_offset[PURCHASES_0] = 10
-    acknowledged(reads, PURCHASES_0, [10, 11, 12, 13, 14, 15])
-    assert reads._new_offset(PURCHASES_0) == 13
-    reads._committed_offset[PURCHASES_0] = 13
-    assert reads._new_offset(PURCHASES_0) is None  # 13 to 15 wait, still acknowledged
-    assert reads._acked[PURCHASES_0] == [13, 14, 15]
-    reads.folded({PURCHASES_0: (13, 16)})
-    acknowledged(reads, PURCHASES_0, [16])
-    assert reads._new_offset(PURCHASES_0) == 17
-
-
-def test_a_gap_past_the_next_offset_to_fold_is_not_committed_either():
-    reads = ledger({PURCHASES_0: 12})
-    reads._committed_offset[PURCHASES_0] = 10
-    acknowledged(reads, PURCHASES_0, [10, 11, 30, 31])
-    reads._gap[PURCHASES_0].addi(12, 30)
-    assert reads._new_offset(PURCHASES_0) == 12
-    assert gaps(reads, PURCHASES_0) == [(12, 29)]
