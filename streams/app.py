@@ -7,9 +7,9 @@ runs the ClickHouse sink only (:mod:`streams.sink`). ``all`` runs both in one pr
 
 The order of a batch's effects in the state worker:
 
-1. records are decoded and folded (those of a partition whose records in the batch do not start
-   at its next offset to fold are held back unacknowledged, and the partition sought back there:
-   :mod:`streams.offsets`); each changed customer is scored, its alert rules evaluated
+1. records are decoded and folded (where a partition's records in the batch skip an offset from
+   its next offset to fold on, those past the hole are held back unacknowledged and the partition
+   sought back to it: :mod:`streams.offsets`); each changed customer is scored, its alert rules evaluated
    and its record (state and what the rules remember) kept in memory, nothing sent yet;
 2. the fence of each input partition the batch read is confirmed: one transaction of the
    partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
@@ -79,7 +79,7 @@ from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
 from streams.fencing import Fences, StallWatch
 from streams.messages import Message
-from streams.offsets import CommittedSeekingConsumer, offset_spans
+from streams.offsets import CommittedSeekingConsumer, offset_spans, partition_offsets
 from streams.offsets import install as install_committed_seeking
 from streams.processor import CustomerProcessor, Effects, ModelParams
 from streams.sink import ClickHouseSinkService, latest_published, params_from_bytes
@@ -481,21 +481,24 @@ class Pipeline:
             store.apply([(record, next(acknowledged)) for record in mine])
         return True
 
-    async def read_again(self, events: list[EventT], holes: dict[TP, int]) -> list[EventT]:
-        """Leave out (unacknowledged) the records of partitions whose batch does not start at the
-        next offset to fold, and seek those partitions back there: the records in between never
-        reached the stream (:mod:`streams.offsets`), and none past them may be folded, nor their
-        offsets committed, before them. Returns the batch's other records."""
+    async def read_again(self, events: list[EventT], holes: dict[TP, tuple[int, int]]) -> list[EventT]:
+        """Leave out (unacknowledged) the records from each hole on (:meth:`CommittedSeekingConsumer.check`:
+        a partition's records skip an offset at or after its next offset to fold), and seek those
+        partitions back to the first offset missing: the records skipped never reached the stream
+        (:mod:`streams.offsets`), and none past them may be folded, nor their offsets committed,
+        before them. Returns the batch's other records."""
         reads = cast(CommittedSeekingConsumer, self.app.consumer)
         kept = []
         for event in events:
-            if event.message.tp in holes:
+            hole = holes.get(event.message.tp)
+            if hole is not None and event.message.offset >= hole[0]:
                 event.message.incref()  # one reference more than the take buffer's ack releases
             else:
                 kept.append(event)
         positions = await reads.read_again(holes)
-        logger.warning("records skipped before this batch, reading them again: %s (%d records of the batch held back)",
-                       ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(positions.items())),
+        logger.warning("records skipped, reading them again: %s (%d records of the batch held back)",
+                       ", ".join(f"{tp.topic}[{tp.partition}] from {offset} (next delivered {holes[tp][1]})"
+                                 for tp, offset in sorted(positions.items())),
                        len(events) - len(kept))
         return kept
 
@@ -534,10 +537,10 @@ class Pipeline:
                         waiting_since = time.monotonic()
                         continue
                 reads = cast(CommittedSeekingConsumer, pipeline.app.consumer)
-                spans = offset_spans(e.message for e in events)
-                holes = reads.check(spans)
+                holes = reads.check(partition_offsets(e.message for e in events))
                 if holes:
-                    events = await pipeline.read_again(events, {tp: spans[tp][0] for tp in holes})
+                    events = await pipeline.read_again(events, holes)
+                spans = offset_spans(e.message for e in events)
                 started = time.monotonic()
 
                 def current(begun: tuple[int, int] | None = epoch) -> bool:
@@ -548,7 +551,7 @@ class Pipeline:
                 lost = await pipeline.produce(effects, epoch)
                 if lost:
                     leave_unacknowledged(events, lost, "the batch's effects for them were dropped")
-                reads.folded({tp: span for tp, span in spans.items() if tp not in holes and tp.partition not in lost})
+                reads.folded({tp: span for tp, span in spans.items() if tp.partition not in lost})
                 logger.debug("batch: %d records, %d customers, %s", len(events), effects.customers,
                              dict(effects.outcomes))
                 yield None

@@ -14,13 +14,17 @@ where its fetches had got to, tens of records into the partition, and since Faus
 from the first record it delivers, its commits moved past the records it skipped.
 
 :class:`CommittedSeekingConsumer` seeks those partitions too: to offset 0 when 0 is committed, to
-the earliest offset when nothing is (the ``earliest`` reset policy, the application's).
+the earliest offset when nothing is (the ``earliest`` reset policy, the application's). It
+remembers the next offset to fold of each partition, and a batch whose records of a partition
+skip an offset from there on, at its start or inside it (Faust dropped a single record in the
+middle of a partition's records right after a rebalance), folds only the records before the hole:
+the partition is sought back to it (:meth:`CommittedSeekingConsumer.check`).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, ClassVar
 
 import faust
@@ -51,8 +55,9 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         super().__init__(*args, **kwargs)
         #: The next offset to fold of each stream partition this worker owns.
         self.next_offsets: dict[TP, int] = {}
-        #: Partitions sought back by :meth:`read_again` and not folded since: the offset sought,
-        #: the first offset the batch that found the hole held, and how many times in a row.
+        #: Partitions sought back by :meth:`read_again` and not folded past since: the offset
+        #: sought, the first offset after the hole the batch that found it held, and how many
+        #: times in a row.
         self.reread_from: dict[TP, tuple[int, int, int]] = {}
         self.rereads = 0
 
@@ -112,41 +117,53 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
             await hook(revoked)
         await super().on_partitions_revoked(revoked)
 
-    def check(self, offsets: Mapping[TP, tuple[int, int]]) -> set[TP]:
-        """The partitions of a batch (lowest and highest offset of each) that do not start at the
-        next offset to fold: records before them never reached the stream.
+    def check(self, offsets: Mapping[TP, Collection[int]]) -> dict[TP, tuple[int, int]]:
+        """The partitions of a batch (the offsets of its records in each) whose records skip an
+        offset from the next offset to fold on: records that never reached the stream. For each,
+        the first offset missing and the first offset present after it. The batch's records
+        before the hole may be folded, none from it on.
 
-        A partition sought back there :data:`SAME_START_TIMES` times in a row, whose records
-        started at the same later offset each time, is taken as it is: the offsets between hold no
-        record (transaction markers of a transactional producer, or compaction). Records fetched
-        before a seek can still be delivered after it, so one seek back is not enough to tell."""
-        holes: set[TP] = set()
-        for tp, (low, _) in offsets.items():
+        A hole may open at the batch's start or inside it. Faust delivers a partition's records
+        in order, but a record it drops (fetched while the partition was paused, or cut off by a
+        suspension of its flow around a rebalance) leaves a jump between two records it delivers.
+
+        Offsets below the next offset to fold are records read again (folded before: their
+        events' ids count them once). Missing offsets sought back to :data:`SAME_START_TIMES`
+        times in a row, each time answered by the same later offset, are taken to hold no record
+        (transaction markers of a transactional producer, or compaction): records fetched before
+        a seek can still be delivered after it, so one seek back is not enough to tell."""
+        holes: dict[TP, tuple[int, int]] = {}
+        for tp, present in offsets.items():
             expected = self.next_offsets.get(tp)
-            if expected is None or low <= expected:
+            if expected is None:
                 continue
-            if self.reread_from.get(tp) == (expected, low, SAME_START_TIMES):
-                logger.warning("%s[%d]: no record at offsets %d to %d after %d seeks there; going on from %d",
-                               tp.topic, tp.partition, expected, low - 1, SAME_START_TIMES, low)
-                # Faust's commits may pass the empty offsets (its gaps count as acknowledged); the
-                # gaps it saw itself while the partition was read again were not kept (_add_gap).
-                self._gap[tp].addi(expected, low)
-                continue
-            holes.add(tp)
+            for offset in sorted({o for o in present if o >= expected}):
+                if offset > expected:
+                    if self.reread_from.get(tp) != (expected, offset, SAME_START_TIMES):
+                        holes[tp] = (expected, offset)
+                        break
+                    logger.warning("%s[%d]: no record at offsets %d to %d after %d seeks there; going on from %d",
+                                   tp.topic, tp.partition, expected, offset - 1, SAME_START_TIMES, offset)
+                    # Faust's commits may pass the empty offsets (its gaps count as acknowledged);
+                    # the gaps it saw while the partition was read again were not kept (_add_gap).
+                    self._gap[tp].addi(expected, offset)
+                expected = offset + 1
         return holes
 
     def folded(self, offsets: Mapping[TP, tuple[int, int]]) -> None:
         """Note the records of a batch folded (lowest and highest offset of each partition)."""
         for tp, (_, high) in offsets.items():
-            self.reread_from.pop(tp, None)
-            if tp in self.next_offsets:
-                self.next_offsets[tp] = max(self.next_offsets[tp], high + 1)
+            if tp in self.next_offsets and high >= self.next_offsets[tp]:
+                self.next_offsets[tp] = high + 1
+                # Folded past where it was sought back to: a hole from here on is a new one.
+                if high >= self.reread_from.get(tp, (GAP_END,))[0]:
+                    del self.reread_from[tp]
 
-    async def read_again(self, holes: Mapping[TP, int]) -> dict[TP, int]:
-        """Seek the partitions of ``holes`` (each with the first offset its batch held) back to
-        their next offset to fold, so that the records skipped are fetched and delivered again;
-        returns the positions."""
-        positions = {tp: self.next_offsets[tp] for tp in holes if tp in self.next_offsets}
+    async def read_again(self, holes: Mapping[TP, tuple[int, int]]) -> dict[TP, int]:
+        """Seek the partitions of ``holes`` (:meth:`check`: the first offset missing and the first
+        offset present after it) back to their first offset missing, so that the records skipped
+        are fetched and delivered again; returns the positions."""
+        positions = {tp: missing for tp, (missing, _) in holes.items() if tp in self.next_offsets}
         await self._seek_in_thread(positions)
         for tp, offset in positions.items():
             # Faust delivers a partition's records from this offset on (it drops lower ones as read).
@@ -157,9 +174,9 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
             gaps = self._gap.get(tp)
             if gaps:
                 gaps.chop(offset, GAP_END)
-            sought, low, times = self.reread_from.get(tp, (-1, -1, 0))
-            same = (sought, low) == (offset, holes[tp])
-            self.reread_from[tp] = (offset, holes[tp], times + 1 if same else 1)
+            sought, after, times = self.reread_from.get(tp, (-1, -1, 0))
+            same = (sought, after) == holes[tp]
+            self.reread_from[tp] = (offset, holes[tp][1], times + 1 if same else 1)
         self.rereads += len(positions)
         return positions
 
@@ -178,6 +195,14 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
 
 def _spans(positions: Mapping[TP, int]) -> str:
     return ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(positions.items()))
+
+
+def partition_offsets(messages: Iterable[Any]) -> dict[TP, list[int]]:
+    """The offsets of Faust ``messages`` in each partition, in the order delivered."""
+    offsets: dict[TP, list[int]] = {}
+    for message in messages:
+        offsets.setdefault(message.tp, []).append(message.offset)
+    return offsets
 
 
 def offset_spans(messages: Iterable[Any]) -> dict[TP, tuple[int, int]]:

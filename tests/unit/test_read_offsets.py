@@ -12,7 +12,7 @@ from collections import defaultdict
 from faust.types import TP
 from intervaltree import IntervalTree
 
-from streams.offsets import SAME_START_TIMES, CommittedSeekingConsumer, offset_spans
+from streams.offsets import SAME_START_TIMES, CommittedSeekingConsumer, offset_spans, partition_offsets
 
 PURCHASES_0 = TP("purchases", 0)
 CALLS_0 = TP("calls", 0)
@@ -38,6 +38,11 @@ def ledger(next_offsets: dict[TP, int]) -> CommittedSeekingConsumer:
     return reads
 
 
+def span(low: int, high: int) -> list[int]:
+    """The offsets of a batch's records in one partition, ``low`` to ``high`` without a hole."""
+    return list(range(low, high + 1))
+
+
 class Msg:
     def __init__(self, tp: TP, offset: int) -> None:
         self.tp, self.offset = tp, offset
@@ -51,32 +56,66 @@ def test_offset_spans_are_lowest_and_highest_per_partition():
 def test_a_batch_starting_past_the_next_offset_has_a_hole():
     reads = ledger({PURCHASES_0: 127, CALLS_0: 46})
     # purchases[0] starts at 128: record 127 never reached the stream; calls[0] starts where expected.
-    assert reads.check({PURCHASES_0: (128, 184), CALLS_0: (46, 71)}) == {PURCHASES_0}
+    assert reads.check({PURCHASES_0: span(128, 184), CALLS_0: span(46, 71)}) == {PURCHASES_0: (127, 128)}
+
+
+def test_a_hole_inside_a_batch_is_a_hole():
+    # Faust dropped record 15 (cut off by a suspension of its flow) and delivered 16 next.
+    reads = ledger({PURCHASES_0: 10, CALLS_0: 46})
+    assert reads.check({PURCHASES_0: [10, 11, 12, 13, 14, 16, 17], CALLS_0: span(46, 71)}) == {PURCHASES_0: (15, 16)}
+    # In the order delivered or not, repeats of records folded before included.
+    assert reads.check({PURCHASES_0: [16, 8, 9, 10, 11, 12, 13, 14, 9]}) == {PURCHASES_0: (15, 16)}
+
+
+def test_partition_offsets_are_listed_as_delivered():
+    messages = [Msg(PURCHASES_0, 12), Msg(CALLS_0, 3), Msg(PURCHASES_0, 10)]
+    assert partition_offsets(messages) == {PURCHASES_0: [12, 10], CALLS_0: [3]}
+
+
+def test_the_records_before_a_hole_inside_a_batch_are_folded_and_it_is_sought_back_to():
+    reads = ledger({PURCHASES_0: 10})
+    assert asyncio.run(reads.read_again({PURCHASES_0: (15, 16)})) == {PURCHASES_0: 15}
+    reads.folded({PURCHASES_0: (10, 14)})
+    assert reads.next_offsets == {PURCHASES_0: 15}
+    assert reads.reread_from == {PURCHASES_0: (15, 16, 1)}  # not folded past the hole yet
+    assert reads.check({PURCHASES_0: span(15, 20)}) == {}
+    reads.folded({PURCHASES_0: (15, 20)})
+    assert reads.reread_from == {}
+
+
+def test_an_empty_offset_inside_batches_is_taken_as_it_is_after_three_seeks():
+    reads = ledger({PURCHASES_0: 10})
+    for _ in range(SAME_START_TIMES):
+        assert reads.check({PURCHASES_0: [10, 11, 13, 14]}) == {PURCHASES_0: (12, 13)}
+        asyncio.run(reads.read_again({PURCHASES_0: (12, 13)}))
+        reads.folded({PURCHASES_0: (10, 11)})
+    assert reads.check({PURCHASES_0: [13, 14]}) == {}
+    assert gaps(reads, PURCHASES_0) == [(12, 12)]
 
 
 def test_records_at_or_before_the_next_offset_are_no_hole():
     # Records read again after a seek back (folded before: the events' ids count them once).
     reads = ledger({PURCHASES_0: 127})
-    assert reads.check({PURCHASES_0: (127, 130)}) == set()
-    assert reads.check({PURCHASES_0: (100, 140)}) == set()
+    assert reads.check({PURCHASES_0: span(127, 130)}) == {}
+    assert reads.check({PURCHASES_0: span(100, 140)}) == {}
 
 
 def test_partitions_without_a_known_next_offset_are_not_judged():
     reads = ledger({PURCHASES_0: 0})
-    assert reads.check({VISITS_1: (500, 600)}) == set()
+    assert reads.check({VISITS_1: span(500, 600)}) == {}
 
 
 def test_folding_moves_the_next_offset_past_the_batch_and_never_back():
     reads = ledger({PURCHASES_0: 10, CALLS_0: 50})
     reads.folded({PURCHASES_0: (10, 19), CALLS_0: (30, 40)})
     assert reads.next_offsets == {PURCHASES_0: 20, CALLS_0: 50}
-    assert reads.check({PURCHASES_0: (21, 25)}) == {PURCHASES_0}
-    assert reads.check({PURCHASES_0: (20, 25)}) == set()
+    assert reads.check({PURCHASES_0: span(21, 25)}) == {PURCHASES_0: (20, 21)}
+    assert reads.check({PURCHASES_0: span(20, 25)}) == {}
 
 
 def test_a_seek_back_goes_to_the_next_offset_and_faust_delivers_from_there():
     reads = ledger({PURCHASES_0: 127, CALLS_0: 46})
-    assert asyncio.run(reads.read_again({PURCHASES_0: 128})) == {PURCHASES_0: 127}
+    assert asyncio.run(reads.read_again({PURCHASES_0: (127, 128)})) == {PURCHASES_0: 127}
     assert reads.sought == {PURCHASES_0: 127}
     assert reads._read_offset == {PURCHASES_0: 127}
     assert reads.rereads == 1
@@ -85,10 +124,10 @@ def test_a_seek_back_goes_to_the_next_offset_and_faust_delivers_from_there():
 def test_records_fetched_before_the_seek_and_delivered_after_it_are_a_hole_again():
     # Sought back to 147; records fetched before the seek (231 on) still arrive first.
     reads = ledger({VISITS_1: 147})
-    asyncio.run(reads.read_again({VISITS_1: 231}))
-    assert reads.check({VISITS_1: (250, 300)}) == {VISITS_1}
-    asyncio.run(reads.read_again({VISITS_1: 250}))
-    assert reads.check({VISITS_1: (147, 300)}) == set()
+    asyncio.run(reads.read_again({VISITS_1: (147, 231)}))
+    assert reads.check({VISITS_1: span(250, 300)}) == {VISITS_1: (147, 250)}
+    asyncio.run(reads.read_again({VISITS_1: (147, 250)}))
+    assert reads.check({VISITS_1: span(147, 300)}) == {}
 
 
 def test_the_same_later_start_after_three_seeks_back_is_taken_as_it_is(caplog):
@@ -96,15 +135,15 @@ def test_the_same_later_start_after_three_seeks_back_is_taken_as_it_is(caplog):
     # 130 first. After three, the worker goes on instead of seeking back forever.
     reads = ledger({PURCHASES_0: 127})
     for _ in range(SAME_START_TIMES):
-        assert reads.check({PURCHASES_0: (130, 140)}) == {PURCHASES_0}
-        asyncio.run(reads.read_again({PURCHASES_0: 130}))
+        assert reads.check({PURCHASES_0: span(130, 140)}) == {PURCHASES_0: (127, 130)}
+        asyncio.run(reads.read_again({PURCHASES_0: (127, 130)}))
     with caplog.at_level(logging.WARNING, logger="streams.offsets"):
-        assert reads.check({PURCHASES_0: (130, 140)}) == set()
+        assert reads.check({PURCHASES_0: span(130, 140)}) == {}
     assert "no record at offsets 127 to 129" in caplog.text
     reads.folded({PURCHASES_0: (130, 140)})
     assert reads.reread_from == {}
     # Once a batch was folded there, a hole is a hole again.
-    assert reads.check({PURCHASES_0: (143, 150)}) == {PURCHASES_0}
+    assert reads.check({PURCHASES_0: span(143, 150)}) == {PURCHASES_0: (141, 143)}
 
 
 def gaps(reads: CommittedSeekingConsumer, tp: TP) -> list[tuple[int, int]]:
@@ -119,14 +158,14 @@ def test_a_seek_back_forgets_the_gap_faust_noted_over_the_skipped_records():
     asyncio.run(reads._add_gap(PURCHASES_0, 128, 230))
     asyncio.run(reads._add_gap(PURCHASES_0, 40, 41))  # before the next offset to fold: kept
     assert gaps(reads, PURCHASES_0) == [(40, 41), (128, 230)]
-    assert reads.check({PURCHASES_0: (231, 260)}) == {PURCHASES_0}
-    asyncio.run(reads.read_again({PURCHASES_0: 231}))
+    assert reads.check({PURCHASES_0: span(231, 260)}) == {PURCHASES_0: (128, 231)}
+    asyncio.run(reads.read_again({PURCHASES_0: (128, 231)}))
     assert gaps(reads, PURCHASES_0) == [(40, 41)]
 
 
 def test_no_gap_is_noted_while_a_partition_is_read_again_and_again_once_folded():
     reads = ledger({VISITS_1: 147})
-    asyncio.run(reads.read_again({VISITS_1: 231}))
+    asyncio.run(reads.read_again({VISITS_1: (147, 231)}))
     # A record fetched before the seek, delivered after it: 148 to 249 are to be read, not missing.
     asyncio.run(reads._add_gap(VISITS_1, 148, 249))
     assert gaps(reads, VISITS_1) == []
@@ -138,9 +177,9 @@ def test_no_gap_is_noted_while_a_partition_is_read_again_and_again_once_folded()
 def test_offsets_found_empty_after_the_seeks_back_become_a_gap():
     reads = ledger({PURCHASES_0: 127})
     for _ in range(SAME_START_TIMES):
-        assert reads.check({PURCHASES_0: (130, 140)}) == {PURCHASES_0}
-        asyncio.run(reads.read_again({PURCHASES_0: 130}))
-    assert reads.check({PURCHASES_0: (130, 140)}) == set()
+        assert reads.check({PURCHASES_0: span(130, 140)}) == {PURCHASES_0: (127, 130)}
+        asyncio.run(reads.read_again({PURCHASES_0: (127, 130)}))
+    assert reads.check({PURCHASES_0: span(130, 140)}) == {}
     assert gaps(reads, PURCHASES_0) == [(127, 129)]
 
 
