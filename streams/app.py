@@ -9,8 +9,8 @@ The order of a batch's effects in the state worker:
 
 1. records are decoded and folded (where a partition's records in the batch skip an offset from
    its next offset to fold on, those past the hole are held back unacknowledged and the partition
-   sought back to it: :mod:`streams.offsets`); each changed customer is scored, its alert rules evaluated
-   and its record (state and what the rules remember) kept in memory, nothing sent yet;
+   sought back to it: :mod:`streams.offsets`); each changed customer is scored, its alert rules
+   evaluated and its record (state and what the rules remember) kept in memory, nothing sent yet;
 2. the fence of each input partition the batch read is confirmed: one transaction of the
    partition's fence producer, all partitions concurrently (:mod:`streams.fencing`). A partition
    whose fence fails is another worker's now: the batch's share of it is dropped (its outputs,
