@@ -124,8 +124,10 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         before the hole may be folded, none from it on.
 
         A hole may open at the batch's start or inside it. Faust delivers a partition's records
-        in order, but a record it drops (fetched while the partition was paused, or cut off by a
-        suspension of its flow around a rebalance) leaves a jump between two records it delivers.
+        in order, but a record it fetched and never handed to the stream (it drops records
+        fetched while their partition was paused, and records stamped with an earlier consumer
+        generation) leaves a jump between two records it delivers; a jump of one record inside
+        a batch was seen right after a rebalance.
 
         Offsets below the next offset to fold are records read again (folded before: their
         events' ids count them once). Missing offsets sought back to :data:`SAME_START_TIMES`
