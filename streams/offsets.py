@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any, ClassVar
 
 import faust
+from aiokafka.errors import IllegalStateError
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
@@ -165,9 +166,30 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         """Seek the partitions of ``holes`` (:meth:`check`: the first offset missing and the first
         offset present after it) back to their first offset missing, so that the records skipped
         are fetched and delivered again; returns the positions."""
-        positions = {tp: missing for tp, (missing, _) in holes.items() if tp in self.next_offsets}
-        await self._seek_in_thread(positions)
+        positions = await self._seek_back({tp: missing for tp, (missing, _) in holes.items() if tp in self.next_offsets})
         for tp, offset in positions.items():
+            sought, after, times = self.reread_from.get(tp, (-1, -1, 0))
+            same = (sought, after) == holes[tp]
+            self.reread_from[tp] = (offset, holes[tp][1], times + 1 if same else 1)
+        self.rereads += len(positions)
+        return positions
+
+    async def rewind(self, partitions: Iterable[TP]) -> dict[TP, int]:
+        """Seek ``partitions`` back to their next offset to fold: the worker dropped records of
+        theirs that reached the stream (a batch taken while a rebalance was still under way, or
+        records read before it), and the consumer has moved past them. A later record of the
+        partition would show the hole (:meth:`check`), but none may come: without the seek the
+        partition would stand still, its records neither folded nor committed. Partitions this
+        worker does not hold (any more) are left to the next rebalance's seek; returns the
+        positions."""
+        assigned = self.assignment()
+        return await self._seek_back({tp: self.next_offsets[tp] for tp in partitions
+                                      if tp in self.next_offsets and tp in assigned})
+
+    async def _seek_back(self, positions: Mapping[TP, int]) -> dict[TP, int]:
+        """Seek to ``positions`` (each partition's offset to read from again); returns those sought."""
+        sought = await self._seek_in_thread(positions)
+        for tp, offset in sought.items():
             # Faust delivers a partition's records from this offset on (it drops lower ones as read).
             self._read_offset[tp] = offset or None
             # And it forgets any gap it noted from there on: Faust counts the offsets of a gap (a
@@ -176,23 +198,28 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
             gaps = self._gap.get(tp)
             if gaps:
                 gaps.chop(offset, GAP_END)
-            sought, after, times = self.reread_from.get(tp, (-1, -1, 0))
-            same = (sought, after) == holes[tp]
-            self.reread_from[tp] = (offset, holes[tp][1], times + 1 if same else 1)
-        self.rereads += len(positions)
-        return positions
+        return sought
 
-    async def _seek_in_thread(self, positions: Mapping[TP, int]) -> None:
+    async def _seek_in_thread(self, positions: Mapping[TP, int]) -> dict[TP, int]:
+        """Seek each partition to its offset; returns the positions of the partitions sought (a
+        partition the consumer no longer holds, in a rebalance begun meanwhile, is not)."""
         # In the consumer's own thread, as every other call into it: aiokafka's seek drops the
         # partition's fetched records, which its fetcher may be reading at that moment.
         thread = self._thread
+        sought: dict[TP, int] = {}
 
         async def seek_all() -> None:
             for tp, offset in positions.items():
-                thread.seek(tp, offset)
+                try:
+                    thread.seek(tp, offset)
+                except IllegalStateError:
+                    logger.info("%s[%d] not sought to %d: no longer assigned", tp.topic, tp.partition, offset)
+                    continue
+                sought[tp] = offset
 
         if positions:
             await thread.call_thread(seek_all)
+        return sought
 
 
 def _spans(positions: Mapping[TP, int]) -> str:

@@ -33,8 +33,10 @@ def ledger(next_offsets: dict[TP, int]) -> CommittedSeekingConsumer:
 
     async def no_seek(positions):
         reads.sought = dict(positions)
+        return dict(positions)
 
     reads._seek_in_thread = no_seek
+    reads.assignment = lambda: set(next_offsets)
     return reads
 
 
@@ -219,3 +221,16 @@ def test_other_partitions_are_committed_as_faust_does():
     acknowledged(reads, changelog, [1, 2, 3, 7])
     reads._gap[changelog].addi(3, 7)  # overlapping 3: listed twice, as Faust lists it
     assert reads._new_offset(changelog) == 4
+
+
+def test_partitions_whose_records_were_dropped_are_rewound_to_the_next_offset_to_fold():
+    # A batch taken while a rebalance was still under way is dropped unfolded; no later record
+    # may come to show the hole, so the partitions still held are sought back at once.
+    reads = ledger({PURCHASES_0: 40, CALLS_0: 10})
+    reads.assignment = lambda: {PURCHASES_0}  # calls[0] went to another worker meanwhile
+    asyncio.run(reads._add_gap(PURCHASES_0, 41, 60))  # Faust's jump over records about to be read
+    assert asyncio.run(reads.rewind({PURCHASES_0, CALLS_0, VISITS_1})) == {PURCHASES_0: 40}
+    assert reads.sought == {PURCHASES_0: 40}
+    assert reads._read_offset == {PURCHASES_0: 40}
+    assert gaps(reads, PURCHASES_0) == []
+    assert reads.reread_from == {} and reads.rereads == 0  # not a hole seen: nothing counted toward taking one as empty
