@@ -532,7 +532,11 @@ class Pipeline:
                     leave_unacknowledged(stale, {e.message.partition for e in stale},
                                          "a rebalance is under way" if epoch is None else "read before a rebalance")
                     # The consumer has moved past them: partitions still held are read again.
-                    await cast(CommittedSeekingConsumer, pipeline.app.consumer).rewind({e.message.tp for e in stale})
+                    rewound = await cast(CommittedSeekingConsumer, pipeline.app.consumer).rewind(
+                        {e.message.tp for e in stale})
+                    if rewound:
+                        logger.info("read again from their next offsets to fold: %s",
+                                    ", ".join(f"{tp.topic}[{tp.partition}]@{offset}" for tp, offset in sorted(rewound.items())))
                     events = [] if epoch is None else [e for e in events if e.message.generation_id == generation]
                     if not events:
                         yield None
