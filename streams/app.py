@@ -526,12 +526,12 @@ class Pipeline:
                 generation = pipeline.app.consumer_generation_id
                 # Records the take buffer got before the last rebalance (Faust skips those only as
                 # they enter the stream), or a batch delivered during one while the stores change
-                # hands: the consumer reads them again from the committed offsets.
+                # hands: left unfolded, and read again from the next offsets to fold (rewind).
                 stale = events if epoch is None else [e for e in events if e.message.generation_id != generation]
                 if stale:
                     leave_unacknowledged(stale, {e.message.partition for e in stale},
                                          "a rebalance is under way" if epoch is None else "read before a rebalance")
-                    # The consumer has moved past them: partitions still held are read again.
+                    # The consumer has moved past them: partitions still held are sought back now.
                     rewound = await cast(CommittedSeekingConsumer, pipeline.app.consumer).rewind(
                         {e.message.tp for e in stale})
                     if rewound:
