@@ -92,6 +92,9 @@ logger = logging.getLogger(__name__)
 REVOKE_WAIT_SESSIONS = 3
 #: The sink process's interpreter switch interval (:func:`serve_sink`), seconds.
 SINK_SWITCH_INTERVAL_SECONDS = 0.001
+#: How often the state worker looks for partitions whose last records on the broker never reached
+#: its stream (:meth:`streams.offsets.CommittedSeekingConsumer.stranded`), seconds.
+STRANDED_CHECK_SECONDS = 1.0
 
 Role = Literal["state", "sink", "all"]
 
@@ -312,7 +315,8 @@ class Pipeline:
         )
         # Every input partition starts at its committed offset after a rebalance, 0 included; and
         # no batch writes across a revocation (:meth:`before_revoke`).
-        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due), self.before_revoke)
+        install_committed_seeking(self.app, (*self.topics.inputs, self.topics.alert_due), self.before_revoke,
+                                  eager=settings.eager_delivery)
         #: Set while no batch is writing (between its rebalance check and its last acknowledgement).
         self.not_writing = asyncio.Event()
         self.not_writing.set()
@@ -348,6 +352,8 @@ class Pipeline:
         #: for Faust to deliver a batch, processing it, confirming its fences, producing its
         #: outputs and its changelog records (each until acknowledged).
         self.batch_seconds: defaultdict[str, float] = defaultdict(float)
+        #: Whether the last batch drained the stream's buffer (fewer events than a batch holds).
+        self.keeping_up = False
         self.processor = CustomerProcessor(
             settings, self.states, EventDecoder(settings, pseudonymisation_key(settings)), self.topics.alert_due,
             model=self.model, alerting=self.alerting, partition_of=self.partition_of)
@@ -522,6 +528,7 @@ class Pipeline:
             waiting_since = time.monotonic()
             async for events in batches:
                 pipeline.batch_seconds["waiting"] += time.monotonic() - waiting_since
+                pipeline.keeping_up = len(events) < settings.batch_max_events  # the buffer drained within the window
                 epoch = pipeline.rebalance_epoch()
                 generation = pipeline.app.consumer_generation_id
                 # Records the take buffer got before the last rebalance (Faust skips those only as
@@ -594,6 +601,19 @@ class Pipeline:
         @app.timer(interval=settings.model_params_check_seconds)
         async def follow_model_params() -> None:
             await pipeline.load_model_params()
+
+        @app.timer(interval=STRANDED_CHECK_SECONDS)
+        async def read_stranded_tails() -> None:
+            # A partition's last records fetched and never delivered: no later record comes to
+            # show the hole (CommittedSeekingConsumer.stranded). Judged only while the worker
+            # keeps up with its stream and no rebalance is under way.
+            consumer = app.consumer
+            if not pipeline.keeping_up or pipeline.rebalance_epoch() is None or consumer is None:
+                return
+            sought = await cast(CommittedSeekingConsumer, consumer).read_tails_again(time.monotonic())
+            if sought:
+                logger.warning("records on the broker never delivered, reading them again: %s",
+                               ", ".join(f"{tp.topic}[{tp.partition}] from {offset}" for tp, offset in sorted(sought.items())))
 
     async def load_model_params(self) -> None:
         """Use the newest BG/NBD parameters, churn model and co-purchase table the sink published,

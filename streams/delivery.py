@@ -1,7 +1,9 @@
 """Handing each fetched record to its stream without four asyncio tasks per record.
 
-Measured, not used by the state worker: with it, runs of ``tests/faults/test_rebalance.py`` lost
-events (docs/guarantees.md, "Rebalances"). ``bench/faust_ceiling.py --eager`` measures it.
+The state worker's consumer delivers its input records this way (``LOYALTY_EAGER_DELIVERY``,
+on by default), its tables' changelog records Faust's way. Records that a delivery skips or drops
+around a rebalance are found and read again by :mod:`streams.offsets` (docs/guarantees.md,
+"Rebalances"). ``bench/faust_ceiling.py --eager`` measures it against Faust's own delivery.
 
 Faust's consumer delivers every record it fetches with
 ``await self.wait_first(callback(message), self.suspend_flow.wait())``: the delivery, unless the
@@ -26,7 +28,7 @@ from __future__ import annotations
 import inspect
 import types
 from collections.abc import Coroutine, Generator
-from typing import Any
+from typing import Any, ClassVar
 
 from mode.services import WaitResults
 
@@ -90,17 +92,28 @@ def _waits_for(coro: Any, event: Any) -> bool:
     return frame is not None and frame.f_locals.get("self") is event
 
 
+def _delivered_topic(coro: Any) -> str | None:
+    """The topic of the message a not yet started delivery ``callback(message)`` carries."""
+    frame = coro.cr_frame if inspect.getcoroutinestate(coro) == inspect.CORO_CREATED else None
+    message = frame.f_locals.get("message") if frame is not None else None
+    topic = getattr(message, "topic", None)
+    return topic if isinstance(topic, str) else None
+
+
 class EagerDelivery:
     """A mixin for Faust's consumer (a mode ``Service`` with ``suspend_flow``): its per-record
-    ``wait_first(callback(message), self.suspend_flow.wait())`` starts the delivery eagerly."""
+    ``wait_first(callback(message), self.suspend_flow.wait())`` starts the delivery eagerly, for
+    the records of ``eager_topics`` (None: every topic)."""
 
     suspend_flow: Any
     should_stop: bool  # mode's: the service is stopping or crashed
+    eager_topics: ClassVar[frozenset[str] | None] = None
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         if (len(coros) == 2 and timeout is None and isinstance(coros[0], types.CoroutineType)
                 and _waits_for(coros[1], self.suspend_flow) and not self.suspend_flow.is_set()
-                and not self.should_stop):
+                and not self.should_stop
+                and (self.eager_topics is None or _delivered_topic(coros[0]) in self.eager_topics)):
             delivery, suspended = coros
             try:
                 finished, outcome = start_eagerly(delivery)

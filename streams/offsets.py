@@ -18,7 +18,10 @@ the earliest offset when nothing is (the ``earliest`` reset policy, the applicat
 remembers the next offset to fold of each partition, and a batch whose records of a partition
 skip an offset from there on, at its start or inside it (Faust dropped a single record in the
 middle of a partition's records right after a rebalance), folds only the records before the hole:
-the partition is sought back to it (:meth:`CommittedSeekingConsumer.check`).
+the partition is sought back to it (:meth:`CommittedSeekingConsumer.check`). A partition whose
+last records on the broker never arrive, so that no later record shows the hole, is sought back
+to its next offset to fold once it has stood still for a while
+(:meth:`CommittedSeekingConsumer.stranded`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from aiokafka.errors import IllegalStateError
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
+from streams.delivery import EagerDelivery
+
 logger = logging.getLogger(__name__)
 
 #: Seeks back to the same offset, each answered by records starting at the same later offset,
@@ -39,6 +44,12 @@ logger = logging.getLogger(__name__)
 SAME_START_TIMES = 3
 #: Past any offset: where a partition's gaps are cut off from.
 GAP_END = 2**63
+#: Seconds a partition's next offset to fold may stand still below its high watermark, while the
+#: worker keeps up with its stream, before the records from there on are read again
+#: (:meth:`CommittedSeekingConsumer.stranded`). Records on the broker reach a stream that keeps up
+#: within a fetch wait (0.5 s) and a batch window; a transaction of the worker's own producer
+#: stays open about a commit interval (1 s).
+STRANDED_SECONDS = 5.0
 
 
 class CommittedSeekingConsumer(AIOKafkaConsumer):
@@ -61,6 +72,11 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         #: times in a row.
         self.reread_from: dict[TP, tuple[int, int, int]] = {}
         self.rereads = 0
+        #: When the next offset to fold of each stream partition last moved (or was first seen).
+        self.moved_at: dict[TP, float] = {}
+        #: Partitions whose tail :meth:`read_tails_again` sought back: the next offset to fold and
+        #: the high watermark it did so at.
+        self.tail_sought: dict[TP, tuple[int, int]] = {}
 
     async def seek_to_committed(self) -> Mapping[TP, int]:
         committed = await super().seek_to_committed()
@@ -75,6 +91,8 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
             logger.debug("sought to their start: %s", _spans(positions))
         self.next_offsets = {tp: positions.get(tp, offset or 0) for tp, offset in streams.items()}
         self.reread_from = {}
+        self.moved_at = {}
+        self.tail_sought = {}
         return committed
 
     def _new_offset(self, tp: TP) -> int | None:
@@ -158,6 +176,7 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         for tp, (_, high) in offsets.items():
             if tp in self.next_offsets and high >= self.next_offsets[tp]:
                 self.next_offsets[tp] = high + 1
+                self.moved_at.pop(tp, None)  # stands still from the next look on (stranded)
                 # Folded past where it was sought back to: a hole from here on is a new one.
                 if high >= self.reread_from.get(tp, (GAP_END,))[0]:
                     del self.reread_from[tp]
@@ -185,6 +204,41 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         assigned = self.assignment()
         return await self._seek_back({tp: self.next_offsets[tp] for tp in partitions
                                       if tp in self.next_offsets and tp in assigned})
+
+    def stranded(self, now: float, quiet: float = STRANDED_SECONDS) -> dict[TP, int]:
+        """The partitions this worker holds whose next offset to fold is below their high
+        watermark (records are on the broker from there on) and has not moved for ``quiet``
+        seconds, each with that offset: the end of a partition that Faust fetched and never
+        delivered. :meth:`check` finds a hole when a later record of the partition arrives, but
+        none may come (the traffic stopped), and the partition would stand still with its last
+        records neither folded nor committed. Only meaningful while the worker keeps up with its
+        stream: in a backlog a partition's records may wait their turn for longer.
+
+        A partition is named once per next offset and high watermark: a tail that holds no record
+        (transaction markers) or a transaction still open reads nothing, and is not sought again
+        until either moves. ``now``: a monotonic clock's reading."""
+        found: dict[TP, int] = {}
+        assigned = self.assignment()
+        for tp, expected in self.next_offsets.items():
+            high = self.highwater(tp) if tp in assigned else None
+            if high is None or high <= expected:
+                self.moved_at.pop(tp, None)
+                continue
+            since = self.moved_at.setdefault(tp, now)
+            if now - since >= quiet and self.tail_sought.get(tp) != (expected, high):
+                found[tp] = expected
+        return found
+
+    async def read_tails_again(self, now: float, quiet: float = STRANDED_SECONDS) -> dict[TP, int]:
+        """Seek the :meth:`stranded` partitions back to their next offset to fold; returns the
+        positions sought."""
+        stranded = self.stranded(now, quiet)
+        highs = {tp: self.highwater(tp) for tp in stranded}
+        sought = await self._seek_back(stranded)
+        for tp, offset in sought.items():
+            self.tail_sought[tp] = (offset, highs[tp])
+            self.moved_at[tp] = now
+        return sought
 
     async def _seek_back(self, positions: Mapping[TP, int]) -> dict[TP, int]:
         """Seek to ``positions`` (each partition's offset to read from again); returns those sought."""
@@ -245,14 +299,18 @@ def offset_spans(messages: Iterable[Any]) -> dict[TP, tuple[int, int]]:
 
 
 def install(app: faust.App, stream_topics: Iterable[str],
-            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None) -> None:
+            before_revoke: Callable[[set[TP]], Awaitable[None]] | None = None, eager: bool = False) -> None:
     """Make ``app`` (not started yet) build its consumer as a :class:`CommittedSeekingConsumer` for
-    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation."""
+    ``stream_topics``, awaiting ``before_revoke`` at the start of every revocation; ``eager``: one
+    that hands the records of ``stream_topics`` to their stream in place (:mod:`streams.delivery`),
+    and every other record (the tables' changelogs) Faust's way."""
     if app.conf.consumer_auto_offset_reset != "earliest":
         raise ValueError("the state worker reads a partition nobody committed from its earliest offset; "
                          f"consumer_auto_offset_reset={app.conf.consumer_auto_offset_reset!r} is not supported")
-    consumer_class: Any = type("CommittedSeekingConsumer", (CommittedSeekingConsumer,),
-                               {"stream_topics": frozenset(stream_topics), "__module__": __name__,
+    bases = (EagerDelivery, CommittedSeekingConsumer) if eager else (CommittedSeekingConsumer,)
+    topics = frozenset(stream_topics)
+    consumer_class: Any = type("CommittedSeekingConsumer", bases,
+                               {"stream_topics": topics, "eager_topics": topics, "__module__": __name__,
                                 "before_revoke": () if before_revoke is None else (before_revoke,)})
     transport: Any = app.transport
     transport.Consumer = consumer_class

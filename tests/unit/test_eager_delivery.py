@@ -200,3 +200,47 @@ def test_a_resumed_coroutine_sees_its_cancellation() -> None:
 
     asyncio.run(main())
     assert seen == ["finally"]
+
+
+class Record:
+    def __init__(self, topic: str) -> None:
+        self.topic = topic
+
+
+class StreamOnlyConsumer(Consumer):
+    """Eager for the records of one topic only, as the state worker's consumer is for its inputs."""
+
+    eager_topics = frozenset({"purchases"})
+
+    async def on_message(self, message: Record) -> str:
+        self.delivered.append(message.topic)
+        return message.topic
+
+    async def deliver_record(self, topic: str) -> Any:
+        return await self.wait_first(self.on_message(Record(topic)), self.suspend_flow.wait())
+
+
+def test_records_of_other_topics_are_delivered_as_mode_does() -> None:
+    async def main() -> tuple[list[str], list[int]]:
+        consumer = StreamOnlyConsumer()
+        loop = asyncio.get_running_loop()
+        created = 0
+
+        def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> asyncio.Task[Any]:
+            nonlocal created
+            created += 1
+            return asyncio.Task(coro, loop=loop, **kwargs)
+
+        loop.set_task_factory(counting)
+        tasks = []
+        for topic in ("purchases", "relationships-changelog"):
+            before = created
+            result = await consumer.deliver_record(topic)
+            assert result.results == [topic]
+            tasks.append(created - before)
+        return consumer.delivered, tasks
+
+    delivered, tasks = asyncio.run(main())
+    assert delivered == ["purchases", "relationships-changelog"]
+    assert tasks[0] == 0  # in place
+    assert tasks[1] >= 2  # mode's race: a task for the delivery and one for the flow's suspension

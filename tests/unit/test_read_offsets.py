@@ -25,6 +25,8 @@ def ledger(next_offsets: dict[TP, int]) -> CommittedSeekingConsumer:
     reads.next_offsets = dict(next_offsets)
     reads.reread_from = {}
     reads.rereads = 0
+    reads.moved_at = {}
+    reads.tail_sought = {}
     reads._read_offset = {}
     reads._gap = defaultdict(IntervalTree)
     reads._committed_offset = defaultdict(lambda: None)
@@ -234,3 +236,47 @@ def test_partitions_whose_records_were_dropped_are_rewound_to_the_next_offset_to
     assert reads._read_offset == {PURCHASES_0: 40}
     assert gaps(reads, PURCHASES_0) == []
     assert reads.reread_from == {} and reads.rereads == 0  # not a hole seen: nothing counted toward taking one as empty
+
+
+def stranded_ledger(next_offsets: dict[TP, int], highwaters: dict[TP, int | None]) -> CommittedSeekingConsumer:
+    reads = ledger(next_offsets)
+    reads.highwater = lambda tp: highwaters.get(tp)
+    return reads
+
+
+def test_a_partition_behind_its_high_watermark_is_stranded_once_it_stood_still_long_enough():
+    highwaters = {PURCHASES_0: 130, CALLS_0: 46}
+    reads = stranded_ledger({PURCHASES_0: 127, CALLS_0: 46}, highwaters)
+    assert reads.stranded(now=100.0, quiet=5.0) == {}  # first seen behind: the clock starts
+    assert reads.stranded(now=104.9, quiet=5.0) == {}
+    # calls[0] has folded everything on the broker; purchases[0] has 127..129 waiting for 5 s
+    assert reads.stranded(now=105.0, quiet=5.0) == {PURCHASES_0: 127}
+
+
+def test_folding_restarts_the_clock():
+    reads = stranded_ledger({PURCHASES_0: 127}, {PURCHASES_0: 140})
+    reads.stranded(now=100.0, quiet=5.0)
+    reads.folded({PURCHASES_0: (127, 135)})  # the worker is reading the partition: not stranded
+    assert reads.stranded(now=106.0, quiet=5.0) == {}
+    assert reads.stranded(now=111.0, quiet=5.0) == {PURCHASES_0: 136}
+
+
+def test_a_stranded_tail_is_sought_back_once_per_offset_and_high_watermark():
+    highwaters = {PURCHASES_0: 130}
+    reads = stranded_ledger({PURCHASES_0: 127}, highwaters)
+    reads.stranded(now=100.0, quiet=5.0)
+    assert asyncio.run(reads.read_tails_again(now=105.0, quiet=5.0)) == {PURCHASES_0: 127}
+    assert reads.sought == {PURCHASES_0: 127}
+    assert reads._read_offset[PURCHASES_0] == 127  # Faust delivers from there on
+    # Nothing came (offsets 127..129 hold transaction markers): not sought again, however long...
+    assert asyncio.run(reads.read_tails_again(now=200.0, quiet=5.0)) == {}
+    # ...until a record is produced there (the high watermark moves) and does not arrive either.
+    highwaters[PURCHASES_0] = 131
+    assert asyncio.run(reads.read_tails_again(now=205.0, quiet=5.0)) == {PURCHASES_0: 127}
+
+
+def test_partitions_not_held_or_without_a_known_high_watermark_are_not_stranded():
+    reads = stranded_ledger({PURCHASES_0: 127, CALLS_0: 46}, {PURCHASES_0: 130, CALLS_0: None})
+    reads.assignment = lambda: {CALLS_0}
+    reads.stranded(now=100.0, quiet=5.0)
+    assert reads.stranded(now=200.0, quiet=5.0) == {}
