@@ -13,8 +13,8 @@ When ``--expected`` records have been read it writes the result file: records, t
 the first batch arrived and the last one ended (wall clock), the process's CPU seconds (every
 thread, from /proc) and its peak memory at both moments. The caller stops the process.
 
-``--eager``: the consumer hands each record to the stream eagerly (:mod:`streams.delivery`, which
-the state worker does not use), instead of through four asyncio tasks per record.
+``--eager``: the consumer hands each record to the stream eagerly (:mod:`streams.delivery`, as the
+state worker reads its input topics), instead of through four asyncio tasks per record.
 """
 
 from __future__ import annotations

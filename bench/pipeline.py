@@ -479,8 +479,8 @@ async def _consume_and_decode(settings: Settings, expected: int, timeout: float)
 def faust_ceiling(settings: Settings, expected: int, run_dir: Path, label: str, timeout: float = 900.0,
                   eager: bool = False) -> dict[str, Any]:
     """Run bench/faust_ceiling.py over the input topics until it has read ``expected`` records
-    (``eager``: with the eager delivery of records to the stream, streams.delivery, which the state
-    worker does not use)."""
+    (``eager``: with the eager delivery of records to the stream, streams.delivery, as the state
+    worker reads its input topics)."""
     result_path = run_dir / f"faust-ceiling-{label}.json"
     result_path.unlink(missing_ok=True)
     command = [sys.executable, str(REPO / "bench" / "faust_ceiling.py"), "--bootstrap", settings.bootstrap,
@@ -1238,7 +1238,7 @@ def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, An
     out: dict[str, Any] = {
         "F": f.get("records_per_second"),
         "F_cpu_us_per_record": f.get("cpu_us_per_record"),
-        # the same agent with the eager delivery (streams.delivery, not used by the state worker)
+        # the same agent with the eager delivery the state worker uses for its input records (streams.delivery)
         "F_eager": f_eager.get("records_per_second"),
         "F_eager_cpu_us_per_record": f_eager.get("cpu_us_per_record"),
         "B": main["baseline"]["events_per_second"],
@@ -1342,7 +1342,7 @@ def print_report(report: dict[str, Any]) -> None:
         fe = run.get("faust_ceiling_eager")
         if fe:
             share = run["p1"]["events_per_second"] / fe["records_per_second"]
-            print(f"{'':6} F eager (streams/delivery.py, not used by the state worker): {fe['records_per_second']:,.0f} rec/s at "
+            print(f"{'':6} F eager (streams/delivery.py, as the state worker reads its inputs): {fe['records_per_second']:,.0f} rec/s at "
                   f"{fe['cpu_us_per_record']:,.1f} us CPU/record; P1 = {share:.3f} F eager")
         p1 = run["p1"]
         cpu = p1["cpu_during_p"]
