@@ -53,6 +53,9 @@ Main size (``--events`` over ``--customers``):
    the broker's CPU too, and the machine's (/proc/stat). ``state_cpu_us_per_event``: the state
    worker's CPU over the span / the events in it; ``sink_cpu_us_per_event``: the sink's CPU from
    its health (migrations done) to the end / every event (it copies the events and their signals).
+   Then the sink's CPU over 5 s with nothing to copy (``sink_idle_cores``: the tier mix's refresh
+   over every customer, its timers, the last merges), and its CPU per event without that rate
+   over the same span (``sink_cpu_us_per_event_net_of_idle``, an estimate).
    Also the rate in each quarter and how often ``GET /status`` got no answer within 15 s.
 6. **Changelog** (right after P1): the ``<app_id>-relationships-changelog`` and ``-due_times-``
    topics read from the start with kafka-python: bytes of every key + value / events
@@ -668,6 +671,7 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
     cpu = cpu_between(first, last)
     state_cpu = sum(cpu[s.name]["cpu_seconds"] for s in dep.states)
     sink_cpu = last["cpu"]["sink"] - dep.sink.cpu_at_health
+    sink_idle = sink_idle_cores(dep.sink)
     return {
         "events": done,
         # messages the state workers processed when the last one was: above "events" when some
@@ -691,6 +695,11 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
         "state_cpu_us_per_event": round(state_cpu / (done - n_first) * 1e6, 1),
         "sink_cpu_seconds": round(sink_cpu, 2),
         "sink_cpu_us_per_event": round(sink_cpu / done * 1e6, 1),
+        # what the sink spends with no record to copy (the tier mix's refresh, its timers, the
+        # last merges), and its CPU per event without that rate over the same span: an estimate
+        "sink_idle_cores": round(sink_idle, 3),
+        "sink_cpu_us_per_event_net_of_idle": round(
+            max(0.0, sink_cpu - sink_idle * (last["at"] - dep.sink.healthy_at)) / done * 1e6, 1),
         "cpu_during_p": cpu,
         "input_partitions_by_state_worker": {s.name: _input_partitions(s) for s in dep.states},
         # wall seconds in each step of the agent's batches since it started (GET /status)
@@ -701,6 +710,20 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
         "memory_mb": {s.name: s.memory_mb() for s in dep.services},
         "load_average_after": load_average(),
     }
+
+
+SINK_SETTLE_SECONDS = 2.0
+SINK_IDLE_SECONDS = 5.0
+
+
+def sink_idle_cores(sink: Service) -> float:
+    """Cores the sink keeps busy with nothing to copy, after the last insert has settled: the
+    refresh of the tier mix (``clickhouse_tiers_now_refresh_seconds``, over every customer,
+    pre-loaded ones included), its timers and what chDB still merges."""
+    time.sleep(SINK_SETTLE_SECONDS)
+    before = sink.cpu_seconds()
+    time.sleep(SINK_IDLE_SECONDS)
+    return (sink.cpu_seconds() - before) / SINK_IDLE_SECONDS
 
 
 def _every(progress: Sequence[tuple[float, int]], seconds: float) -> list[tuple[float, int]]:
@@ -1249,6 +1272,8 @@ def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, An
         "P2_over_P1": round(p2["events_per_second"] / p1["events_per_second"], 4) if p2 else None,
         "state_cpu_us_per_event": p1["state_cpu_us_per_event"],
         "sink_cpu_us_per_event": p1["sink_cpu_us_per_event"],
+        "sink_idle_cores": p1.get("sink_idle_cores"),
+        "sink_cpu_us_per_event_net_of_idle": p1.get("sink_cpu_us_per_event_net_of_idle"),
         "changelog_bytes_per_event": (round(sum(c["bytes"] for c in changelog.values()) / events, 1)
                                       if changelog else None),
         "state_bytes_per_customer": (changelog.get("relationships") or {}).get("latest_value_bytes_mean"),
@@ -1342,7 +1367,8 @@ def print_report(report: dict[str, Any]) -> None:
         fe = run.get("faust_ceiling_eager")
         if fe:
             share = run["p1"]["events_per_second"] / fe["records_per_second"]
-            print(f"{'':6} F eager (streams/delivery.py, as the state worker reads its inputs): {fe['records_per_second']:,.0f} rec/s at "
+            print(f"{'':6} F eager (streams/delivery.py, as the state worker reads its inputs): "
+                  f"{fe['records_per_second']:,.0f} rec/s at "
                   f"{fe['cpu_us_per_record']:,.1f} us CPU/record; P1 = {share:.3f} F eager")
         p1 = run["p1"]
         cpu = p1["cpu_during_p"]
@@ -1350,6 +1376,9 @@ def print_report(report: dict[str, Any]) -> None:
               + f"; state threads: {cpu['state-1']['cpu_by_thread_seconds']}")
         print(f"{'':6} P1 sink: {p1['sink_status']['batches']:,} batches, copied {p1['sink_status']['copied']}; "
               f"threads: {cpu['sink']['cpu_by_thread_seconds']}")
+        if "sink_idle_cores" in p1:
+            print(f"{'':6} P1 sink with nothing to copy: {p1['sink_idle_cores']:.3f} cores busy (the tier mix's refresh, "
+                  f"timers, merges); {p1['sink_cpu_us_per_event_net_of_idle']:,.0f} us per event without that rate")
         steps = p1.get("batch_seconds_by_state_worker", {}).get("state-1")
         if steps:
             print(f"{'':6} P1 state-1 batch steps (wall s): {steps}")
