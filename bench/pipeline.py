@@ -609,9 +609,10 @@ def cpu_between(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
 
 
 def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker_pid: int | None,
-                     py_spy_output: Path | None = None) -> dict[str, Any]:
+                     py_spy_output: Path | None = None, sink_idle: bool = False) -> dict[str, Any]:
     """Start the deployment on the pre-published backlog; time it from the state workers' first
-    batch until ClickHouse shows every signal."""
+    batch until ClickHouse shows every signal (``sink_idle``: then read the sink's CPU with nothing
+    to copy, :func:`sink_idle_cores`; P1 reports it)."""
     spawned = time.time()
     dep.start()
     healthy = time.time()
@@ -671,8 +672,8 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
     cpu = cpu_between(first, last)
     state_cpu = sum(cpu[s.name]["cpu_seconds"] for s in dep.states)
     sink_cpu = last["cpu"]["sink"] - dep.sink.cpu_at_health
-    sink_idle = sink_idle_cores(dep.sink)
-    return {
+    idle = sink_idle_cores(dep.sink) if sink_idle else None
+    out: dict[str, Any] = {
         "events": done,
         # messages the state workers processed when the last one was: above "events" when some
         # were redelivered (a rebalance) or gone-quiet checks came in
@@ -695,11 +696,6 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
         "state_cpu_us_per_event": round(state_cpu / (done - n_first) * 1e6, 1),
         "sink_cpu_seconds": round(sink_cpu, 2),
         "sink_cpu_us_per_event": round(sink_cpu / done * 1e6, 1),
-        # what the sink spends with no record to copy (the tier mix's refresh, its timers, the
-        # last merges), and its CPU per event without that rate over the same span: an estimate
-        "sink_idle_cores": round(sink_idle, 3),
-        "sink_cpu_us_per_event_net_of_idle": round(
-            max(0.0, sink_cpu - sink_idle * (last["at"] - dep.sink.healthy_at)) / done * 1e6, 1),
         "cpu_during_p": cpu,
         "input_partitions_by_state_worker": {s.name: _input_partitions(s) for s in dep.states},
         # wall seconds in each step of the agent's batches since it started (GET /status)
@@ -710,6 +706,13 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
         "memory_mb": {s.name: s.memory_mb() for s in dep.services},
         "load_average_after": load_average(),
     }
+    if idle is not None:
+        # what the sink spends with no record to copy (the tier mix's refresh, its timers, the
+        # last merges), and its CPU per event without that rate over the same span: an estimate
+        out["sink_idle_cores"] = round(idle, 3)
+        out["sink_cpu_us_per_event_net_of_idle"] = round(
+            max(0.0, sink_cpu - idle * (last["at"] - dep.sink.healthy_at)) / done * 1e6, 1)
+    return out
 
 
 SINK_SETTLE_SECONDS = 2.0
@@ -1157,7 +1160,7 @@ def run_size(spec: SizeSpec, broker_settings: Settings, args: argparse.Namespace
     try:
         log(f"[{spec.label}] P1: one state worker and one sink on the backlog of {workload.events:,} events")
         spy_path = run_dir / "state-1.py-spy.txt" if args.py_spy else None
-        p1 = measure_pipeline(dep, workload, args.p_timeout, broker_pid, spy_path)
+        p1 = measure_pipeline(dep, workload, args.p_timeout, broker_pid, spy_path, sink_idle=spec.main)
         result["p1"] = p1
         if spy_path is not None and spy_path.exists():
             result["py_spy"] = {"path": str(spy_path.relative_to(REPO)), **summarise_py_spy(spy_path)}
