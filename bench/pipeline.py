@@ -1009,11 +1009,11 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
     try:
         cpu_at_start = {service.name: service.cpu_seconds() for service in dep.services}
         sending = snapshot(dep.services, broker_pid, bench=True)
-        steps_before = [state.get("/status", timeout=15).get("batch_seconds", {}) for state in dep.states]
+        status_before = [state.get("/status", timeout=15) for state in dep.states]
         report = send_outgoing(producer, workload.messages, topics, rate)
         sent_done = time.time()
         while_sending = cpu_between(sending, snapshot(dep.services, broker_pid, bench=True))
-        steps_after = [state.get("/status", timeout=15).get("batch_seconds", {}) for state in dep.states]
+        status_after = [state.get("/status", timeout=15) for state in dep.states]
         state_backlog = already + workload.events - sum(dep.processed()[0])
         sink_backlog = group_lag(settings, sink_group_id(settings), (*topics.inputs, topics.signals))
         deadline = time.monotonic() + 60
@@ -1053,9 +1053,15 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         # cores each process kept busy while the load was sent (the drain after it left out)
         "cores_busy_while_sending": {name: figures["cores_busy"] for name, figures in while_sending.items()},
         # wall seconds in each step of the state workers' batches meanwhile (GET /status)
+        # ("waiting" includes the idle wait before the load's first batch)
         "batch_seconds_while_sending": {
-            state.name: {step: round(seconds - before.get(step, 0.0), 3) for step, seconds in after.items()}
-            for state, before, after in zip(dep.states, steps_before, steps_after)},
+            state.name: {step: round(seconds - before["batch_seconds"].get(step, 0.0), 3)
+                         for step, seconds in after["batch_seconds"].items()}
+            for state, before, after in zip(dep.states, status_before, status_after)},
+        # batches the state workers took meanwhile, and their mean size (records)
+        "batches_while_sending": {
+            state.name: _batches_between(before["processed"], after["processed"])
+            for state, before, after in zip(dep.states, status_before, status_after)},
         "poll_errors": poller.errors[:3],
         "bi": {
             "query": TIER_QUERY.format(db=db),
@@ -1077,6 +1083,12 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         "memory_mb": {s.name: s.memory_mb() for s in dep.services},
         "load_average_after": load_average(),
     }
+
+
+def _batches_between(before: dict[str, int], after: dict[str, int]) -> dict[str, float]:
+    batches = after.get("batches", 0) - before.get("batches", 0)
+    messages = after.get("messages", 0) - before.get("messages", 0)
+    return {"batches": batches, "mean_records": round(messages / batches, 1) if batches else 0.0}
 
 
 def query_latencies(during: Sequence[float], idle: Sequence[float]) -> dict[str, Any]:
@@ -1414,7 +1426,8 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"CPU per event over the freshness load (us): {fresh['cpu_us_per_event']}")
         if fresh.get("cores_busy_while_sending"):
             print(f"Cores busy while the load was sent: {fresh['cores_busy_while_sending']}; state worker batch "
-                  f"steps meanwhile (wall s): {fresh.get('batch_seconds_while_sending')}")
+                  f"steps meanwhile (wall s): {fresh.get('batch_seconds_while_sending')}; batches: "
+                  f"{fresh.get('batches_while_sending')}")
         print(f"BI tier query over {bi['customers']:,} customers (v_tiers_now): during ingest p50 "
               f"{bi['during_ingest_p50_ms']} ms, p99 {bi['during_ingest_p99_ms']} ms (n={bi['during_ingest_n']}), "
               f"answers p50 {bi.get('answer_age_p50_s')} s / p99 {bi.get('answer_age_p99_s')} s old; "

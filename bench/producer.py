@@ -1,15 +1,16 @@
-"""What the state worker's producer costs per record, by producer batch size.
+"""What the state worker's producer costs per record, by producer batch size and way of sending.
 
     PYTHONPATH=. .venv/bin/python bench/producer.py [--bootstrap HOST:PORT] [--batches 10] [--events 2000]
 
 A state worker's batch hands the producer one signal (about 490 bytes) per changed customer,
 awaits their acknowledgements, then one changelog record (about 1,400 bytes) per customer to the
 customer's partition, and awaits those (:meth:`streams.app.Pipeline.produce`). This script does
-the same through Faust's producer (``app.producer.send``, as the worker) on topics of its own,
-once with Kafka's default batch of 16 KB per partition and once with ``LOYALTY_PRODUCER_BATCH_BYTES``
-(the worker's setting), alternating, and prints the CPU and wall time per record of each, with
-the ratio to the default measured in the same run. Without ``--bootstrap`` it starts a broker of
-its own in a temporary directory (stopped at the end).
+the same on topics of its own three ways, alternating: through Faust's producer one record at a
+time (``app.producer.send``) with Kafka's default batch of 16 KB per partition, the same with
+``LOYALTY_PRODUCER_BATCH_BYTES``, and a batch per partition with that size through aiokafka's
+batch API (:class:`streams.batches.PartitionBatches`, as the worker sends). It prints the CPU and
+wall time per record of each, with the ratio to the first measured in the same run. Without
+``--bootstrap`` it starts a broker of its own in a temporary directory (stopped at the end).
 """
 
 from __future__ import annotations
@@ -26,20 +27,34 @@ from pathlib import Path
 import faust
 
 from config.settings import Settings
+from streams.batches import PartitionBatches, output_producer
 
 KAFKA_DEFAULT_BATCH_BYTES = 16_384
 SIGNAL_BYTES = 490
 CHANGELOG_BYTES = 1_400
 
 
-async def one_batch(app: faust.App, signals: str, changelog: str, events: int, partitions: int) -> None:
+async def one_batch(app: faust.App, signals: str, changelog: str, events: int, partitions: int,
+                    batched: PartitionBatches | None = None) -> None:
     producer = app.producer
     keys = [f"C{uuid.uuid4().hex[:10]}".encode() for _ in range(events)]
     signal, record = os.urandom(SIGNAL_BYTES), os.urandom(CHANGELOG_BYTES)
+    if batched is not None:
+        out = batched
+        for key in keys:
+            out.add(signals, key, signal)
+        await out.send()
+        for i, key in enumerate(keys):
+            out.add(changelog, key, record, i % partitions)
+        await out.send()
+        return
     sent = [await producer.send(signals, key, signal, None, None, None) for key in keys]
     await asyncio.gather(*sent)
     sent = [await producer.send(changelog, key, record, i % partitions, None, None) for i, key in enumerate(keys)]
     await asyncio.gather(*sent)
+
+
+BATCHED = "partition batches"
 
 
 async def measure(settings: Settings, batch_bytes: dict[str, int], batches: int, events: int,
@@ -54,22 +69,27 @@ async def measure(settings: Settings, batch_bytes: dict[str, int], batches: int,
     for app in apps.values():
         await app.producer.start()
     first = next(iter(apps.values()))
+    sender = output_producer(settings.model_copy(update={"producer_batch_bytes": batch_bytes[BATCHED]}),
+                             float(first.conf.producer_request_timeout))
+    await sender.start()
+    batched = PartitionBatches(sender)
     for topic in (signals, changelog):
         await first.producer.create_topic(topic, partitions, 1)
     figures: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
     try:
-        for app in apps.values():  # warm-up: connections, metadata
-            await one_batch(app, signals, changelog, 200, partitions)
+        for name, app in apps.items():  # warm-up: connections, metadata
+            await one_batch(app, signals, changelog, 200, partitions, batched if name == BATCHED else None)
         for _ in range(batches):
             for name, app in apps.items():
                 cpu, wall = time.process_time(), time.perf_counter()
-                await one_batch(app, signals, changelog, events, partitions)
+                await one_batch(app, signals, changelog, events, partitions, batched if name == BATCHED else None)
                 records = 2 * events
                 figures[name].append(((time.process_time() - cpu) / records * 1e6,
                                       (time.perf_counter() - wall) / records * 1e6))
     finally:
         for app in apps.values():
             await app.producer.stop()
+        await sender.stop()
     return figures
 
 
@@ -81,7 +101,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000, help="changed customers per worker batch")
     args = parser.parse_args()
     configured = Settings().producer_batch_bytes
-    sizes = {"Kafka's default": KAFKA_DEFAULT_BATCH_BYTES, "LOYALTY_PRODUCER_BATCH_BYTES": configured}
+    sizes = {"Kafka's default": KAFKA_DEFAULT_BATCH_BYTES, "LOYALTY_PRODUCER_BATCH_BYTES": configured,
+             BATCHED: configured}
     if args.bootstrap:
         figures = asyncio.run(measure(Settings(kafka_bootstrap=args.bootstrap), sizes, args.batches, args.events,
                                       args.partitions))
@@ -96,7 +117,7 @@ def main() -> None:
             finally:
                 broker.stop(local)
     print(f"{args.batches} worker batches of {args.events} signals ({SIGNAL_BYTES} B) and {args.events} changelog "
-          f"records ({CHANGELOG_BYTES} B) per batch size, through Faust's producer; median per record:")
+          f"records ({CHANGELOG_BYTES} B) per way; median per record:")
     baseline = statistics.median(cpu for cpu, _ in figures["Kafka's default"])
     for (name, values), size in zip(figures.items(), sizes.values()):
         cpu = statistics.median(c for c, _ in values)

@@ -18,8 +18,9 @@ The order of a batch's effects in the state worker:
    so that their partition's owner reads them again. A batch whose epoch has passed (a rebalance
    began since it did, or the process stood still: :meth:`Pipeline.rebalance_epoch`) drops all
    of it the same way, and a batch taken during a rebalance is not processed;
-3. the batch's forwarded records, dead letters, signals and alerts are handed to the producer
-   and their acknowledgements awaited;
+3. the batch's forwarded records, dead letters, signals and alerts are handed to the worker's
+   output producer, a batch per partition (:mod:`streams.batches`), and their acknowledgements
+   awaited;
 4. only then, if the batch's epoch still holds, the changelog records of the ``relationships``
    and ``due_times`` tables (which remember the batch's events and its alert episodes) are sent
    and their acknowledgements awaited; the acknowledged records are applied to the local RocksDB
@@ -60,6 +61,7 @@ from typing import Any, Literal, NamedTuple, cast
 
 import faust
 import faust.web
+from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StoreT, TableT
 from faust.types import Message as FaustMessage
@@ -74,6 +76,7 @@ from schemas import codec
 from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from streams.alerting import Alerting
+from streams.batches import PartitionBatches, output_producer
 from streams.churn_params import churn_from_bytes
 from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
@@ -153,9 +156,10 @@ class BatchedChangelogStore:
     applies them to the table's local store with the store's ``apply_changelog_batch`` (one RocksDB write
     batch per partition, persisted changelog offsets included), as Faust's recovery does. Faust's
     per-write path (``send_soon`` through its buffer, one produce request per record, a stall
-    whenever more than 100 are pending) cost the worker about 200 us per write; this one costs
-    what ``producer.send`` costs. Reads come from the local store (which searches the table's
-    partitions by key), and a record written in this batch is read from the state cache.
+    whenever more than 100 are pending) cost the worker about 200 us per write; this one costs a
+    record's share of a partition batch (:mod:`streams.batches`). Reads come from the local store
+    (which searches the table's partitions by key), and a record written in this batch is read
+    from the state cache.
     """
 
     def __init__(self, table: TableT) -> None:
@@ -322,6 +326,8 @@ class Pipeline:
         self.not_writing.set()
         #: The epoch of the batch being written (:meth:`rebalance_epoch`).
         self.batch_epoch: tuple[int, int] | None = None
+        #: The producer of the batches' outputs and table records (:meth:`batches`).
+        self.outputs: AIOKafkaProducer | None = None
         self.sink = make_sink_service(settings) if role == "all" else None
         self.webhooks = make_webhook_consumer(settings) if role == "all" else None
         # use_partitioner: a key's partition comes from the key (the default partitioner, as
@@ -451,22 +457,32 @@ class Pipeline:
         self.states.forget(keys)
         self.alerting.forget(keys)
 
+    async def batches(self) -> PartitionBatches:
+        """An empty set of partition batches (:mod:`streams.batches`) on the worker's output
+        producer, started at its first use."""
+        if self.outputs is None:
+            producer = output_producer(self.settings, float(self.app.conf.producer_request_timeout))
+            await producer.start()
+            self.outputs = producer
+        return PartitionBatches(self.outputs)
+
     async def produce_outputs(self, effects: Effects) -> None:
-        """Hand the batch's forwards, dead letters, signals and alerts to the producer and await
-        their acknowledgements once."""
-        producer, topics = self.app.producer, self.topics
-        pending = []
+        """Hand the batch's forwards, dead letters, signals and alerts to the producer, a batch per
+        partition, and await their acknowledgements once."""
+        topics = self.topics
+        out = await self.batches()
         for message, home in effects.forwards:
             logger.info("forwarding %s to partition %d, where its key belongs", message.where, home)
-            pending.append(await producer.send(message.topic, message.key, message.value, home, None, None))
+            out.add(message.topic, message.key, message.value, home)
         for letter in effects.dead_letters:
-            value = self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes))
-            pending.append(await producer.send(topics.dead_letters, letter.message.key, value, None, None, None))
+            out.add(topics.dead_letters, letter.message.key,
+                    self.dead_letter_codec.encode(letter.envelope(self.settings.max_event_bytes)))
         for key, signal in effects.signals:
-            pending.append(await producer.send(topics.signals, key, signal, None, None, None))
+            out.add(topics.signals, key, signal)
         for key, alert in effects.alerts:
-            pending.append(await producer.send(topics.alerts, key, self.alert_codec.encode(alert), None, None, None))
-        await asyncio.gather(*pending)
+            out.add(topics.alerts, key, self.alert_codec.encode(alert))
+        if len(out):
+            await out.send()
 
     async def produce_changelog(self) -> bool:
         """Hand the records the batch wrote to its tables to the producer (their changelogs), await
@@ -477,12 +493,13 @@ class Pipeline:
             logger.warning("a rebalance or a stall came while the batch's outputs were written: its changelog "
                            "records are not sent and its records are read again")
             return False
-        producer = self.app.producer
         stores = (self.relationship_store, self.due_time_store)
         records = [store.take() for store in stores]
-        changelog = [await producer.send(store.topic, key, value, partition, None, None)
-                     for store, mine in zip(stores, records) for key, value, partition in mine]
-        acknowledged = iter(await asyncio.gather(*changelog))
+        out = await self.batches()
+        for store, mine in zip(stores, records):
+            for key, value, partition in mine:
+                out.add(store.topic, key, value, partition)
+        acknowledged = iter(await out.send() if len(out) else ())
         for store, mine in zip(stores, records):
             store.apply([(record, next(acknowledged)) for record in mine])
         return True
@@ -666,6 +683,8 @@ class Pipeline:
 
             async def on_stop(self) -> None:
                 await pipeline.fences.stop()
+                if pipeline.outputs is not None:
+                    await pipeline.outputs.stop()
                 if pipeline.webhooks is not None:
                     await pipeline.webhooks.stop()
                 if pipeline.sink is not None:

@@ -175,6 +175,7 @@ class CustomerProcessor:
         effects.outcomes["alerts"] = len(effects.alerts)
         self.totals.update(effects.outcomes)
         self.totals["messages"] += len(messages)
+        self.totals["batches"] += 1
         return effects
 
     def customer(self, key: bytes, items: list[Item], effects: Effects, now: int) -> None:
