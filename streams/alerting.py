@@ -68,7 +68,10 @@ class Alerting:
         Returns the alert datums to publish once the batch is written.
         """
         customer_id = record.state.customer_id
-        result = evaluate(signal, alert_facts(record.state, signal.as_of, self.rules), record.alerts, self.rules)
+        # in place: the record's alert state is replaced by the result in any case (a dropped batch's
+        # records are forgotten, and read from the table again)
+        result = evaluate(signal, alert_facts(record.state, signal.as_of, self.rules), record.alerts, self.rules,
+                          in_place=True)
         record.alerts = result.state
         if store_due_time or self.due.due_at(customer_id) != result.due_at:
             self.due_times.put(key, b"" if result.due_at is None else str(result.due_at).encode(), message)

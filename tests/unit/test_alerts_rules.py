@@ -369,6 +369,24 @@ def test_evaluate_does_not_change_its_input_state() -> None:
     assert alert_state_to_dict(state) == before
 
 
+def test_evaluate_in_place_becomes_what_the_copy_would_be() -> None:
+    steps = [(sig(0, 80.0), CALM), (sig(1, 60.0, tier="at_risk"), calls(cancels=1)), (sig(40, 75.0), CALM),
+             (sig(41, 50.0), spend(3, 9000, 8000, 20000, 1000))]
+    copied: AlertState | None = None
+    in_place: AlertState | None = None
+    raised = 0
+    for signal, facts in steps:
+        expected = evaluate(signal, facts, copied)
+        got = evaluate(signal, facts, in_place, in_place=True)
+        if in_place is not None:
+            assert got.state is in_place  # the very object, changed
+        assert alert_state_to_dict(got.state) == alert_state_to_dict(expected.state)
+        assert got.alerts == expected.alerts and got.due_at == expected.due_at
+        copied, in_place = expected.state, got.state
+        raised += len(got.alerts)
+    assert raised >= 2  # the steps raise alerts: what is compared is not only the quiet path
+
+
 def test_evaluate_refuses_another_customers_state() -> None:
     state = evaluate(sig(0), CALM, None).state
     with pytest.raises(ValueError):
