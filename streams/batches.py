@@ -99,16 +99,23 @@ class PartitionBatches:
     async def _send_partition(self, topic: str, partition: int, added: Sequence[tuple[int, bytes | None, bytes | None]]
                               ) -> list[tuple[list[int], Any]]:
         """Submit one partition's records in batches of the producer's batch size; the batches'
-        record indexes and their futures."""
+        record indexes and their futures. A record larger than a whole batch goes on its own
+        through ``send`` (up to the producer's request size), in its place."""
         out: list[tuple[list[int], Any]] = []
         builder, indexes = self.producer.create_batch(), list[int]()
         for index, key, value in added:
-            if builder.append(key=key, value=value, timestamp=None) is None:
+            if builder.append(key=key, value=value, timestamp=None) is not None:
+                indexes.append(index)
+                continue
+            # the batch is full, or the record larger than a batch: the batch so far goes first
+            if indexes:
                 out.append((indexes, await self.producer.send_batch(builder, topic, partition=partition)))
-                builder, indexes = self.producer.create_batch(), list[int]()
-                if builder.append(key=key, value=value, timestamp=None) is None:
-                    raise ValueError(f"a record of {len(value or b'')} bytes does not fit in a batch of {topic}")
-            indexes.append(index)
+            builder, indexes = self.producer.create_batch(), []
+            if builder.append(key=key, value=value, timestamp=None) is not None:
+                indexes.append(index)
+                continue
+            out.append(([index], await self.producer.send(topic, value, key=key, partition=partition)))
+            builder = self.producer.create_batch()  # the refused append closed the one before
         if indexes:
             out.append((indexes, await self.producer.send_batch(builder, topic, partition=partition)))
         return out

@@ -35,7 +35,8 @@ async def read_back(settings: Settings, where: list[Written]) -> dict[tuple[str,
         await consumer.stop()
 
 
-async def send_all(settings: Settings, max_batch_size: int, count: int) -> None:
+async def send_all(settings: Settings, max_batch_size: int, count: int, large_every: int = 0) -> None:
+    """``large_every``: every so many records is larger than a whole batch."""
     topics = Topics(settings.topic_prefix)
     producer = AIOKafkaProducer(**aiokafka_config(settings), max_batch_size=max_batch_size, linger_ms=5)
     await producer.start()
@@ -44,7 +45,8 @@ async def send_all(settings: Settings, max_batch_size: int, count: int) -> None:
         assert await out.send() == []  # nothing added: nothing sent
         added = []
         for i in range(count):
-            key, value = f"C{i:05d}".encode(), os.urandom(300) + str(i).encode()
+            size = 3 * max_batch_size if large_every and i % large_every == 0 else 300
+            key, value = f"C{i:05d}".encode(), os.urandom(size) + str(i).encode()
             if i % 3:
                 added.append((topics.signals, key, value, None))
                 assert out.add(topics.signals, key, value) == len(added) - 1
@@ -84,3 +86,8 @@ def test_records_land_where_they_are_said_to(settings: Settings) -> None:
 def test_a_partition_in_several_batches_keeps_its_order(settings: Settings) -> None:
     create_topics(settings)
     asyncio.run(send_all(settings, max_batch_size=2048, count=300))  # about six records per batch
+
+
+def test_a_record_larger_than_a_batch_goes_in_its_place(settings: Settings) -> None:
+    create_topics(settings)
+    asyncio.run(send_all(settings, max_batch_size=1024, count=120, large_every=7))
