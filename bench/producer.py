@@ -34,13 +34,13 @@ SIGNAL_BYTES = 490
 CHANGELOG_BYTES = 1_400
 
 
-async def one_batch(app: faust.App, signals: str, changelog: str, events: int, partitions: int,
-                    batched: PartitionBatches | None = None) -> None:
-    producer = app.producer
+async def one_batch(way: faust.App | PartitionBatches, signals: str, changelog: str, events: int,
+                    partitions: int) -> None:
+    """One worker batch's records, through a Faust app's producer or partition batches."""
     keys = [f"C{uuid.uuid4().hex[:10]}".encode() for _ in range(events)]
     signal, record = os.urandom(SIGNAL_BYTES), os.urandom(CHANGELOG_BYTES)
-    if batched is not None:
-        out = batched
+    if isinstance(way, PartitionBatches):
+        out = way
         for key in keys:
             out.add(signals, key, signal)
         await out.send()
@@ -48,6 +48,7 @@ async def one_batch(app: faust.App, signals: str, changelog: str, events: int, p
             out.add(changelog, key, record, i % partitions)
         await out.send()
         return
+    producer = way.producer
     sent = [await producer.send(signals, key, signal, None, None, None) for key in keys]
     await asyncio.gather(*sent)
     sent = [await producer.send(changelog, key, record, i % partitions, None, None) for i, key in enumerate(keys)]
@@ -64,7 +65,7 @@ async def measure(settings: Settings, batch_bytes: dict[str, int], batches: int,
                             producer_max_request_size=settings.max_message_bytes,
                             producer_linger=settings.producer_linger_seconds,
                             producer_max_batch_size=size, topic_partitions=partitions)
-            for name, size in batch_bytes.items()}
+            for name, size in batch_bytes.items() if name != BATCHED}
     signals, changelog = f"bench-producer-{tag}.signals", f"bench-producer-{tag}.changelog"
     for app in apps.values():
         await app.producer.start()
@@ -72,17 +73,17 @@ async def measure(settings: Settings, batch_bytes: dict[str, int], batches: int,
     sender = output_producer(settings.model_copy(update={"producer_batch_bytes": batch_bytes[BATCHED]}),
                              float(first.conf.producer_request_timeout))
     await sender.start()
-    batched = PartitionBatches(sender)
+    ways: dict[str, faust.App | PartitionBatches] = {**apps, BATCHED: PartitionBatches(sender)}
     for topic in (signals, changelog):
         await first.producer.create_topic(topic, partitions, 1)
-    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in apps}
+    figures: dict[str, list[tuple[float, float]]] = {name: [] for name in batch_bytes}
     try:
-        for name, app in apps.items():  # warm-up: connections, metadata
-            await one_batch(app, signals, changelog, 200, partitions, batched if name == BATCHED else None)
+        for way in ways.values():  # warm-up: connections, metadata
+            await one_batch(way, signals, changelog, 200, partitions)
         for _ in range(batches):
-            for name, app in apps.items():
+            for name in batch_bytes:
                 cpu, wall = time.process_time(), time.perf_counter()
-                await one_batch(app, signals, changelog, events, partitions, batched if name == BATCHED else None)
+                await one_batch(ways[name], signals, changelog, events, partitions)
                 records = 2 * events
                 figures[name].append(((time.process_time() - cpu) / records * 1e6,
                                       (time.perf_counter() - wall) / records * 1e6))
