@@ -105,6 +105,13 @@ class Settings(BaseSettings):
         True, description="Hand each fetched input record to the state worker's stream without Faust's four asyncio "
         "tasks per record (streams/delivery.py): about a third of Faust's own cost per record. False: Faust's delivery.")
     batch_max_seconds: float = Field(0.25, gt=0, description="Longest wait of the state worker to fill a batch, seconds.")
+    batch_when_caught_up: bool = Field(
+        True, description="Hand a batch to the state worker before LOYALTY_BATCH_MAX_SECONDS once it holds every record "
+        "on the broker of the input partitions the worker owns (streams/take.py): live events are taken as soon as the "
+        "batch before them is written, instead of after a full window. False: full batches or the window only.")
+    batch_min_cycle_seconds: float = Field(
+        0.05, ge=0, description="Shortest time between two batches handed over because the state worker caught up, "
+        "seconds: bounds the batches per second (and their fixed work) when events trickle in.")
     state_cache_customers: int = Field(
         100_000, ge=0,
         description="Customers whose decoded state (and alert state) the worker keeps in memory, least recently used "

@@ -56,7 +56,7 @@ import ssl
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Literal, NamedTuple, cast
 
 import faust
@@ -87,6 +87,7 @@ from streams.offsets import install as install_committed_seeking
 from streams.processor import CustomerProcessor, Effects, ModelParams
 from streams.sink import ClickHouseSinkService, latest_published, params_from_bytes
 from streams.state import customer_cache, decode_record
+from streams.take import HandoverStream
 from streams.webhooks import WebhookConsumer, webhook_config
 
 logger = logging.getLogger(__name__)
@@ -314,6 +315,7 @@ class Pipeline:
             broker_session_timeout=settings.kafka_session_timeout_seconds,
             broker_heartbeat_interval=max(1.0, settings.kafka_session_timeout_seconds / 3),
             stream_wait_empty=False,
+            Stream=HandoverStream,
             table_standby_replicas=0,
             logging_config=None,
         )
@@ -541,7 +543,14 @@ class Pipeline:
                                  key_serializer="raw", value_serializer="raw", partitions=settings.partitions)
 
         async def track_customers(stream: faust.StreamT) -> AsyncIterator[None]:
-            batches = stream.take_events(settings.batch_max_events, within=settings.batch_max_seconds)  # type: ignore[attr-defined]
+            inputs = frozenset(topics.inputs)
+
+            def caught_up(delivered: Mapping[TP, int]) -> bool:
+                return cast(CommittedSeekingConsumer, pipeline.app.consumer).caught_up(inputs, delivered)
+
+            batches = cast(HandoverStream, stream).take_batches(
+                settings.batch_max_events, settings.batch_max_seconds, settings.batch_min_cycle_seconds,
+                caught_up if settings.batch_when_caught_up else None)
             waiting_since = time.monotonic()
             async for events in batches:
                 pipeline.batch_seconds["waiting"] += time.monotonic() - waiting_since

@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 
 import faust
 from aiokafka.errors import IllegalStateError
+from faust.exceptions import ConsumerNotStarted
 from faust.transport.drivers.aiokafka import Consumer as AIOKafkaConsumer
 from faust.types import TP
 
@@ -204,6 +205,30 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
         assigned = self.assignment()
         return await self._seek_back({tp: self.next_offsets[tp] for tp in partitions
                                       if tp in self.next_offsets and tp in assigned})
+
+    def caught_up(self, topics: Collection[str], delivered: Mapping[TP, int]) -> bool:
+        """Whether every partition of ``topics`` this worker holds has had its records up to the
+        broker's high watermark (as of the last fetch) delivered: ``delivered`` holds the last offset
+        delivered of each partition, and the next offset to fold counts where it is further. A
+        partition not fetched yet counts as caught up; a consumer not started is not (it cannot tell)."""
+        next_offsets = self.next_offsets
+        try:
+            assigned = self.assignment()
+        except ConsumerNotStarted:
+            return False
+        for tp in assigned:
+            if tp.topic not in topics:
+                continue
+            high = self.highwater(tp)
+            if high is None:
+                continue
+            last = delivered.get(tp)
+            reached = next_offsets.get(tp, 0)
+            if last is not None and last >= reached:
+                reached = last + 1
+            if reached < high:
+                return False
+        return True
 
     def stranded(self, now: float, quiet: float = STRANDED_SECONDS) -> dict[TP, int]:
         """The partitions this worker holds whose next offset to fold is below their high

@@ -280,3 +280,30 @@ def test_partitions_not_held_or_without_a_known_high_watermark_are_not_stranded(
     reads.assignment = lambda: {CALLS_0}
     reads.stranded(now=100.0, quiet=5.0)
     assert reads.stranded(now=200.0, quiet=5.0) == {}
+
+
+INPUTS = frozenset({"purchases", "calls", "visits"})
+
+
+def test_caught_up_once_every_held_input_partition_was_delivered_to_its_high_watermark():
+    highwaters = {PURCHASES_0: 130, CALLS_0: 46}
+    reads = stranded_ledger({PURCHASES_0: 120, CALLS_0: 46}, highwaters)
+    assert not reads.caught_up(INPUTS, {})  # purchases[0] has 120..129 on the broker
+    assert not reads.caught_up(INPUTS, {PURCHASES_0: 128})
+    assert reads.caught_up(INPUTS, {PURCHASES_0: 129})
+    highwaters[CALLS_0] = 47  # a call arrived since
+    assert not reads.caught_up(INPUTS, {PURCHASES_0: 129})
+    assert reads.caught_up(INPUTS, {PURCHASES_0: 129, CALLS_0: 46})
+
+
+def test_the_next_offset_to_fold_counts_where_it_is_past_the_last_delivered():
+    # delivered 125 in an earlier batch, then sought back and folded to 130 since: caught up
+    reads = stranded_ledger({PURCHASES_0: 130}, {PURCHASES_0: 130})
+    assert reads.caught_up(INPUTS, {PURCHASES_0: 125})
+
+
+def test_other_topics_unheld_partitions_and_unknown_high_watermarks_do_not_hold_a_batch_back():
+    due = TP("alert-due", 0)
+    reads = stranded_ledger({PURCHASES_0: 10, CALLS_0: 0, due: 0}, {PURCHASES_0: 130, CALLS_0: None, due: 9})
+    reads.assignment = lambda: {CALLS_0, due}  # purchases[0] moved to another worker
+    assert reads.caught_up(INPUTS, {})
