@@ -5,7 +5,8 @@ Roles (``loyalty worker --role``): ``state`` runs the Faust application only: on
 stores each customer once per batch, and produces signals, alerts and dead letters. ``sink``
 runs the ClickHouse sink only (:mod:`streams.sink`). ``all`` runs both in one process.
 
-The order of a batch's effects in the state worker:
+A batch is taken when it is full, when the worker has caught up with its input partitions, or
+at the end of its window (:mod:`streams.take`). The order of a batch's effects in the state worker:
 
 1. records are decoded and folded (where a partition's records in the batch skip an offset from
    its next offset to fold on, those past the hole are held back unacknowledged and the partition

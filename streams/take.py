@@ -80,8 +80,7 @@ class HandoverStream(faust.Stream):  # type: ignore[misc]
         handed_over = loop.time() - min_cycle
         try:
             while not self.should_stop:
-                started = loop.time()
-                deadline = started + within
+                deadline = loop.time() + within
                 while len(buffer) < max_ and not self.should_stop:
                     now = loop.time()
                     if now >= deadline:
