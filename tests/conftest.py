@@ -58,3 +58,17 @@ def worker(settings: Settings, tmp_path: Path) -> Iterator[WorkerProcess]:
     process = WorkerProcess(settings, tmp_path / "worker.log")
     yield process
     process.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test shows the end of every process log it wrote under its ``tmp_path`` (the
+    workers' and the sink's), so a failure in CI can be read without the machine it ran on."""
+    outcome = yield
+    report = outcome.get_result()
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if report.when != "call" or not report.failed or not isinstance(tmp_path, Path):
+        return
+    for log in sorted(tmp_path.rglob("*.log"))[:4]:
+        text = log.read_text(errors="replace")
+        report.sections.append((f"end of {log.relative_to(tmp_path)}", text[-6000:]))

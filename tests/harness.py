@@ -71,8 +71,10 @@ class WorkerProcess(workers.WorkerProcess):
         super().__init__(settings, log_path, role=role, cwd=REPO)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition") -> float:
-    """Poll until ``predicate`` holds; return the seconds it took."""
+def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.5, what: str = "condition",
+               show: Callable[[], object] | None = None) -> float:
+    """Poll until ``predicate`` holds; return the seconds it took. On a timeout the error says
+    what ``show`` returns then (what was reached instead)."""
     start = time.monotonic()
     last_error: Exception | None = None
     while time.monotonic() - start < timeout:
@@ -82,7 +84,13 @@ def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 
         except (urllib.error.URLError, OSError, KeyError, IndexError) as exc:
             last_error = exc
         time.sleep(interval)
-    raise TimeoutError(f"{what} not reached within {timeout}s (last error: {last_error})")
+    seen = ""
+    if show is not None:
+        try:
+            seen = f"; instead: {show()!r}"
+        except Exception as exc:  # noqa: BLE001 - the timeout is the error to raise
+            seen = f"; showing it failed: {exc!r}"
+    raise TimeoutError(f"{what} not reached within {timeout}s (last error: {last_error}){seen}")
 
 
 def read_topic(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes | None]]:

@@ -131,7 +131,8 @@ def test_each_customer_once_per_day_in_their_end_of_day_tier(settings, worker):
     send_raw(settings, first)  # before the worker starts: B's history arrives as a backfill
     worker.start()
     wait_drained(worker, len(FIRST))
-    wait_until(lambda: tier_rows(worker, db) == ROWS_AFTER_FIRST, timeout=60, what="tier_days after the first publish")
+    wait_until(lambda: tier_rows(worker, db) == ROWS_AFTER_FIRST, timeout=60, what="tier_days after the first publish",
+               show=lambda: tier_rows(worker, db))
     assert daily(worker, db) == AFTER_FIRST
     assert len({row[0] for row in AFTER_FIRST}) == 92  # every day 0..91, also those without an event
 
@@ -152,7 +153,8 @@ def test_each_customer_once_per_day_in_their_end_of_day_tier(settings, worker):
     # Live: A buys later on day 0 (its day-0 row is replaced), D comes back on day 91.
     send_raw(settings, records(settings, THIRD))
     wait_drained(worker, len(FIRST) + len(THIRD))
-    wait_until(lambda: tier_rows(worker, db) == ROWS_AFTER_THIRD, timeout=60, what="tier_days after the third publish")
+    wait_until(lambda: tier_rows(worker, db) == ROWS_AFTER_THIRD, timeout=60, what="tier_days after the third publish",
+               show=lambda: tier_rows(worker, db))
     assert daily(worker, db) == AFTER_THIRD
     # The newest day is today's tier mix (signals_current), each customer once.
     current = dict(worker.query(f"SELECT tier, count() FROM {db}.signals_current FINAL GROUP BY tier"))
