@@ -209,8 +209,14 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
     def caught_up(self, topics: Collection[str], delivered: Mapping[TP, int]) -> bool:
         """Whether every partition of ``topics`` this worker holds has had its records up to the
         broker's high watermark (as of the last fetch) delivered: ``delivered`` holds the last offset
-        delivered of each partition, and the next offset to fold counts where it is further. A
-        partition not fetched yet counts as caught up; a consumer not started is not (it cannot tell)."""
+        delivered of each partition, and the next offset to fold counts where it is further.
+
+        A partition not fetched since it was assigned (its high watermark unknown) is not caught
+        up: its records may be on the broker. Were it counted as caught up, a batch taken right
+        after an assignment could hold one topic's records of a customer without the other
+        topics' (the three input topics have no order between them), and the events left out
+        would arrive in a later batch as late events. Its first fetch, or the batch's window,
+        ends that wait. A consumer not started cannot tell: not caught up either."""
         next_offsets = self.next_offsets
         try:
             assigned = self.assignment()
@@ -221,7 +227,7 @@ class CommittedSeekingConsumer(AIOKafkaConsumer):
                 continue
             high = self.highwater(tp)
             if high is None:
-                continue
+                return False
             last = delivered.get(tp)
             reached = next_offsets.get(tp, 0)
             if last is not None and last >= reached:

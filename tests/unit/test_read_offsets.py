@@ -302,8 +302,18 @@ def test_the_next_offset_to_fold_counts_where_it_is_past_the_last_delivered():
     assert reads.caught_up(INPUTS, {PURCHASES_0: 125})
 
 
-def test_other_topics_unheld_partitions_and_unknown_high_watermarks_do_not_hold_a_batch_back():
+def test_other_topics_and_unheld_partitions_do_not_hold_a_batch_back():
     due = TP("alert-due", 0)
-    reads = stranded_ledger({PURCHASES_0: 10, CALLS_0: 0, due: 0}, {PURCHASES_0: 130, CALLS_0: None, due: 9})
+    reads = stranded_ledger({PURCHASES_0: 10, CALLS_0: 0, due: 0}, {PURCHASES_0: 130, CALLS_0: 0, due: 9})
     reads.assignment = lambda: {CALLS_0, due}  # purchases[0] moved to another worker
     assert reads.caught_up(INPUTS, {})
+
+
+def test_a_held_partition_not_fetched_yet_holds_a_batch_back():
+    # Just assigned: visits were fetched and delivered, the purchases partition not yet. A batch
+    # taken now could fold a customer's visits without the purchase made before them.
+    highwaters: dict[TP, int | None] = {PURCHASES_0: None, CALLS_0: 4}
+    reads = stranded_ledger({PURCHASES_0: 0, CALLS_0: 0}, highwaters)
+    assert not reads.caught_up(INPUTS, {CALLS_0: 3})
+    highwaters[PURCHASES_0] = 0  # fetched: nothing on the broker
+    assert reads.caught_up(INPUTS, {CALLS_0: 3})
