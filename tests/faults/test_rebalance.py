@@ -39,9 +39,10 @@ pytestmark = [pytest.mark.faults, pytest.mark.kafka]
 
 
 def test_batch_held_across_two_rebalances_writes_nothing_stale(make_worker, figures):
-    # Batches of up to 3 s: the batch A holds takes in the whole middle part.
+    # Batches of up to 3 s, not handed over before (LOYALTY_BATCH_WHEN_CAUGHT_UP=false): the batch
+    # A holds takes in the whole middle part, so that it spans customers of every partition.
     sink = make_worker("sink", role="sink", kafka_session_timeout_seconds=6.0, batch_max_seconds=3.0,
-                       pipeline_factory="tests.faults.injection:HoldingPipeline")
+                       batch_when_caught_up=False, pipeline_factory="tests.faults.injection:HoldingPipeline")
     settings = sink.settings
     slow = make_worker("a", role="state", like=sink)
     other = make_worker("b", role="state", like=sink)
