@@ -10,8 +10,11 @@ second arriving, ``c`` seconds of the worker per event and ``f`` per batch, a cy
 "Freshness: the state worker's batch cycle").
 
 :meth:`HandoverStream.take_batches` buffers the records as Faust's take does (acknowledged once
-the batch's processing is over, the buffer closed while a batch is out) and ends its wait in one
-more case: the buffer holds records, every input partition the worker holds has had its records
+the batch's processing is over), with two differences. The buffer stays open while a batch is
+out: the records Faust delivers while the batch is processed and its writes are acknowledged
+fill the next batch, instead of waiting in Faust's queues (and its flow control) until the batch
+is done, so the worker's waits on the broker overlap the delivery of the next records. And it
+ends its wait in one more case: the buffer holds records, every input partition the worker holds has had its records
 up to the broker's high watermark delivered (``caught_up``), and at least ``min_cycle`` seconds
 have passed since the previous batch was handed over. A backlog is still taken in full batches
 (the worker is not caught up); live traffic is taken as soon as the worker has all of it, so a
@@ -53,7 +56,7 @@ class HandoverStream(faust.Stream):  # type: ignore[misc]
         buffer: list[EventT] = []
         delivered: dict[TP, int] = {}  # the last offset delivered of each partition, across batches
         wake = Event()  # the buffer got its first record, or is full
-        room = Event()  # clear while a batch is out or the buffer is full
+        room = Event()  # clear while the buffer is full
         room.set()
 
         async def add_to_buffer(value: Any) -> Any:
@@ -94,16 +97,18 @@ class HandoverStream(faust.Stream):  # type: ignore[misc]
                     await self.wait_for_stopped(wake, timeout=wait)
                 if not buffer:
                     continue
-                room.clear()
+                # The next batch fills while this one is out: records delivered while it is
+                # processed and written (its acknowledgements are awaited) wait in the buffer
+                # instead of in Faust's queues, and are acknowledged only with their own batch.
                 batch = list(buffer)
+                buffer.clear()
+                room.set()
                 handed_over = loop.time()
                 try:
                     yield batch
                 finally:
-                    buffer.clear()
                     for event in batch:
                         await self.ack(event)
-                    room.set()
         finally:
             self.enable_acks = acks
             self._processors.remove(add_to_buffer)

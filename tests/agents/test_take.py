@@ -84,3 +84,39 @@ def test_caught_up_batches_are_at_least_min_cycle_apart():
     assert first + second == values[:len(first) + len(second)]
     assert at_second - at_first >= min_cycle * 0.9
     assert len(second) > 1  # what arrived during the cycle came together
+
+
+def test_the_next_batch_fills_while_one_is_out():
+    # Faust's take closes its buffer while a batch is processed: the records delivered meanwhile
+    # stop at the buffer's door. Here they enter the next batch, which is full and handed over
+    # as soon as the first one is done.
+    app = faust.App("take-test-fill", Stream=HandoverStream, store="memory://", web_enabled=False)
+    passed: list[int] = []  # values the stream's processors got to, in order
+    out: list[list[int]] = []
+    seen_while_out: list[int] = []
+
+    async def run() -> None:
+        app.flow_control.resume()
+        channel = app.channel()
+        stream = app.stream(channel)
+        stream.add_processor(lambda value: passed.append(value) or value)  # runs before the buffer's
+
+        async def take() -> None:
+            async for batch in stream.take_batches(3, WINDOW, 0.0, None):  # type: ignore[attr-defined]
+                out.append([e.value for e in batch])
+                if len(out) == 1:
+                    for _ in range(100):  # the first batch is out: the other records are delivered meanwhile
+                        if len(passed) == 6:
+                            break
+                        await asyncio.sleep(0.01)
+                    seen_while_out.extend(passed)
+                if len(out) == 2:
+                    break
+
+        taker = asyncio.ensure_future(take())
+        await asyncio.wait_for(asyncio.gather(taker, put_all(list(range(6)))(channel, asyncio.Event())), timeout=20)
+        await stream.stop()
+
+    asyncio.run(run())
+    assert out == [[0, 1, 2], [3, 4, 5]]
+    assert seen_while_out == list(range(6))
