@@ -14,13 +14,13 @@ the batch's processing is over), with two differences. The buffer stays open whi
 out: the records Faust delivers while the batch is processed and its writes are acknowledged
 fill the next batch, instead of waiting in Faust's queues (and its flow control) until the batch
 is done, so the worker's waits on the broker overlap the delivery of the next records. And it
-ends its wait in one more case: the buffer holds records, every input partition the worker holds has had its records
-up to the broker's high watermark delivered (``caught_up``), and at least ``min_cycle`` seconds
-have passed since the previous batch was handed over. A backlog is still taken in full batches
-(the worker is not caught up); live traffic is taken as soon as the worker has all of it, so a
-batch holds what arrived while the one before was processed, and a quiet stream's events are
-taken within ``min_cycle`` instead of ``within``. ``min_cycle`` bounds the batches per second,
-and so the per-batch work, when events trickle in.
+ends its wait in one more case: the buffer holds records, every input partition the worker
+holds has had its records up to the broker's high watermark delivered (``caught_up``), and at
+least ``min_cycle`` seconds have passed since the previous batch was handed over. A backlog is
+still taken in full batches (the worker is not caught up); live traffic is taken as soon as the
+worker has all of it, so a batch holds what arrived while the one before was processed, and a
+quiet stream's events are taken within ``min_cycle`` instead of ``within``. ``min_cycle`` bounds
+the batches per second, and so the per-batch work, when events trickle in.
 """
 
 from __future__ import annotations
