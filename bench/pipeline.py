@@ -124,6 +124,7 @@ from pydantic import SecretStr
 
 from config.settings import Settings
 from config.topics import KIND_BY_SUFFIX, Topics
+from domain import stale_modules
 from domain.model import TIERS
 from domain.records import Event
 from ops import broker, ports
@@ -213,7 +214,9 @@ def source_version() -> dict[str, Any]:
         return done.stdout
 
     changed = [line[3:] for line in git("status", "--porcelain", "--", *SOURCE_DIRS).splitlines() if line]
-    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "src_changed_since_commit": changed}
+    compiled, stale = stale_modules()  # what `loyalty compile` built, and whether the workers run it
+    return {"commit": git("rev-parse", "--short", "HEAD").strip(), "src_changed_since_commit": changed,
+            "compiled_modules": 0 if stale else len(compiled)}
 
 
 def _round(value: float | None, digits: int) -> float | None:
@@ -1426,7 +1429,9 @@ def print_report(report: dict[str, Any]) -> None:
           f"load average at start {m['load_average_at_start']}, at end {m.get('load_average_at_end')}")
     src = report["source"]
     print(f"Source: commit {src['commit']}" + (f", source changed since: {', '.join(src['src_changed_since_commit'])}"
-                                               if src["src_changed_since_commit"] else ", source unchanged"))
+                                               if src["src_changed_since_commit"] else ", source unchanged")
+          + (f"; the model compiled ({src['compiled_modules']} modules, `loyalty compile`)"
+             if src.get("compiled_modules") else "; the model run from its sources"))
     header = (f"{'run':6} {'events':>9} {'customers':>9} {'F rec/s':>8} {'B ev/s':>8} {'P ev/s':>7} "
               f"{'state us/ev':>11} {'sink us/ev':>10} {'peak MB state/sink':>18}")
     print(header)

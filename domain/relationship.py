@@ -523,6 +523,33 @@ def state_from_list(values: list) -> RelationshipState:
     )
 
 
+def copy_state(state: RelationshipState) -> RelationshipState:
+    """An independent copy of the state's value (its memoised windows and rhythm stay behind).
+
+    Built field by field rather than with ``copy.deepcopy``, which rebuilds objects through
+    ``__setstate__`` and so cannot copy the frozen :class:`Rhythm` of a compiled build."""
+    last = state.last_purchase
+    return RelationshipState(
+        customer_id=state.customer_id,
+        events_applied=state.events_applied,
+        first_seen_at=state.first_seen_at,
+        last_seen_at=state.last_seen_at,
+        first_purchase_at=state.first_purchase_at,
+        lifetime=Tally(*_tally_values(state.lifetime)),
+        days={day: Tally(*_tally_values(tally)) for day, tally in state.days.items()},
+        channels={name: ChannelSeen(c.first_at, c.last_at, c.purchases, c.visits, c.calls)
+                  for name, c in state.channels.items()},
+        categories_bought=dict(state.categories_bought),
+        categories_viewed=dict(state.categories_viewed),
+        recent_purchase_at=list(state.recent_purchase_at),
+        last_purchase=None if last is None else LastPurchase(
+            last.occurred_at, last.event_id, last.order_id, last.channel, last.location_id, last.amount_minor,
+            last.currency, list(last.categories), list(last.skus)),
+        last_received_at=state.last_received_at,
+        seen_events=dict(state.seen_events),
+    )
+
+
 def _tally_dict(tally: Tally) -> dict[str, int]:
     return dict(zip(TALLY_FIELDS, _tally_values(tally)))
 

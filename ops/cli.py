@@ -424,6 +424,20 @@ def cmd_config(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compile(settings: Settings, args: argparse.Namespace) -> int:
+    from ops import compile as compiled
+
+    if args.clean:
+        removed = compiled.clean()
+        print(f"removed {len(removed)} compiled files: the sources run" if removed else "nothing compiled to remove")
+        return 0
+    try:
+        compiled.compile_modules()
+    except compiled.CompileError as exc:
+        raise CliError(str(exc), EXIT_UNREACHABLE) from exc
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from ops.demo import run_demo
 
@@ -480,6 +494,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="state: the Faust state worker only (any number join one group); sink: the ClickHouse "
                    "sink only (one per embedded engine); all: both in one process (default)")
     p.set_defaults(func=cmd_worker)
+
+    p = _command(sub, "compile", help="compile the loyalty model's hot modules to C with mypyc (optional, faster)")
+    p.add_argument("--clean", action="store_true", help="remove the compiled modules: the sources run again")
+    p.set_defaults(func=cmd_compile)
 
     p = _command(sub, "simulate", help="publish a synthetic customer base's interactions")
     p.add_argument("--customers", type=int, default=2000)

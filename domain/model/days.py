@@ -25,7 +25,6 @@ time order), the one fold in arrival order closes each day as it passes.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,7 +32,7 @@ from domain.model.churn import BgNbdParams
 from domain.model.churn_learned import LearnedChurnModel
 from domain.model.signals import Assessment, assess
 from domain.records import Event
-from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event, window
+from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event, copy_state, window
 
 # A batch's events of one customer, in arrival order: (event, arrival time or None).
 Arrival = tuple[Event, int | None]
@@ -91,7 +90,7 @@ def fold_batch(state: RelationshipState, arrivals: Sequence[Arrival], dedup_hori
     # Out of day order: close the days on a copy folded in event-day order (stable, so arrival
     # order within a day), then fold the state itself in arrival order.
     order = sorted(range(len(arrivals)), key=days.__getitem__)
-    _, ends = _fold_closing(copy.deepcopy(state), [arrivals[i] for i in order], [days[i] for i in order],
+    _, ends = _fold_closing(copy_state(state), [arrivals[i] for i in order], [days[i] for i in order],
                             dedup_horizon_ms, params, horizon_days, learned, first_open, last_day)
     return [apply_event(state, e, dedup_horizon_ms, r) for e, r in arrivals], ends
 

@@ -14,7 +14,7 @@ from domain.model import score_customer
 from domain.model.churn import BgNbdParams
 from domain.model.days import DayEnd, day_end_to_dict, fold_batch
 from domain.records import Event, PurchaseEvent, PurchaseItem, VisitEvent
-from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event, state_to_dict
+from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event, copy_state, state_to_dict
 
 T0 = 1_704_067_200_000  # 2024-01-01T00:00:00Z
 DAY0 = T0 // DAY_MS  # 19723
@@ -89,6 +89,38 @@ def test_a_backfill_in_time_order_closes_every_earlier_day():
     assert ends == expected_history_ends()
     # The newest day (97) is the signal's, scored after the batch: lapsed.
     assert score_customer(state, state.last_seen_at or 0, P, HORIZON).tier == "lapsed"
+
+
+def test_out_of_day_order_after_a_score_closes_the_days_on_an_independent_copy():
+    """A scored state memoises its rhythm (a frozen value, which ``copy.deepcopy`` cannot rebuild in
+    the compiled build: ``loyalty compile``); the days are closed on a copy that leaves it behind."""
+    state, reference = RelationshipState("c1"), RelationshipState("c1")
+    fold_batch(state, arrivals(HISTORY[:3]), DEDUP, P, HORIZON)
+    plain_fold(reference, arrivals(HISTORY[:3]))
+    score_customer(state, state.last_seen_at or 0, P, HORIZON)
+    late = arrivals([HISTORY[4], HISTORY[3]], T0 + 201 * DAY_MS)
+    outcomes, ends = fold_batch(state, late, DEDUP, P, HORIZON)
+    assert outcomes == plain_fold(reference, late)
+    assert ends == expected_history_ends()[2:]
+    assert state_to_dict(state) == state_to_dict(reference)
+
+
+def test_a_copied_state_equals_its_original_and_shares_nothing_with_it():
+    state = RelationshipState("c1")
+    plain_fold(state, arrivals(HISTORY))
+    before = state_to_dict(state)
+    copied = copy_state(state)
+    assert state_to_dict(copied) == before
+    assert copied.last_purchase is not None
+    copied.last_purchase.categories.append("bags")
+    copied.lifetime.visits += 1
+    copied.days[DAY0].visits += 1
+    copied.channels["store"].visits += 1
+    copied.recent_purchase_at.append(0)
+    copied.categories_bought["bags"] = 1
+    apply_event(copied, buy("p2", T0 + 98 * DAY_MS, categories=("bags",)), DEDUP)
+    assert state_to_dict(state) == before
+    assert state_to_dict(copy_state(copied)) == state_to_dict(copied)
 
 
 def test_out_of_day_order_closes_the_same_days_and_keeps_the_arrival_order_state():
