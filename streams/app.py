@@ -63,7 +63,6 @@ from typing import Any, Literal, NamedTuple, cast
 import faust
 import faust.web
 from aiokafka import AIOKafkaProducer
-from aiokafka.partitioner import DefaultPartitioner
 from faust.types import TP, EventT, StoreT, TableT
 from faust.types import Message as FaustMessage
 from mode.supervisors import CrashingSupervisor
@@ -77,7 +76,7 @@ from schemas import codec
 from sinks.clickhouse import ClickHouseSink, now_ms
 from sinks.readonly import QueryRefused, check_bearer
 from streams.alerting import Alerting
-from streams.batches import PartitionBatches, output_producer
+from streams.batches import KeyPartitions, PartitionBatches, output_producer
 from streams.churn_params import churn_from_bytes
 from streams.copurchase import COPURCHASE_KEY, table_from_bytes
 from streams.decoding import EventDecoder
@@ -354,7 +353,7 @@ class Pipeline:
         self.dead_letter_codec = codec("dead_letter")
         self.alert_codec = codec("alert")
         self.model = ModelParams(horizon_days=settings.churn_horizon_days)
-        self.partitioner = DefaultPartitioner()
+        self.homes = KeyPartitions()  # the partition of each key, for the inputs and the outputs alike
         self.fences = Fences(settings, self.topics.state_fences)
         self.stall_watch = StallWatch(limit=settings.kafka_session_timeout_seconds / 2)
         #: Wall seconds the agent spent in each step of its batches, for ``GET /status``: waiting
@@ -467,7 +466,7 @@ class Pipeline:
             producer = output_producer(self.settings, float(self.app.conf.producer_request_timeout))
             await producer.start()
             self.outputs = producer
-        return PartitionBatches(self.outputs)
+        return PartitionBatches(self.outputs, self.homes)
 
     async def produce_outputs(self, effects: Effects) -> None:
         """Hand the batch's forwards, dead letters, signals and alerts to the producer, a batch per
@@ -533,8 +532,7 @@ class Pipeline:
         count = self.app.consumer.topic_partitions(topic) if self.app.consumer else None
         if not count:
             return None
-        partitions = list(range(count))
-        return int(self.partitioner(key, partitions, partitions))
+        return self.homes(key, count)
 
     # -- the agent and timers -----------------------------------------------------------------
 
