@@ -112,9 +112,9 @@ class PartitionBatches:
             if partition is not None:
                 by_partition.setdefault((topic, partition), []).extend(added)
                 continue
-            count = len(await self.producer.partitions_for(topic))  # a topic's partitions are 0 to count - 1
+            partitions = len(await self.producer.partitions_for(topic))  # numbered 0 to partitions - 1
             for record in added:
-                by_partition.setdefault((topic, self.homes(record[1], count)), []).append(record)
+                by_partition.setdefault((topic, self.homes(record[1], partitions)), []).append(record)
         sent = await asyncio.gather(*(self._send_partition(topic, partition, sorted(added))
                                       for (topic, partition), added in by_partition.items()))
         written: list[Written | None] = [None] * count
