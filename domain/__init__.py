@@ -21,6 +21,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = Path(__file__).resolve().parent / "compiled.json"
@@ -37,15 +38,47 @@ def source_digest(path: Path) -> str | None:
         return None
 
 
-def stale_modules(manifest: Path = MANIFEST, root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """(compiled modules, those whose source changed since) per ``manifest``; ([], []) without one."""
+def read_manifest(manifest: Path = MANIFEST) -> dict[str, Any] | None:
+    """What ``loyalty compile`` built: ``modules`` (name: digest of its source) and ``shared`` (the
+    file names of the library they share); None when nothing was compiled."""
     try:
-        modules: dict[str, str] = json.loads(manifest.read_text())["modules"]
+        written: dict[str, Any] = json.loads(manifest.read_text())
+        if not isinstance(written["modules"], dict) or not isinstance(written.get("shared", []), list):
+            raise TypeError("modules must be a mapping and shared a list")
     except FileNotFoundError:
-        return [], []
+        return None
     except (ValueError, KeyError, TypeError) as exc:
         raise ImportError(f"{manifest} is unreadable ({exc}): run `loyalty compile` or `loyalty compile --clean`") from exc
+    return written
+
+
+def stale_modules(manifest: Path = MANIFEST, root: Path = ROOT) -> tuple[list[str], list[str]]:
+    """(compiled modules, those whose source changed since) per ``manifest``; ([], []) without one."""
+    written = read_manifest(manifest)
+    if written is None:
+        return [], []
+    modules: dict[str, str] = written["modules"]
     return list(modules), [name for name, digest in modules.items() if source_digest(source_of(name, root)) != digest]
+
+
+def load_shared(manifest: Path = MANIFEST, root: Path = ROOT) -> list[str]:
+    """Import the compiled modules' shared library from ``root`` by its path: it is a top-level
+    module, which the installed ``loyalty`` command could not find by name (an editable install
+    maps the packages, not the project's directory). Returns the files missing."""
+    written = read_manifest(manifest)
+    missing = []
+    for file_name in [] if written is None else written.get("shared", []):
+        name, path = file_name.split(".", 1)[0], root / file_name
+        if name in sys.modules:
+            continue
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None or not path.exists():
+            missing.append(file_name)
+            continue
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return missing
 
 
 class SourcesFirst(importlib.abc.MetaPathFinder):
@@ -67,6 +100,10 @@ def _use_sources_when_stale() -> None:
     if changed:
         warnings.warn(f"compiled modules are older than their sources ({', '.join(changed)}): running the sources "
                       "of all of them; `loyalty compile` builds them again", RuntimeWarning, stacklevel=2)
+        sys.meta_path.insert(0, SourcesFirst(compiled))
+    elif compiled and (missing := load_shared()):
+        warnings.warn(f"the compiled modules' shared library is missing ({', '.join(missing)}): running the sources; "
+                      "`loyalty compile` builds them again", RuntimeWarning, stacklevel=2)
         sys.meta_path.insert(0, SourcesFirst(compiled))
 
 

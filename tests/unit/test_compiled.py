@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from importlib.machinery import SourceFileLoader
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from domain import MANIFEST, SourcesFirst, stale_modules
+from domain import MANIFEST, SourcesFirst, load_shared, stale_modules
 from ops.compile import COMPILED, extension_of
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,29 @@ def test_every_compiled_module_is_built_and_its_source_unchanged():
     compiled, changed = stale_modules()
     assert sorted(compiled) == sorted(COMPILED) and changed == []
     assert all(extension_of(name).exists() for name in COMPILED)
+
+
+def test_the_installed_command_finds_the_compiled_model_from_any_directory(tmp_path: Path):
+    """As the ``loyalty`` command runs: the packages found through the install, not the working
+    directory, so the shared library (a top-level module in the project's directory) is loaded by
+    its path."""
+    if not MANIFEST.exists():
+        pytest.skip("nothing compiled here (`loyalty compile`)")
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c",
+                           "import domain.model.signals as m, domain.relationship as r; print(m.__file__, r.__file__)"],
+                          cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=60)
+    if "No module named 'domain'" in done.stderr:
+        pytest.skip("the project is not installed in this interpreter (`pip install -e .`)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert all(not name.endswith(".py") for name in done.stdout.split()), done.stdout
+
+
+def test_a_missing_shared_library_is_named(tmp_path: Path):
+    manifest = tmp_path / "compiled.json"
+    manifest.write_text(json.dumps({"modules": {}, "shared": ["abc__mypyc.cpython-311-x86_64-linux-gnu.so"]}))
+    assert load_shared(manifest, tmp_path) == ["abc__mypyc.cpython-311-x86_64-linux-gnu.so"]
+    assert "abc__mypyc" not in sys.modules
 
 
 def test_a_changed_source_is_stale_and_imported_from_itself(tmp_path: Path):
