@@ -49,6 +49,9 @@ COMPILED: tuple[str, ...] = (
 )
 
 
+SHARED_GLOB = "*__mypyc.*"
+
+
 class CompileError(RuntimeError):
     """What keeps the modules from being compiled, in one line."""
 
@@ -64,15 +67,12 @@ def loaded_compiled() -> list[str]:
 
 
 def clean(root: Path = ROOT, manifest: Path = MANIFEST) -> list[Path]:
-    """Remove the extension modules (the listed ones and the group's shared library) and the manifest."""
+    """Remove the extension modules, the library they share and the manifest; returns what was removed.
+
+    mypyc puts the shared library of a group of modules at the project's top level (named by a
+    digest of the group's module names); nothing but this tool puts one there."""
     removed = []
-    shared: list[str] = []
-    if manifest.exists():
-        try:
-            shared = list(json.loads(manifest.read_text()).get("shared", []))
-        except ValueError:
-            shared = []
-    for path in [extension_of(name, root) for name in COMPILED] + [root / name for name in shared] + [manifest]:
+    for path in [extension_of(name, root) for name in COMPILED] + sorted(root.glob(SHARED_GLOB)) + [manifest]:
         if path.exists():
             path.unlink()
             removed.append(path)
@@ -90,7 +90,6 @@ def compile_modules(root: Path = ROOT, manifest: Path = MANIFEST, progress: Call
     if not (headers / "Python.h").exists():
         raise CompileError(f"the Python headers are missing (no Python.h in {headers}): e.g. apt-get install python3-dev")
     clean(root, manifest)
-    before = set(root.glob("*__mypyc*"))
     digests = {name: source_digest(source_of(name, root)) for name in COMPILED}
     progress(f"compiling {len(COMPILED)} modules with mypyc (about a minute on two cores) ...")
     started = time.monotonic()
@@ -106,8 +105,7 @@ def compile_modules(root: Path = ROOT, manifest: Path = MANIFEST, progress: Call
     if any(source_digest(source_of(name, root)) != digest for name, digest in digests.items()):
         clean(root, manifest)
         raise CompileError("a source changed while it was compiled: run `loyalty compile` again")
-    written = {"modules": digests, "shared": sorted(p.name for p in set(root.glob("*__mypyc*")) - before
-                                                  if p.is_file()) or sorted(p.name for p in before),
+    written = {"modules": digests, "shared": sorted(p.name for p in root.glob(SHARED_GLOB)),
                "python": sys.version.split()[0], "seconds": round(time.monotonic() - started, 1)}
     manifest.write_text(json.dumps(written, indent=1) + "\n")
     progress(f"compiled {len(COMPILED)} modules in {written['seconds']} s; `loyalty compile --clean` runs the sources")

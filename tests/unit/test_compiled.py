@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from domain import MANIFEST, SourcesFirst, load_shared, stale_modules
-from ops.compile import COMPILED, extension_of
+from domain import MANIFEST, SourcesFirst, load_shared, source_of, stale_modules
+from ops.compile import COMPILED, clean, extension_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -140,3 +140,16 @@ def test_no_manifest_means_nothing_compiled_and_a_corrupt_one_is_an_error(tmp_pa
     (tmp_path / "compiled.json").write_text("{not json")
     with pytest.raises(ImportError, match="loyalty compile"):
         stale_modules(tmp_path / "compiled.json", tmp_path)
+
+
+def test_clean_removes_the_build_and_nothing_else(tmp_path: Path):
+    shared = tmp_path / "0123abcd__mypyc.cpython-311-x86_64-linux-gnu.so"
+    built = [extension_of(name, tmp_path) for name in COMPILED[:3]] + [shared]
+    kept = [source_of(name, tmp_path) for name in COMPILED[:3]] + [tmp_path / "notes.so.txt"]
+    for path in built + kept:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("")
+    manifest = tmp_path / "domain" / "compiled.json"
+    manifest.write_text("{}")
+    assert sorted(clean(tmp_path, manifest)) == sorted(built + [manifest])
+    assert all(path.exists() for path in kept)
