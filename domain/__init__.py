@@ -52,20 +52,22 @@ def read_manifest(manifest: Path = MANIFEST) -> dict[str, Any] | None:
     return written
 
 
-def stale_modules(manifest: Path = MANIFEST, root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """(compiled modules, those whose source changed since) per ``manifest``; ([], []) without one."""
-    written = read_manifest(manifest)
+def stale_modules(manifest: Path = MANIFEST, root: Path = ROOT,
+                  written: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
+    """(compiled modules, those whose source changed since) per ``manifest`` (or its content
+    ``written``, already read); ([], []) without one."""
+    written = read_manifest(manifest) if written is None else written
     if written is None:
         return [], []
     modules: dict[str, str] = written["modules"]
     return list(modules), [name for name, digest in modules.items() if source_digest(source_of(name, root)) != digest]
 
 
-def load_shared(manifest: Path = MANIFEST, root: Path = ROOT) -> list[str]:
+def load_shared(manifest: Path = MANIFEST, root: Path = ROOT, written: dict[str, Any] | None = None) -> list[str]:
     """Import the compiled modules' shared library from ``root`` by its path: it is a top-level
     module, which the installed ``loyalty`` command could not find by name (an editable install
     maps the packages, not the project's directory). Returns the files missing."""
-    written = read_manifest(manifest)
+    written = read_manifest(manifest) if written is None else written
     missing = []
     for file_name in [] if written is None else written.get("shared", []):
         name, path = file_name.split(".", 1)[0], root / file_name
@@ -96,15 +98,19 @@ class SourcesFirst(importlib.abc.MetaPathFinder):
 
 
 def _use_sources_when_stale() -> None:
-    compiled, changed = stale_modules()
+    written = read_manifest()
+    compiled, changed = stale_modules(written=written)
+    if not compiled:
+        return
     if changed:
-        warnings.warn(f"compiled modules are older than their sources ({', '.join(changed)}): running the sources "
-                      "of all of them; `loyalty compile` builds them again", RuntimeWarning, stacklevel=2)
-        sys.meta_path.insert(0, SourcesFirst(compiled))
-    elif compiled and (missing := load_shared()):
-        warnings.warn(f"the compiled modules' shared library is missing ({', '.join(missing)}): running the sources; "
-                      "`loyalty compile` builds them again", RuntimeWarning, stacklevel=2)
-        sys.meta_path.insert(0, SourcesFirst(compiled))
+        why = f"compiled modules are older than their sources ({', '.join(changed)})"
+    elif missing := load_shared(written=written):
+        why = f"the compiled modules' shared library is missing ({', '.join(missing)})"
+    else:
+        return
+    warnings.warn(f"{why}: running the sources of all of them; `loyalty compile` builds them again",
+                  RuntimeWarning, stacklevel=2)
+    sys.meta_path.insert(0, SourcesFirst(compiled))
 
 
 _use_sources_when_stale()
