@@ -27,6 +27,12 @@ class Episode:
     started_at: int | None = None
     last_raised_at: int | None = None
 
+    def __init__(self, active: bool = False, started_at: int | None = None, last_raised_at: int | None = None) -> None:
+        # Written out: compiled, a generated __init__ stays interpreted (domain.relationship.Tally).
+        self.active = active
+        self.started_at = started_at
+        self.last_raised_at = last_raised_at
+
     def step(self, started: bool, ended: bool, at: int, cooldown_ms: int) -> bool:
         """Advance the episode; True when an alert must be raised now.
 
@@ -67,8 +73,26 @@ class AlertState:
     quiet_due_at: int | None = None
     quiet_anchor: int | None = None  # last_purchase_at the due time was computed from
 
+    def __init__(self, customer_id: str, as_of: int | None = None, score: float | None = None, tier: str | None = None,
+                 components: dict[str, float] | None = None, peaks: list[Peak] | None = None,
+                 episodes: dict[str, Episode] | None = None, quiet_due_at: int | None = None,
+                 quiet_anchor: int | None = None) -> None:
+        # None for a container: a new empty one, as the fields' default factories give.
+        self.customer_id = customer_id
+        self.as_of = as_of
+        self.score = score
+        self.tier = tier
+        self.components = {} if components is None else components
+        self.peaks = [] if peaks is None else peaks
+        self.episodes = {} if episodes is None else episodes
+        self.quiet_due_at = quiet_due_at
+        self.quiet_anchor = quiet_anchor
+
     def episode(self, kind: str) -> Episode:
-        return self.episodes.setdefault(kind, Episode())
+        episode = self.episodes.get(kind)
+        if episode is None:
+            episode = self.episodes[kind] = Episode()
+        return episode
 
     def record_score(self, at: int, score: float, components: dict[str, float], window_ms: int) -> Peak:
         """Add a score to the trailing peaks and return the peak of the window ending at ``at``.
