@@ -7,6 +7,19 @@ The model's hot modules may also be compiled to C from these same sources (``loy
 ``compiled.json`` lists them with a digest of the source each was built from. When a source has
 changed since, every compiled module is imported from its source instead (they call each other
 directly, so it is all of them or none), with a warning; nothing runs code older than its source.
+
+Value classes. ``@dataclass`` generates ``__init__`` as Python source, which stays interpreted in a
+compiled module, and ``frozen=True`` makes it set each field through ``object.__setattr__``: about
+1 us for a handful of fields, and the model makes several such values per event. So the values it
+makes per event or per customer (the scores' parts, signals, day ends, alert facts) are plain
+dataclasses with ``unsafe_hash=True`` (the hash ``frozen`` gave) and a written-out ``__init__``,
+compiled to native code (about 0.1 us), whose parameters are the fields in order; defaults live in
+it, and ``None`` stands for an empty container. They are still values: nothing assigns their
+fields after ``__init__``. (``Final`` fields would have mypy and the compiled classes refuse such
+assignments, but mypyc 2.4 compiled them wrongly here: a signal's ``components`` read back as
+another object.) The per-event mutable classes (``Tally``, ``Episode``, ...) have a written-out
+``__init__`` too. ``tests/unit/test_dataclass_inits.py`` holds every written-out ``__init__`` to
+its fields.
 """
 
 from __future__ import annotations

@@ -409,13 +409,19 @@ def window(state: RelationshipState, days: int, as_of: int) -> Tally:
     return cached
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Rhythm:
     """The customer's own purchase rhythm, from the most recent purchases."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     purchases_seen: int
     mean_gap_days: float | None
     gap_stddev_days: float | None
+
+    def __init__(self, purchases_seen: int, mean_gap_days: float | None, gap_stddev_days: float | None) -> None:
+        self.purchases_seen = purchases_seen
+        self.mean_gap_days = mean_gap_days
+        self.gap_stddev_days = gap_stddev_days
 
 
 def purchase_rhythm(state: RelationshipState) -> Rhythm:

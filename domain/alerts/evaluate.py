@@ -17,7 +17,7 @@ The same function serves both paths of the worker:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from domain.alerts.record import Alert, AlertContext, alert_id, top_changes
 from domain.alerts.rules import DEFAULT_RULES, AlertRules, severity, tier_rank
@@ -27,10 +27,11 @@ from domain.model.signals import LoyaltySignal
 from domain.relationship import DAY_MS, RelationshipState, window
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class AlertFacts:
     """The relationship facts the strain and price-flight rules read (windows end at ``as_of``)."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     complaints: int  # in the strain window
     unresolved_calls: int
     cancel_requests: int
@@ -41,6 +42,20 @@ class AlertFacts:
     recent_discounted_spend_minor: int
     baseline_spend_minor: int  # the baseline window minus the recent one
     baseline_discounted_spend_minor: int
+
+    def __init__(self, complaints: int, unresolved_calls: int, cancel_requests: int, sentiment_calls: int,
+                 avg_sentiment: float | None, recent_purchases: int, recent_spend_minor: int,
+                 recent_discounted_spend_minor: int, baseline_spend_minor: int, baseline_discounted_spend_minor: int) -> None:
+        self.complaints = complaints
+        self.unresolved_calls = unresolved_calls
+        self.cancel_requests = cancel_requests
+        self.sentiment_calls = sentiment_calls
+        self.avg_sentiment = avg_sentiment
+        self.recent_purchases = recent_purchases
+        self.recent_spend_minor = recent_spend_minor
+        self.recent_discounted_spend_minor = recent_discounted_spend_minor
+        self.baseline_spend_minor = baseline_spend_minor
+        self.baseline_discounted_spend_minor = baseline_discounted_spend_minor
 
     @property
     def recent_discounted_share(self) -> float | None:
@@ -75,7 +90,7 @@ def alert_facts(state: RelationshipState, as_of: int, rules: AlertRules = DEFAUL
     )
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class Evaluation:
     """What :func:`evaluate` decided.
 
@@ -83,9 +98,15 @@ class Evaluation:
     None to cancel any schedule. It is also in ``state.quiet_due_at``.
     """
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     state: AlertState
-    alerts: list[Alert] = field(default_factory=list)
-    due_at: int | None = None
+    alerts: list[Alert]
+    due_at: int | None
+
+    def __init__(self, state: AlertState, alerts: list[Alert] | None = None, due_at: int | None = None) -> None:
+        self.state = state
+        self.alerts = [] if alerts is None else alerts
+        self.due_at = due_at
 
 
 def quiet_due_at(signal: LoyaltySignal, rules: AlertRules = DEFAULT_RULES) -> int | None:

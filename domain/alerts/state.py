@@ -54,11 +54,17 @@ class Episode:
         return True
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Peak:
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     at: int
     score: float
     components: dict[str, float]
+
+    def __init__(self, at: int, score: float, components: dict[str, float]) -> None:
+        self.at = at
+        self.score = score
+        self.components = components
 
 
 @dataclass(slots=True)

@@ -75,13 +75,19 @@ Used when a population is too small to fit: they describe a real retail populati
 infrequent buyers, so they err on the side of "may not come back"."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Summary:
     """A buyer's history in BG/NBD terms (days)."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     x: int
     t_x: float
     T: float
+
+    def __init__(self, x: int, t_x: float, T: float) -> None:
+        self.x = x
+        self.t_x = t_x
+        self.T = T
 
 
 def summarise(state: RelationshipState, as_of: int) -> Summary | None:

@@ -119,13 +119,19 @@ class LearnedChurnModel:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class ChurnRisk:
     """A customer's churn risk, the model that gave it, and what moved it."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     risk: float
     model: str  # "learned" or "bgnbd"
-    drivers: tuple[tuple[str, float], ...] = ()  # (feature, contribution to the log-odds), largest first
+    drivers: tuple[tuple[str, float], ...]  # (feature, contribution to the log-odds), largest first
+
+    def __init__(self, risk: float, model: str, drivers: tuple[tuple[str, float], ...] = ()) -> None:
+        self.risk = risk
+        self.model = model
+        self.drivers = drivers
 
 
 # ---------------------------------------------------------------------------------------------

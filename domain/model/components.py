@@ -51,12 +51,17 @@ to 0..1, mean effort mapped from 7..1 (hard..easy) to 0..1, share of calls that 
 complaint nor a cancel request. A part with no measurement (no sentiment, no effort) is 0.5."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Rhythm:
     """The gap between purchases the customer is measured against."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     gap_days: float
     source: str  # "own": their mean gap (floored); "population": they have fewer than 2 purchases
+
+    def __init__(self, gap_days: float, source: str) -> None:
+        self.gap_days = gap_days
+        self.source = source
 
 
 def rhythm_gap(state: RelationshipState, population_gap_days: float) -> Rhythm:

@@ -38,10 +38,11 @@ from domain.relationship import DAY_MS, Outcome, RelationshipState, apply_event,
 Arrival = tuple[Event, int | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class DayEnd:
     """A customer's tier and figures at the end of one event day (the ``tier_days`` row)."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     day: int
     """UTC day number (days since 1970-01-01)."""
     as_of: int
@@ -52,6 +53,16 @@ class DayEnd:
     loyalty_score: float
     churn_risk: float
     spend_365d_minor: int
+
+    def __init__(self, day: int, as_of: int, version: int, tier: str, loyalty_score: float, churn_risk: float,
+                 spend_365d_minor: int) -> None:
+        self.day = day
+        self.as_of = as_of
+        self.version = version
+        self.tier = tier
+        self.loyalty_score = loyalty_score
+        self.churn_risk = churn_risk
+        self.spend_365d_minor = spend_365d_minor
 
 
 def day_end(state: RelationshipState, as_of: int, judged: Assessment) -> DayEnd:

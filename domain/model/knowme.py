@@ -20,10 +20,11 @@ GREETING_CATEGORIES = 2
 _WHERE = {"web": "online", "app": "in the app", "phone": "by phone"}
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class KnowMe:
     """The profile; the loyalty signal carries the same fields under the same names."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     greeting_hint: str  # first: it is what staff read
     last_purchase_at: int | None
     last_purchase_categories: list[str]
@@ -34,6 +35,21 @@ class KnowMe:
     preferred_channel: str | None
     open_issues: int
     suggested_categories: list[Suggestion]  # next-best categories, best first (domain.model.suggest)
+
+    def __init__(self, greeting_hint: str, last_purchase_at: int | None, last_purchase_categories: list[str],
+                 last_purchase_skus: list[str], last_purchase_channel: str | None, last_purchase_location_id: str | None,
+                 favourite_category: str | None, preferred_channel: str | None, open_issues: int,
+                 suggested_categories: list[Suggestion]) -> None:
+        self.greeting_hint = greeting_hint
+        self.last_purchase_at = last_purchase_at
+        self.last_purchase_categories = last_purchase_categories
+        self.last_purchase_skus = last_purchase_skus
+        self.last_purchase_channel = last_purchase_channel
+        self.last_purchase_location_id = last_purchase_location_id
+        self.favourite_category = favourite_category
+        self.preferred_channel = preferred_channel
+        self.open_issues = open_issues
+        self.suggested_categories = suggested_categories
 
 
 KNOW_ME_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(KnowMe))

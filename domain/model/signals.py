@@ -8,7 +8,7 @@ and the know-me profile (:mod:`.knowme`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from domain.model import churn
 from domain.model.churn import BgNbdParams
@@ -33,10 +33,11 @@ DEFAULT_HORIZON_DAYS = 90
 SERVICE_WINDOW_DAYS = 90
 
 
-@dataclass(frozen=True)
+@dataclass(unsafe_hash=True)
 class LoyaltySignal:
     """Everything the model says about one customer as of ``as_of`` (epoch ms, UTC)."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     customer_id: str
     as_of: int
     model_version: str
@@ -54,25 +55,66 @@ class LoyaltySignal:
     purchase_gap_source: str
     purchases: int
     last_purchase_at: int | None
-    last_purchase_categories: list[str] = field(default_factory=list)
-    last_purchase_skus: list[str] = field(default_factory=list)
-    last_purchase_channel: str | None = None
-    last_purchase_location_id: str | None = None
-    favourite_category: str | None = None
-    preferred_channel: str | None = None
-    open_issues: int = 0
-    greeting_hint: str = ""
-    params_source: str = "default"
-    churn_model: str = "bgnbd"
-    churn_drivers: list[dict[str, object]] = field(default_factory=list)
-    suggested_categories: list[Suggestion] = field(default_factory=list)
+    last_purchase_categories: list[str]
+    last_purchase_skus: list[str]
+    last_purchase_channel: str | None
+    last_purchase_location_id: str | None
+    favourite_category: str | None
+    preferred_channel: str | None
+    open_issues: int
+    greeting_hint: str
+    params_source: str
+    churn_model: str
+    churn_drivers: list[dict[str, object]]
+    suggested_categories: list[Suggestion]
+
+    def __init__(self, customer_id: str, as_of: int, model_version: str, loyalty_score: float, tier: str, tier_reason: str,
+                 components: dict[str, float], churn_risk: float, horizon_days: int, p_alive: float | None,
+                 expected_purchases: float, expected_next_purchase_at: int | None, days_since_last_purchase: float | None,
+                 purchase_gap_days: float, purchase_gap_source: str, purchases: int, last_purchase_at: int | None,
+                 last_purchase_categories: list[str] | None = None, last_purchase_skus: list[str] | None = None,
+                 last_purchase_channel: str | None = None, last_purchase_location_id: str | None = None,
+                 favourite_category: str | None = None, preferred_channel: str | None = None, open_issues: int = 0,
+                 greeting_hint: str = "", params_source: str = "default", churn_model: str = "bgnbd",
+                 churn_drivers: list[dict[str, object]] | None = None,
+                 suggested_categories: list[Suggestion] | None = None) -> None:
+        self.customer_id = customer_id
+        self.as_of = as_of
+        self.model_version = model_version
+        self.loyalty_score = loyalty_score
+        self.tier = tier
+        self.tier_reason = tier_reason
+        self.components = components
+        self.churn_risk = churn_risk
+        self.horizon_days = horizon_days
+        self.p_alive = p_alive
+        self.expected_purchases = expected_purchases
+        self.expected_next_purchase_at = expected_next_purchase_at
+        self.days_since_last_purchase = days_since_last_purchase
+        self.purchase_gap_days = purchase_gap_days
+        self.purchase_gap_source = purchase_gap_source
+        self.purchases = purchases
+        self.last_purchase_at = last_purchase_at
+        self.last_purchase_categories = [] if last_purchase_categories is None else last_purchase_categories
+        self.last_purchase_skus = [] if last_purchase_skus is None else last_purchase_skus
+        self.last_purchase_channel = last_purchase_channel
+        self.last_purchase_location_id = last_purchase_location_id
+        self.favourite_category = favourite_category
+        self.preferred_channel = preferred_channel
+        self.open_issues = open_issues
+        self.greeting_hint = greeting_hint
+        self.params_source = params_source
+        self.churn_model = churn_model
+        self.churn_drivers = [] if churn_drivers is None else churn_drivers
+        self.suggested_categories = [] if suggested_categories is None else suggested_categories
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Assessment:
     """The model's judgement of a customer as of a time, without the know-me profile and the
     expected purchases: all that the end of a past day needs (:mod:`.days`)."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     rhythm: Rhythm
     components: dict[str, float]
     score: float
@@ -82,6 +124,18 @@ class Assessment:
     risk: ChurnRisk
     tier: str
     reason: str
+
+    def __init__(self, rhythm: Rhythm, components: dict[str, float], score: float, since_last: float | None,
+                 summary: churn.Summary | None, p_alive: float | None, risk: ChurnRisk, tier: str, reason: str) -> None:
+        self.rhythm = rhythm
+        self.components = components
+        self.score = score
+        self.since_last = since_last
+        self.summary = summary
+        self.p_alive = p_alive
+        self.risk = risk
+        self.tier = tier
+        self.reason = reason
 
     @property
     def churn_risk(self) -> float:

@@ -101,13 +101,19 @@ class CoPurchaseTable:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class Suggestion:
     """One suggested category, with why (shown to staff) and its score (0..1)."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     category: str
     reason: str
     score: float
+
+    def __init__(self, category: str, reason: str, score: float) -> None:
+        self.category = category
+        self.reason = reason
+        self.score = score
 
     @property
     def from_copurchase(self) -> bool:

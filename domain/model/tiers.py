@@ -59,10 +59,11 @@ LOYAL_SCORE = 55.0
 LOYAL_PRICE_INDEPENDENCE = 40.0
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class TierInputs:
     """The facts the rules look at."""
 
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     purchases: int  # lifetime, returns excluded
     days_since_first_purchase: float | None
     days_since_last_purchase: float | None
@@ -73,8 +74,25 @@ class TierInputs:
     unresolved_calls_90d: int
     score: float
     components: dict[str, float]
-    calls_365d: int = 0  # the calls relationship_quality is measured on
-    gap_variation: float | None = None  # std dev / mean of the recent gaps; None below 2 gaps
+    calls_365d: int  # the calls relationship_quality is measured on
+    gap_variation: float | None  # std dev / mean of the recent gaps; None below 2 gaps
+
+    def __init__(self, purchases: int, days_since_first_purchase: float | None, days_since_last_purchase: float | None,
+                 gap_days: float, p_alive: float | None, cancel_requests_90d: int, complaints_90d: int,
+                 unresolved_calls_90d: int, score: float, components: dict[str, float], calls_365d: int = 0,
+                 gap_variation: float | None = None) -> None:
+        self.purchases = purchases
+        self.days_since_first_purchase = days_since_first_purchase
+        self.days_since_last_purchase = days_since_last_purchase
+        self.gap_days = gap_days
+        self.p_alive = p_alive
+        self.cancel_requests_90d = cancel_requests_90d
+        self.complaints_90d = complaints_90d
+        self.unresolved_calls_90d = unresolved_calls_90d
+        self.score = score
+        self.components = components
+        self.calls_365d = calls_365d
+        self.gap_variation = gap_variation
 
 
 def assign_tier(f: TierInputs) -> tuple[str, str]:
