@@ -13,8 +13,8 @@ compiled module, and ``frozen=True`` makes it set each field through ``object.__
 1 us for a handful of fields, and the model makes several such values per event. So the values it
 makes per event or per customer (the scores' parts, signals, day ends, alert facts) are plain
 dataclasses with ``unsafe_hash=True`` (the hash ``frozen`` gave) and a written-out ``__init__``,
-compiled to native code (about 0.1 us), whose parameters are the fields in order; defaults live in
-it, and ``None`` stands for an empty container. They are still values: nothing assigns their
+compiled to native code (about 0.1 us), whose parameters are the fields in order with the
+fields' defaults (``None`` standing for a default factory's empty container). They are still values: nothing assigns their
 fields after ``__init__``. (``Final`` fields would have mypy and the compiled classes refuse such
 assignments, but mypyc 2.4 compiled them wrongly here: a signal's ``components`` read back as
 another object.) The per-event mutable classes (``Tally``, ``Episode``, ...) have a written-out

@@ -30,16 +30,24 @@ CALL_REASONS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class PurchaseItem:
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     sku: str
     category: str
     quantity: int
     unit_price_minor: int
 
+    def __init__(self, sku: str, category: str, quantity: int, unit_price_minor: int) -> None:
+        self.sku = sku
+        self.category = category
+        self.quantity = quantity
+        self.unit_price_minor = unit_price_minor
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)
 class PurchaseEvent:
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     event_id: str
     customer_id: str
     occurred_at: int  # epoch milliseconds, UTC
@@ -57,14 +65,35 @@ class PurchaseEvent:
 
     kind: EventKind = field(default="purchase", init=False, repr=False, compare=False)
 
+    def __init__(self, event_id: str, customer_id: str, occurred_at: int, channel: str, order_id: str, amount_minor: int,
+                 currency: str, discount_minor: int = 0, promo_code: str | None = None, items: tuple[PurchaseItem, ...] = (),
+                 is_return: bool = False, location_id: str | None = None, contact_email: str | None = None,
+                 contact_phone: str | None = None) -> None:
+        self.event_id = event_id
+        self.customer_id = customer_id
+        self.occurred_at = occurred_at
+        self.channel = channel
+        self.order_id = order_id
+        self.amount_minor = amount_minor
+        self.currency = currency
+        self.discount_minor = discount_minor
+        self.promo_code = promo_code
+        self.items = items
+        self.is_return = is_return
+        self.location_id = location_id
+        self.contact_email = contact_email
+        self.contact_phone = contact_phone
+        self.kind = "purchase"
+
     @property
     def discounted(self) -> bool:
         """Bought with a discount or a promotion: price, not preference, may have decided it."""
         return self.discount_minor > 0 or bool(self.promo_code)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)
 class CallEvent:
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     event_id: str
     customer_id: str
     occurred_at: int
@@ -81,9 +110,28 @@ class CallEvent:
 
     kind: EventKind = field(default="call", init=False, repr=False, compare=False)
 
+    def __init__(self, event_id: str, customer_id: str, occurred_at: int, direction: str, reason: str, wait_seconds: int,
+                 duration_seconds: int, resolved: bool, agent_id: str, sentiment: float | None = None,
+                 effort_score: int | None = None, nps: int | None = None, caller_phone: str | None = None) -> None:
+        self.event_id = event_id
+        self.customer_id = customer_id
+        self.occurred_at = occurred_at
+        self.direction = direction
+        self.reason = reason
+        self.wait_seconds = wait_seconds
+        self.duration_seconds = duration_seconds
+        self.resolved = resolved
+        self.agent_id = agent_id
+        self.sentiment = sentiment
+        self.effort_score = effort_score
+        self.nps = nps
+        self.caller_phone = caller_phone
+        self.kind = "call"
 
-@dataclass(frozen=True, slots=True)
+
+@dataclass(slots=True, unsafe_hash=True)
 class VisitEvent:
+    # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     event_id: str
     customer_id: str
     occurred_at: int
@@ -94,6 +142,18 @@ class VisitEvent:
     categories_viewed: tuple[str, ...] = ()
 
     kind: EventKind = field(default="visit", init=False, repr=False, compare=False)
+
+    def __init__(self, event_id: str, customer_id: str, occurred_at: int, channel: str, location_id: str,
+                 duration_seconds: int, recognized: bool, categories_viewed: tuple[str, ...] = ()) -> None:
+        self.event_id = event_id
+        self.customer_id = customer_id
+        self.occurred_at = occurred_at
+        self.channel = channel
+        self.location_id = location_id
+        self.duration_seconds = duration_seconds
+        self.recognized = recognized
+        self.categories_viewed = categories_viewed
+        self.kind = "visit"
 
 
 Event = PurchaseEvent | CallEvent | VisitEvent

@@ -17,7 +17,7 @@ The same function serves both paths of the worker:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.alerts.record import Alert, AlertContext, alert_id, top_changes
 from domain.alerts.rules import DEFAULT_RULES, AlertRules, severity, tier_rank
@@ -100,8 +100,8 @@ class Evaluation:
 
     # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     state: AlertState
-    alerts: list[Alert]
-    due_at: int | None
+    alerts: list[Alert] = field(default_factory=list)
+    due_at: int | None = None
 
     def __init__(self, state: AlertState, alerts: list[Alert] | None = None, due_at: int | None = None) -> None:
         self.state = state

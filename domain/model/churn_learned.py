@@ -126,7 +126,7 @@ class ChurnRisk:
     # Not frozen, and its __init__ written out: see domain/__init__.py, "Value classes".
     risk: float
     model: str  # "learned" or "bgnbd"
-    drivers: tuple[tuple[str, float], ...]  # (feature, contribution to the log-odds), largest first
+    drivers: tuple[tuple[str, float], ...] = ()  # (feature, contribution to the log-odds), largest first
 
     def __init__(self, risk: float, model: str, drivers: tuple[tuple[str, float], ...] = ()) -> None:
         self.risk = risk

@@ -8,7 +8,7 @@ and the know-me profile (:mod:`.knowme`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from domain.model import churn
 from domain.model.churn import BgNbdParams
@@ -55,18 +55,18 @@ class LoyaltySignal:
     purchase_gap_source: str
     purchases: int
     last_purchase_at: int | None
-    last_purchase_categories: list[str]
-    last_purchase_skus: list[str]
-    last_purchase_channel: str | None
-    last_purchase_location_id: str | None
-    favourite_category: str | None
-    preferred_channel: str | None
-    open_issues: int
-    greeting_hint: str
-    params_source: str
-    churn_model: str
-    churn_drivers: list[dict[str, object]]
-    suggested_categories: list[Suggestion]
+    last_purchase_categories: list[str] = field(default_factory=list)
+    last_purchase_skus: list[str] = field(default_factory=list)
+    last_purchase_channel: str | None = None
+    last_purchase_location_id: str | None = None
+    favourite_category: str | None = None
+    preferred_channel: str | None = None
+    open_issues: int = 0
+    greeting_hint: str = ""
+    params_source: str = "default"
+    churn_model: str = "bgnbd"
+    churn_drivers: list[dict[str, object]] = field(default_factory=list)
+    suggested_categories: list[Suggestion] = field(default_factory=list)
 
     def __init__(self, customer_id: str, as_of: int, model_version: str, loyalty_score: float, tier: str, tier_reason: str,
                  components: dict[str, float], churn_risk: float, horizon_days: int, p_alive: float | None,

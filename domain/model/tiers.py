@@ -74,8 +74,8 @@ class TierInputs:
     unresolved_calls_90d: int
     score: float
     components: dict[str, float]
-    calls_365d: int  # the calls relationship_quality is measured on
-    gap_variation: float | None  # std dev / mean of the recent gaps; None below 2 gaps
+    calls_365d: int = 0  # the calls relationship_quality is measured on
+    gap_variation: float | None = None  # std dev / mean of the recent gaps; None below 2 gaps
 
     def __init__(self, purchases: int, days_since_first_purchase: float | None, days_since_last_purchase: float | None,
                  gap_days: float, p_alive: float | None, cancel_requests_90d: int, complaints_90d: int,

@@ -70,7 +70,8 @@ EXPECTED = {
     "domain.alerts.evaluate.Evaluation", "domain.model.churn.Summary", "domain.model.churn_learned.ChurnRisk",
     "domain.model.components.Rhythm", "domain.model.days.DayEnd", "domain.model.knowme.KnowMe",
     "domain.model.signals.Assessment", "domain.model.signals.LoyaltySignal", "domain.model.suggest.Suggestion",
-    "domain.model.tiers.TierInputs",
+    "domain.model.tiers.TierInputs", "domain.records.PurchaseItem", "domain.records.PurchaseEvent",
+    "domain.records.CallEvent", "domain.records.VisitEvent",
 }
 
 
@@ -131,3 +132,11 @@ def test_a_value_class_is_equal_and_hashed_by_its_fields():
 
     assert Summary(1, 2.0, 3.0) == Summary(1, 2.0, 3.0) != Summary(1, 2.0, 4.0)
     assert hash(Summary(1, 2.0, 3.0)) == hash(Summary(1, 2.0, 3.0))
+
+
+def test_an_event_knows_its_kind():
+    from domain.records import CallEvent, PurchaseEvent, VisitEvent
+
+    assert PurchaseEvent("e", "C1", 1, "web", "o", 5, "EUR").kind == "purchase"
+    assert CallEvent("e", "C1", 1, "inbound", "billing", 0, 60, True, "a").kind == "call"
+    assert VisitEvent("e", "C1", 1, "web", "l", 60, False).kind == "visit"
