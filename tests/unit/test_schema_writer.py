@@ -13,7 +13,10 @@ import pytest
 from schemas import SCHEMA_DIR, Codec, _plain, codec, load_schema
 from schemas.writer import Unsupported, compile_writer
 
-INTS = [0, 1, -1, 63, -64, 64, 8191, -8192, 8192, -8193, 2**31 - 1, -(2**31), 1_780_000_000_000, 2**63 - 1, -(2**63)]
+# the varint's boundaries: one and two bytes (zig-zagged below 2**14), the two-group tables
+# (below 2**28 and 2**42), then the loop
+INTS = [0, 1, -1, 63, -64, 64, 8191, -8192, 8192, -8193, 2**27 - 1, 2**27, -(2**27), -(2**27) - 1, 2**31 - 1,
+        -(2**31), 1_780_000_000_000, 2**41 - 1, 2**41, -(2**41), -(2**41) - 1, 2**63 - 1, -(2**63)]
 STRINGS = ["", "a", "shoes", "Zoë ☕ 東京", "x" * 300]
 
 
