@@ -28,7 +28,7 @@ class Episode:
     last_raised_at: int | None = None
 
     def __init__(self, active: bool = False, started_at: int | None = None, last_raised_at: int | None = None) -> None:
-        # Written out: compiled, a generated __init__ stays interpreted (domain.relationship.Tally).
+        # Written out: see domain/__init__.py, "Value classes".
         self.active = active
         self.started_at = started_at
         self.last_raised_at = last_raised_at
