@@ -609,7 +609,8 @@ def copy_state(state: RelationshipState) -> RelationshipState:
     """An independent copy of the state's value (its memoised windows and rhythm stay behind).
 
     Built field by field rather than with ``copy.deepcopy``, which rebuilds objects through
-    ``__setstate__`` and so cannot copy the frozen :class:`Rhythm` of a compiled build."""
+    ``__setstate__``: that failed on a compiled build's :class:`Rhythm` (then frozen), and a
+    state's copy leaves the memoised values behind anyway."""
     last = state.last_purchase
     return RelationshipState(
         customer_id=state.customer_id,
