@@ -55,7 +55,12 @@ Main size (``--events`` over ``--customers``):
    its health (migrations done) to the end / every event (it copies the events and their signals).
    Then the sink's CPU over 5 s with nothing to copy (``sink_idle_cores``: the tier mix's refresh
    over every customer, its timers, the last merges), and its CPU per event without that rate
-   over the same span (``sink_cpu_us_per_event_net_of_idle``, an estimate).
+   over the same span (``sink_cpu_us_per_event_net_of_idle``, an estimate), and its CPU per event
+   by the work of its threads (``sink_cpu_us_per_event_by_work``: its own Python, the inserts'
+   and reads' threads, the embedded engine's own threads). Each process's main thread's wall time
+   is split (``main_thread_shares``, from ``/proc/<pid>/task/<pid>/schedstat``) into running,
+   waiting for a CPU (ready, while the machine's other work runs) and off a CPU (waiting for the
+   broker, for records, for a timer); the same over the freshness load.
    Also the rate in each quarter and how often ``GET /status`` got no answer within 15 s.
 6. **Changelog** (right after P1): the ``<app_id>-relationships-changelog`` and ``-due_times-``
    topics read from the start with kafka-python: bytes of every key + value / events
@@ -252,6 +257,38 @@ def process_threads_cpu(pid: int) -> dict[str, float]:
     return by_name
 
 
+def main_thread_schedstat(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread (a state worker's event loop) has run on a CPU and has
+    waited in a run queue for one, so far (/proc/<pid>/task/<pid>/schedstat; zeros where the
+    kernel keeps no such figures)."""
+    try:
+        run_ns, wait_ns = Path(f"/proc/{pid}/task/{pid}/schedstat").read_text().split()[:2]
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        return 0.0, 0.0
+    return int(run_ns) / 1e9, int(wait_ns) / 1e9
+
+
+#: The sink's threads by the work they do (sinks/threads.py names them); every other thread is the
+#: embedded engine's own (chDB's pools: merges, background schedules).
+SINK_THREAD_WORK = {"python-main": "python", "python-other": "python", "sink-rows": "python",
+                    "ch-write": "inserts", "ch-read": "reads"}
+
+
+def sink_cpu_by_work(threads: dict[str, float]) -> dict[str, float]:
+    """A sink's CPU seconds by thread name, summed by work: ``python`` (the sink's own work: the
+    event loop's fetches, commits and HTTP API, and the rows built from the records), ``inserts``
+    (the thread that calls the client's inserts: the client's encoding, and what of the embedded
+    engine's work runs on the calling thread), ``reads`` (the thread that runs queries: BI, the
+    benchmark's polls), ``engine`` (the embedded engine's own threads: the inserts' pipelines and
+    views, merges, the tier mix's refresh). With a ClickHouse server, the engine's share is the
+    server's, not the sink's."""
+    by_work: dict[str, float] = {}
+    for name, seconds in threads.items():
+        work = SINK_THREAD_WORK.get(name, "engine")
+        by_work[work] = by_work.get(work, 0.0) + seconds
+    return by_work
+
+
 def process_memory_mb(pid: int) -> dict[str, float]:
     """Peak (VmHWM) and current (VmRSS) resident memory, MB."""
     fields: dict[str, float] = {}
@@ -287,11 +324,13 @@ class Service(WorkerProcess):
         super().__init__(settings, log_path, role=role, name=name, profile_path=profile_path, cwd=REPO)
         self.healthy_at = 0.0
         self.cpu_at_health = 0.0
+        self.threads_at_health: dict[str, float] = {}
 
     def wait_healthy(self, timeout: float = 180.0) -> None:
         super().wait_healthy(timeout)
         self.healthy_at = time.time()
         self.cpu_at_health = self.cpu_seconds()
+        self.threads_at_health = process_threads_cpu(self.pid)
 
     def get(self, path: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
         return super().get(path, body, timeout)
@@ -594,7 +633,8 @@ def snapshot(services: Sequence[Service], broker_pid: int | None, bench: bool = 
         pids["bench"] = os.getpid()
     return {"at": time.time(), "machine": machine_busy_seconds(),
             "cpu": {name: process_cpu_seconds(pid) for name, pid in pids.items()},
-            "threads": {name: process_threads_cpu(pid) for name, pid in pids.items()}}
+            "threads": {name: process_threads_cpu(pid) for name, pid in pids.items()},
+            "main_thread": {name: main_thread_schedstat(pid) for name, pid in pids.items()}}
 
 
 def cpu_between(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
@@ -606,6 +646,13 @@ def cpu_between(first: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
         threads = {t: s - first["threads"][name].get(t, 0.0) for t, s in last["threads"][name].items()}
         out[name] = {"cpu_seconds": round(used, 2), "cores_busy": round(used / wall, 2),
                      "cpu_by_thread_seconds": _top(threads)}
+        if name in last.get("main_thread", {}) and name in first.get("main_thread", {}):
+            (run0, wait0), (run1, wait1) = first["main_thread"][name], last["main_thread"][name]
+            ran, waited = run1 - run0, wait1 - wait0
+            # the main thread's wall time: on a CPU, ready but waiting for one (the machine's
+            # other work), and neither (waiting for the broker, for records, or a timer)
+            out[name]["main_thread_shares"] = {"running": round(ran / wall, 3), "waiting_for_cpu": round(waited / wall, 3),
+                                               "off_cpu": round(max(0.0, 1 - (ran + waited) / wall), 3)}
     out["machine"] = {"cpu_seconds": round(last["machine"] - first["machine"], 2),
                       "cores_busy": round((last["machine"] - first["machine"]) / wall, 2)}
     return out
@@ -699,6 +746,11 @@ def measure_pipeline(dep: Deployment, workload: Workload, timeout: float, broker
         "state_cpu_us_per_event": round(state_cpu / (done - n_first) * 1e6, 1),
         "sink_cpu_seconds": round(sink_cpu, 2),
         "sink_cpu_us_per_event": round(sink_cpu / done * 1e6, 1),
+        # the same span (from its health) by the work of its threads
+        "sink_cpu_us_per_event_by_work": {
+            work: round(seconds / done * 1e6, 1) for work, seconds in sink_cpu_by_work(
+                {name: seconds - dep.sink.threads_at_health.get(name, 0.0)
+                 for name, seconds in last["threads"]["sink"].items()}).items()},
         "cpu_during_p": cpu,
         "input_partitions_by_state_worker": {s.name: _input_partitions(s) for s in dep.states},
         # wall seconds in each step of the agent's batches since it started (GET /status)
@@ -1126,6 +1178,9 @@ def measure_freshness_and_bi(dep: Deployment, workload: Workload, rate: float, s
         "cpu_us_per_event": cpu_us,
         # cores each process kept busy while the load was sent (the drain after it left out)
         "cores_busy_while_sending": {name: figures["cores_busy"] for name, figures in while_sending.items()},
+        # how each process's main thread spent the load's wall time (a state worker's event loop)
+        "main_thread_while_sending": {name: figures["main_thread_shares"] for name, figures in while_sending.items()
+                                      if "main_thread_shares" in figures},
         # wall seconds in each step of the state workers' batches meanwhile (GET /status)
         # ("waiting" includes the idle wait before the load's first batch)
         "batch_seconds_while_sending": {
@@ -1363,6 +1418,7 @@ def headline(main: dict[str, Any], scale: dict[str, Any] | None) -> dict[str, An
         "sink_cpu_us_per_event": p1["sink_cpu_us_per_event"],
         "sink_idle_cores": p1.get("sink_idle_cores"),
         "sink_cpu_us_per_event_net_of_idle": p1.get("sink_cpu_us_per_event_net_of_idle"),
+        "sink_cpu_us_per_event_by_work": p1.get("sink_cpu_us_per_event_by_work"),
         "changelog_bytes_per_event": (round(sum(c["bytes"] for c in changelog.values()) / events, 1)
                                       if changelog else None),
         "state_bytes_per_customer": (changelog.get("relationships") or {}).get("latest_value_bytes_mean"),
@@ -1465,11 +1521,15 @@ def print_report(report: dict[str, Any]) -> None:
         cpu = p1["cpu_during_p"]
         print(f"{'':6} P1 cores busy: " + ", ".join(f"{k} {v['cores_busy']:.2f}" for k, v in cpu.items())
               + f"; state threads: {cpu['state-1']['cpu_by_thread_seconds']}")
+        if "main_thread_shares" in cpu["state-1"]:
+            print(f"{'':6} P1 state-1 main thread (share of the wall time): {cpu['state-1']['main_thread_shares']}")
         print(f"{'':6} P1 sink: {p1['sink_status']['batches']:,} batches, copied {p1['sink_status']['copied']}; "
               f"threads: {cpu['sink']['cpu_by_thread_seconds']}")
         if "sink_idle_cores" in p1:
             print(f"{'':6} P1 sink with nothing to copy: {p1['sink_idle_cores']:.3f} cores busy (the tier mix's refresh, "
                   f"timers, merges); {p1['sink_cpu_us_per_event_net_of_idle']:,.0f} us per event without that rate")
+        if p1.get("sink_cpu_us_per_event_by_work"):
+            print(f"{'':6} P1 sink, us per event by the work of its threads: {p1['sink_cpu_us_per_event_by_work']}")
         steps = p1.get("batch_seconds_by_state_worker", {}).get("state-1")
         if steps:
             print(f"{'':6} P1 state-1 batch steps (wall s): {steps}")
@@ -1504,6 +1564,9 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"Cores busy while the load was sent: {fresh['cores_busy_while_sending']}; state worker batch "
                   f"steps meanwhile (wall s): {fresh.get('batch_seconds_while_sending')}; batches: "
                   f"{fresh.get('batches_while_sending')}")
+        if fresh.get("main_thread_while_sending"):
+            print("Main threads while the load was sent (share of the wall time): "
+                  f"{fresh['main_thread_while_sending']}")
         print(f"BI tier query over {bi['customers']:,} customers (v_tiers_now): during ingest p50 "
               f"{bi['during_ingest_p50_ms']} ms, p99 {bi['during_ingest_p99_ms']} ms (n={bi['during_ingest_n']}), "
               f"answers p50 {bi.get('answer_age_p50_s')} s / p99 {bi.get('answer_age_p99_s')} s old; "

@@ -25,7 +25,6 @@ import random
 import re
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -36,6 +35,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from sinks.avro import Container
 from sinks.cluster import on_cluster
+from sinks.threads import named_executor
 
 logger = logging.getLogger(__name__)
 
@@ -371,10 +371,9 @@ class AsyncSinkRunner:
         self.sink = sink
         self.max_backoff = max_backoff
         self.on_retry = on_retry
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse")
+        self._executor = named_executor("ch-write")
         self.reader = reader
-        self._read_executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="clickhouse-read")
-                               if reader is not None else None)
+        self._read_executor = named_executor("ch-read") if reader is not None else None
         self._closed = False
         self.retries = 0
         self._waiting: list[tuple[SinkBatch, asyncio.Future[int]]] = []

@@ -1,0 +1,39 @@
+"""Threads named in the kernel (sinks/threads.py): what ``top -H`` and the benchmark's CPU by
+thread read."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from sinks.threads import name_this_thread, named_executor
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's thread names are Linux's")
+
+
+def kernel_name() -> str:
+    return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+
+def test_an_executor_thread_carries_its_name_in_the_kernel() -> None:
+    with named_executor("sink-rows") as executor:
+        assert executor.submit(kernel_name).result() == "sink-rows"
+        assert executor.submit(lambda: threading.current_thread().name).result().startswith("sink-rows")
+
+
+def test_a_long_name_keeps_its_first_15_bytes_and_other_threads_keep_theirs() -> None:
+    before = kernel_name()
+
+    def rename() -> str:
+        name_this_thread("a-name-longer-than-fifteen")
+        return kernel_name()
+
+    thread_result: list[str] = []
+    worker = threading.Thread(target=lambda: thread_result.append(rename()))
+    worker.start()
+    worker.join()
+    assert thread_result == ["a-name-longer-t"]
+    assert kernel_name() == before
