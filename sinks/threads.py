@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import ctypes
 import sys
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 
 #: prctl's option that names the calling thread (linux/prctl.h); the kernel keeps 15 bytes.
 PR_SET_NAME = 15
@@ -20,6 +22,25 @@ def name_this_thread(name: str) -> None:
         _libc.prctl(PR_SET_NAME, name.encode()[:15], 0, 0, 0)
 
 
-def named_executor(name: str) -> ThreadPoolExecutor:
-    """One thread, named ``name`` in Python and in the kernel."""
-    return ThreadPoolExecutor(max_workers=1, thread_name_prefix=name, initializer=name_this_thread, initargs=(name,))
+class NamedExecutor(ThreadPoolExecutor):
+    """One thread, named ``name`` in Python and in the kernel, and named again after each task:
+    the embedded engine renames a thread it has run a query on."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(max_workers=1, thread_name_prefix=name, initializer=name_this_thread, initargs=(name,))
+        self.name = name
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return super().submit(_named_call, self.name, fn, args, kwargs)
+
+
+def _named_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        name_this_thread(name)
+
+
+def named_executor(name: str) -> NamedExecutor:
+    """One thread, named ``name`` in Python and in the kernel (:class:`NamedExecutor`)."""
+    return NamedExecutor(name)

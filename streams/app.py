@@ -689,6 +689,10 @@ class Pipeline:
             async def _watch_for_stalls(self) -> None:
                 await pipeline.stall_watch.run()
 
+            @faust.Service.task
+            async def _commit_fence_transactions(self) -> None:
+                await pipeline.fences.run()
+
             async def on_stop(self) -> None:
                 await pipeline.fences.stop()
                 if pipeline.outputs is not None:

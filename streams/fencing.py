@@ -3,13 +3,24 @@ for partitions another worker has taken meanwhile.
 
 Each input partition ``p`` has one transactional id, ``<app id>-fence-<p>``. The worker assigned
 ``p`` starts a producer with that id; its first transaction waits for the broker's
-``InitProducerId``, which bumps the id's epoch and fences every earlier producer of that id, the
-previous owner's included. Before a batch produces anything, the worker commits one transaction of
-one tiny record on the fence topic for each partition the batch read (:meth:`Fences.confirm`, all
-partitions concurrently). A zombie's transaction fails with ``ProducerFenced`` once the new owner's
-producer is up: the zombie learns it lost the partition before it sends a single record for it.
-The changelogs, outputs and inputs stay outside transactions (their readers, Faust's table
-recovery among them, never meet a transaction marker); only the fence topic carries them.
+``InitProducerId``, which bumps the id's epoch and fences every earlier producer of that id, the previous owner's included:
+the transaction coordinator first aborts the transaction that producer has open, writing the
+abort marker, with the new epoch, to each partition in it. Before a batch produces anything, the
+worker sends one tiny record on the fence topic for each partition the batch read, inside that
+partition's open transaction, and awaits its acknowledgement (:meth:`Fences.confirm`, all
+partitions concurrently). A zombie's record is refused (``ProducerFenced`` or
+``InvalidProducerEpoch``) once the new owner's producer is up: the zombie learns it lost the
+partition before it sends a single record for it.
+
+A transaction stays open across batches and is committed once it is
+:data:`FENCE_TRANSACTION_SECONDS` old, at a confirm or, while no batch comes, by a timer well
+before the broker would abort it (the producer's ``transaction_timeout_ms``, an abort that would
+read as a fence). A batch's fence is then one produce round trip, against three for a transaction
+of its own (``AddPartitionsToTxn``, the record, ``EndTxn``, and the coordinator's markers and log
+writes besides): the broker and the worker pay the transaction's machinery every few seconds
+instead of every batch (``bench/fence.py``). The changelogs, outputs and inputs stay outside
+transactions (their readers, Faust's table recovery among them, never meet a transaction marker);
+only the fence topic carries them, and nothing reads it.
 
 A fence is checked once per batch, before its writes. A worker frozen after that, before its
 changelog step, notices it when it resumes (:class:`StallWatch`) and drops the rest of the batch.
@@ -35,6 +46,11 @@ logger = logging.getLogger(__name__)
 
 # What the broker answers a producer whose transactional id another producer has taken over.
 FENCED_ERRORS = (ProducerFenced, InvalidProducerEpoch)
+#: Seconds a fence transaction stays open before it is committed (at a batch's confirm, or by the
+#: timer while no batch comes); far below the producer's transaction timeout (60 s).
+FENCE_TRANSACTION_SECONDS = 5.0
+#: Seconds between two looks for fence transactions to commit.
+FENCE_CHECK_SECONDS = 1.0
 
 
 @dataclass(eq=False)
@@ -44,9 +60,11 @@ class _Fence:
     partition: int
     producer: AIOKafkaProducer
     started: asyncio.Task[None]
-    # Held during a transaction, and by the stop: a producer is never stopped mid-transaction.
+    # Held during a confirm, a commit and the stop: one of them at a time on the producer.
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     discarded: bool = False
+    began: float | None = None  # when its open transaction began (monotonic); None: none open
+    error: BaseException | None = None  # a commit's error other than a fence, raised by the next confirm
 
 
 class Fences:
@@ -60,6 +78,7 @@ class Fences:
         self._stopping: set[asyncio.Task[None]] = set()
         self.confirmed = 0
         self.fenced = 0
+        self.committed = 0  # fence transactions committed
 
     def transactional_id(self, partition: int) -> str:
         return f"{self.settings.app_id}-fence-{partition}"
@@ -108,19 +127,65 @@ class Fences:
         async with fence.lock:
             if fence.discarded:
                 return False
+            if fence.error is not None:
+                raise fence.error  # the timer's commit failed: the producer cannot go on
             try:
                 await asyncio.shield(fence.started)
-                await fence.producer.begin_transaction()
+                if fence.began is None:
+                    await fence.producer.begin_transaction()
+                    fence.began = time.monotonic()
                 await (await fence.producer.send(self.topic, self.value, str(partition).encode()))
-                await fence.producer.commit_transaction()
             except FENCED_ERRORS as exc:
-                logger.warning("partition %d is fenced: another worker's producer took over %s (%s)",
-                               partition, self.transactional_id(partition), type(exc).__name__)
-                if self._fences.get(partition) is fence:
-                    self.revoke([partition])
+                self._fenced(fence, exc)
                 return False
-        # Revoked while the transaction was on its way: the partition may be another worker's.
+        # Revoked while the record was on its way: the partition may be another worker's.
         return not fence.discarded
+
+    def _fenced(self, fence: _Fence, exc: BaseException) -> None:
+        logger.warning("partition %d is fenced: another worker's producer took over %s (%s)",
+                       fence.partition, self.transactional_id(fence.partition), type(exc).__name__)
+        if self._fences.get(fence.partition) is fence:
+            self.revoke([fence.partition])
+
+    async def commit_old_transactions(self, older_than: float | None = None) -> int:
+        """Commit every open fence transaction that began ``older_than`` seconds ago or earlier
+        (default :data:`FENCE_TRANSACTION_SECONDS`); return how many were committed. A fenced
+        producer is discarded (its partition is lost, as at a confirm); another error is kept and
+        raised by the partition's next confirm."""
+        now = time.monotonic()
+        if older_than is None:
+            older_than = FENCE_TRANSACTION_SECONDS
+        committed = 0
+        for fence in list(self._fences.values()):
+            if fence.began is None or now - fence.began < older_than or fence.lock.locked():
+                continue
+            async with fence.lock:
+                if fence.discarded or fence.began is None or fence.error is not None:
+                    continue
+                try:
+                    await fence.producer.commit_transaction()
+                    committed += 1
+                    self.committed += 1
+                except FENCED_ERRORS as exc:
+                    self._fenced(fence, exc)
+                except KafkaError as exc:
+                    logger.error("the fence transaction of partition %d could not be committed: %s",
+                                 fence.partition, exc)
+                    fence.error = exc
+                finally:
+                    fence.began = None
+        return committed
+
+    async def run(self) -> None:
+        """Commit the open transactions as they age (:data:`FENCE_TRANSACTION_SECONDS`), batches
+        or not: the broker aborts one left open past the producer's transaction timeout, and its
+        producer would then read as fenced."""
+        while True:
+            await asyncio.sleep(FENCE_CHECK_SECONDS)
+            try:
+                await self.commit_old_transactions()
+            except Exception:  # noqa: BLE001 - the timer goes on; the partition's next confirm raises
+                logger.exception("committing the fence transactions failed")
 
     async def stop(self) -> None:
         """Stop every producer (the worker is stopping)."""
@@ -129,15 +194,24 @@ class Fences:
             await asyncio.gather(*self._stopping)
 
     def status(self) -> dict[str, object]:
-        return {"partitions": sorted(self._fences), "confirmed": self.confirmed, "fenced": self.fenced}
+        return {"partitions": sorted(self._fences), "confirmed": self.confirmed, "fenced": self.fenced,
+                "transactions_committed": self.committed}
 
 
 async def _stop(fence: _Fence) -> None:
     async with fence.lock:
         try:
             await fence.started
+            if fence.began is not None and fence.error is None:
+                # Nothing waits on it; a next owner's producer would abort it all the same.
+                fence.began = None
+                try:
+                    await asyncio.wait_for(fence.producer.abort_transaction(), FENCE_TRANSACTION_SECONDS)
+                except (KafkaError, AssertionError, TimeoutError) as exc:
+                    logger.info("the fence transaction of partition %d was left to the next owner: %s: %s",
+                                fence.partition, type(exc).__name__, exc)
             await fence.producer.stop()
-        except (KafkaError, AssertionError) as exc:
+        except (KafkaError, AssertionError, TimeoutError) as exc:
             # A fenced producer may not stop cleanly (aiokafka asserts on its state): it is gone
             # either way, and the partition's new owner aborted whatever it had open.
             logger.info("fence producer of partition %d stopped with %s: %s", fence.partition,

@@ -37,3 +37,11 @@ def test_a_long_name_keeps_its_first_15_bytes_and_other_threads_keep_theirs() ->
     worker.join()
     assert thread_result == ["a-name-longer-t"]
     assert kernel_name() == before
+
+
+def test_the_name_comes_back_after_a_task_that_renamed_the_thread() -> None:
+    # as the embedded engine does to a thread it has run a query on
+    with named_executor("ch-write") as executor:
+        assert executor.submit(lambda: (name_this_thread("Unknown"), kernel_name())[1]).result() == "Unknown"
+        assert executor.submit(kernel_name).result() == "ch-write"
+        assert executor.submit(lambda a, b=0: a + b, 1, b=2).result() == 3
