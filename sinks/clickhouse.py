@@ -35,7 +35,7 @@ from clickhouse_connect.driver.exceptions import ClickHouseError, OperationalErr
 
 from sinks.avro import Container
 from sinks.cluster import on_cluster
-from sinks.threads import named_executor
+from sinks.threads import NamedExecutor
 
 logger = logging.getLogger(__name__)
 
@@ -371,9 +371,9 @@ class AsyncSinkRunner:
         self.sink = sink
         self.max_backoff = max_backoff
         self.on_retry = on_retry
-        self._executor = named_executor("ch-write")
+        self._executor = NamedExecutor("ch-write")
         self.reader = reader
-        self._read_executor = named_executor("ch-read") if reader is not None else None
+        self._read_executor = NamedExecutor("ch-read") if reader is not None else None
         self._closed = False
         self.retries = 0
         self._waiting: list[tuple[SinkBatch, asyncio.Future[int]]] = []

@@ -39,8 +39,3 @@ def _named_call(name: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs
         return fn(*args, **kwargs)
     finally:
         name_this_thread(name)
-
-
-def named_executor(name: str) -> NamedExecutor:
-    """One thread, named ``name`` in Python and in the kernel (:class:`NamedExecutor`)."""
-    return NamedExecutor(name)

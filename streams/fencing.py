@@ -3,19 +3,21 @@ for partitions another worker has taken meanwhile.
 
 Each input partition ``p`` has one transactional id, ``<app id>-fence-<p>``. The worker assigned
 ``p`` starts a producer with that id; its first transaction waits for the broker's
-``InitProducerId``, which bumps the id's epoch and fences every earlier producer of that id, the previous owner's included:
-the transaction coordinator first aborts the transaction that producer has open, writing the
-abort marker, with the new epoch, to each partition in it. Before a batch produces anything, the
-worker sends one tiny record on the fence topic for each partition the batch read, inside that
-partition's open transaction, and awaits its acknowledgement (:meth:`Fences.confirm`, all
-partitions concurrently). A zombie's record is refused (``ProducerFenced`` or
-``InvalidProducerEpoch``) once the new owner's producer is up: the zombie learns it lost the
-partition before it sends a single record for it.
+``InitProducerId``, which bumps the id's epoch and fences every earlier producer of that id, the
+previous owner's included: the transaction coordinator first aborts the transaction that
+producer has open, writing the abort marker, with the new epoch, to each partition in it. Before
+a batch produces anything, the worker sends one tiny record on the fence topic for each partition
+the batch read, inside that partition's open transaction, and awaits its acknowledgement
+(:meth:`Fences.confirm`, all partitions concurrently). A zombie's record is refused
+(``ProducerFenced`` or ``InvalidProducerEpoch``) once the new owner's producer is up: by the
+fence partition's leader, which the abort marker told the new epoch, or, when the zombie's
+transaction was committed meanwhile, by the coordinator as the record's partition joins the next
+one. The zombie learns it lost the partition before it sends a single record for it.
 
-A transaction stays open across batches and is committed once it is
-:data:`FENCE_TRANSACTION_SECONDS` old, at a confirm or, while no batch comes, by a timer well
-before the broker would abort it (the producer's ``transaction_timeout_ms``, an abort that would
-read as a fence). A batch's fence is then one produce round trip, against three for a transaction
+A transaction stays open across batches and is committed by a timer (:meth:`Fences.run`), batches
+or not, once :data:`FENCE_TRANSACTION_SECONDS` old: well before the broker would abort it (the
+producer's ``transaction_timeout_ms``, an abort that would read as a fence). A batch's fence is
+then one produce round trip, against three for a transaction
 of its own (``AddPartitionsToTxn``, the record, ``EndTxn``, and the coordinator's markers and log
 writes besides): the broker and the worker pay the transaction's machinery every few seconds
 instead of every batch (``bench/fence.py``). The changelogs, outputs and inputs stay outside
@@ -46,8 +48,8 @@ logger = logging.getLogger(__name__)
 
 # What the broker answers a producer whose transactional id another producer has taken over.
 FENCED_ERRORS = (ProducerFenced, InvalidProducerEpoch)
-#: Seconds a fence transaction stays open before it is committed (at a batch's confirm, or by the
-#: timer while no batch comes); far below the producer's transaction timeout (60 s).
+#: Seconds a fence transaction stays open before the timer commits it; far below the producer's
+#: transaction timeout (60 s).
 FENCE_TRANSACTION_SECONDS = 5.0
 #: Seconds between two looks for fence transactions to commit.
 FENCE_CHECK_SECONDS = 1.0

@@ -65,7 +65,7 @@ from sinks.rows import (
     signal_values,
     tier_day_values,
 )
-from sinks.threads import named_executor
+from sinks.threads import NamedExecutor
 from streams.churn_params import CHURN_EVENTS_SQL, CHURN_SAMPLE, churn_to_bytes, fit_churn_from_rows
 from streams.copurchase import COPURCHASE_KEY, COPURCHASE_SQL, table_from_rows, table_to_bytes
 from streams.decoding import EventDecoder
@@ -186,7 +186,7 @@ class ClickHouseSinkService:
         self._tasks: list[asyncio.Task[None]] = []
         # A batch's rows are built on a thread of their own, so the event loop answers reads
         # (BI, /status) meanwhile instead of after the whole batch.
-        self._rows_executor = named_executor("sink-rows")
+        self._rows_executor = NamedExecutor("sink-rows")
 
     # -- lifecycle ----------------------------------------------------------------------------
 

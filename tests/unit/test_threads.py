@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sinks.threads import name_this_thread, named_executor
+from sinks.threads import NamedExecutor, name_this_thread
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the kernel's thread names are Linux's")
 
@@ -19,7 +19,7 @@ def kernel_name() -> str:
 
 
 def test_an_executor_thread_carries_its_name_in_the_kernel() -> None:
-    with named_executor("sink-rows") as executor:
+    with NamedExecutor("sink-rows") as executor:
         assert executor.submit(kernel_name).result() == "sink-rows"
         assert executor.submit(lambda: threading.current_thread().name).result().startswith("sink-rows")
 
@@ -41,7 +41,7 @@ def test_a_long_name_keeps_its_first_15_bytes_and_other_threads_keep_theirs() ->
 
 def test_the_name_comes_back_after_a_task_that_renamed_the_thread() -> None:
     # as the embedded engine does to a thread it has run a query on
-    with named_executor("ch-write") as executor:
+    with NamedExecutor("ch-write") as executor:
         assert executor.submit(lambda: (name_this_thread("Unknown"), kernel_name())[1]).result() == "Unknown"
         assert executor.submit(kernel_name).result() == "ch-write"
         assert executor.submit(lambda a, b=0: a + b, 1, b=2).result() == 3
