@@ -40,7 +40,6 @@ async def measure(settings: Settings, topic: str, partitions: int, batches: int,
     fences.assign(every)
     assert await fences.confirm(every) == every, "the fences did not hold on an idle topic"  # first start, not timed
     timer = asyncio.ensure_future(fences.run())
-    commits = 0
     fenced = []
     cpu = time.process_time()
     for _ in range(batches):
